@@ -1,0 +1,1 @@
+//! Load benchmarks live in benches/load.rs.
