@@ -1,1 +1,114 @@
-fn main() {}
+//! Wires the command line to the library; decides nothing itself.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use mlflow_artifact_proxy::config::{Cli, Command, LogFormat};
+use mlflow_artifact_proxy::{Proxy, s3};
+use tracing_subscriber::EnvFilter;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let command = cli.command.unwrap_or(Command::Serve(cli.serve));
+    let format = match &command {
+        Command::Serve(args) => args.log_format,
+        _ => LogFormat::Text,
+    };
+    init_logging(format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("mlflow-artifact-proxy: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        match command {
+            Command::Serve(args) => serve(args.build()?).await,
+            Command::EnsureBucket(args) => {
+                let config = args.store.build()?;
+                let outcome =
+                    s3::ensure_bucket(&config, Duration::from_secs(args.wait_secs)).await?;
+                println!("bucket {:?} {outcome}", config.bucket);
+                Ok(())
+            }
+            Command::Healthcheck(args) => healthcheck(&args.url).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("mlflow-artifact-proxy: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+async fn serve(config: mlflow_artifact_proxy::config::ServeConfig) -> Result<(), String> {
+    let upstream = config.upstream.clone();
+    let endpoint = config.store.endpoint.clone();
+    let proxy = Proxy::start(config).await?;
+    tracing::info!(
+        "listening on {} (metrics on {}), MLflow at {upstream}, S3 at {endpoint}",
+        proxy.addr,
+        proxy.metrics_addr
+    );
+    shutdown_signal().await;
+    tracing::info!("signal received");
+    proxy.shutdown().await;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+/// GET the URL on loopback with a tiny HTTP/1.1 client; 200 → Ok.
+async fn healthcheck(url: &str) -> Result<(), String> {
+    use http_body_util::Empty;
+    use hyper_util::client::legacy::Client;
+    use hyper_util::rt::TokioExecutor;
+    let client = Client::builder(TokioExecutor::new()).build_http::<Empty<bytes::Bytes>>();
+    let uri: http::Uri = url.parse().map_err(|e| format!("{url}: {e}"))?;
+    let response = tokio::time::timeout(Duration::from_secs(5), client.get(uri))
+        .await
+        .map_err(|_| format!("{url}: no answer within 5 s"))?
+        .map_err(|e| format!("{url}: {e}"))?;
+    if response.status() == http::StatusCode::OK {
+        Ok(())
+    } else {
+        Err(format!("{url}: {}", response.status()))
+    }
+}

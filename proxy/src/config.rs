@@ -1,0 +1,267 @@
+//! Configuration: flags, each backed by the environment variable that MLflow and the AWS tools
+//! already use, parsed and checked once at start-up.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+const MIB: u64 = 1024 * 1024;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "mlflow-artifact-proxy",
+    version,
+    about = "Streams MLflow's artifact routes straight between clients and S3; passes everything else to MLflow.",
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// `serve` options, accepted without the subcommand name.
+    #[command(flatten)]
+    pub serve: ServeArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve on --listen (the default when no subcommand is given).
+    Serve(ServeArgs),
+    /// Wait for the S3 endpoint, create the destination bucket if it is missing (private), exit.
+    EnsureBucket(EnsureBucketArgs),
+    /// Exit 0 when the given URL answers 200 (for container healthchecks without curl).
+    Healthcheck(HealthcheckArgs),
+}
+
+#[derive(Clone, Debug, Args)]
+pub struct StoreArgs {
+    /// Where MLflow keeps artifacts: s3://bucket[/prefix] (the same value MLflow gets).
+    #[arg(long, env = "MLFLOW_ARTIFACTS_DESTINATION")]
+    pub artifacts_destination: Option<String>,
+    /// The S3 endpoint (MinIO, Garage, SeaweedFS, ...), path-style addressing. http:// only.
+    #[arg(long, env = "MLFLOW_S3_ENDPOINT_URL")]
+    pub s3_endpoint_url: Option<String>,
+    /// Access key for the S3 endpoint.
+    #[arg(long, env = "AWS_ACCESS_KEY_ID")]
+    pub aws_access_key_id: Option<String>,
+    /// Secret key for the S3 endpoint.
+    #[arg(long, env = "AWS_SECRET_ACCESS_KEY", hide_env_values = true)]
+    pub aws_secret_access_key: Option<String>,
+    /// Region used in request signatures.
+    #[arg(long, env = "AWS_DEFAULT_REGION", default_value = "us-east-1")]
+    pub region: String,
+}
+
+#[derive(Clone, Debug, Args)]
+pub struct ServeArgs {
+    /// Address for clients (MLflow's public port).
+    #[arg(long, env = "PROXY_LISTEN", default_value = "0.0.0.0:5000")]
+    pub listen: SocketAddr,
+    /// The MLflow server that answers everything but the artifact routes.
+    #[arg(long, env = "PROXY_UPSTREAM", default_value = "http://127.0.0.1:5001")]
+    pub upstream: String,
+    /// Operations listener: /metrics, /healthz, /readyz.
+    #[arg(long, env = "PROXY_METRICS_LISTEN", default_value = "0.0.0.0:9464")]
+    pub metrics_listen: SocketAddr,
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// Uploads with a Content-Length up to this size go to S3 as one streamed PutObject;
+    /// larger and chunked uploads use multipart upload.
+    #[arg(long, env = "PROXY_SINGLE_PUT_MAX_MIB", default_value_t = 64)]
+    pub single_put_max_mib: u64,
+    /// Size of each multipart part (5..=1024).
+    #[arg(long, env = "PROXY_PART_SIZE_MIB", default_value_t = 16)]
+    pub part_size_mib: u64,
+    /// Parts of one upload sent to S3 at the same time.
+    #[arg(long, env = "PROXY_PARTS_IN_FLIGHT", default_value_t = 4)]
+    pub parts_in_flight: usize,
+    /// Memory all uploads together may hold in parts; when it is spent, the proxy stops reading
+    /// clients' sockets until parts are stored.
+    #[arg(long, env = "PROXY_UPLOAD_BUDGET_MIB", default_value_t = 256)]
+    pub upload_budget_mib: u64,
+    /// On SIGTERM/SIGINT, how long transfers in flight may take to finish.
+    #[arg(long, env = "PROXY_SHUTDOWN_GRACE_SECS", default_value_t = 30)]
+    pub shutdown_grace_secs: u64,
+    /// Access-log and diagnostics format.
+    #[arg(long, env = "PROXY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Clone, Debug, Args)]
+pub struct EnsureBucketArgs {
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// How long to wait for the S3 endpoint to answer.
+    #[arg(long, env = "PROXY_S3_WAIT_SECS", default_value_t = 60)]
+    pub wait_secs: u64,
+}
+
+#[derive(Clone, Debug, Args)]
+pub struct HealthcheckArgs {
+    #[arg(long, default_value = "http://127.0.0.1:9464/healthz")]
+    pub url: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Where and how to reach the artifact store.
+#[derive(Clone, Debug)]
+pub struct StoreConfig {
+    pub endpoint: url::Url,
+    pub bucket: String,
+    /// Key prefix inside the bucket, as MLflow's `parse_s3_compliant_uri` gives it.
+    pub prefix: String,
+    pub access_key: String,
+    pub secret_key: String,
+    pub region: String,
+}
+
+/// How uploads are cut into parts.
+#[derive(Clone, Copy, Debug)]
+pub struct UploadConfig {
+    pub single_put_max: u64,
+    pub part_size: usize,
+    pub parts_in_flight: usize,
+    pub budget: u64,
+}
+
+#[derive(Clone, Debug)]
+pub struct ServeConfig {
+    pub listen: SocketAddr,
+    pub metrics_listen: SocketAddr,
+    pub upstream: http::Uri,
+    pub store: StoreConfig,
+    pub upload: UploadConfig,
+    pub shutdown_grace: Duration,
+}
+
+impl StoreArgs {
+    pub fn build(&self) -> Result<StoreConfig, String> {
+        let destination = self.artifacts_destination.as_deref().ok_or(
+            "--artifacts-destination (MLFLOW_ARTIFACTS_DESTINATION) is required, e.g. s3://default/",
+        )?;
+        let (bucket, prefix) = parse_destination(destination)?;
+        let endpoint = self.s3_endpoint_url.as_deref().ok_or(
+            "--s3-endpoint-url (MLFLOW_S3_ENDPOINT_URL) is required, e.g. http://minio:9000",
+        )?;
+        let endpoint = url::Url::parse(endpoint)
+            .map_err(|e| format!("MLFLOW_S3_ENDPOINT_URL={endpoint:?} is not a URL: {e}"))?;
+        if endpoint.scheme() != "http" || endpoint.host_str().is_none() {
+            return Err(format!(
+                "MLFLOW_S3_ENDPOINT_URL={endpoint} must be an http://host[:port] URL (TLS is not supported yet)"
+            ));
+        }
+        let access_key = self
+            .aws_access_key_id
+            .clone()
+            .ok_or("AWS_ACCESS_KEY_ID (--aws-access-key-id) is required")?;
+        let secret_key = self
+            .aws_secret_access_key
+            .clone()
+            .ok_or("AWS_SECRET_ACCESS_KEY (--aws-secret-access-key) is required")?;
+        Ok(StoreConfig {
+            endpoint,
+            bucket,
+            prefix,
+            access_key,
+            secret_key,
+            region: self.region.clone(),
+        })
+    }
+}
+
+/// `s3://bucket[/prefix]` → (bucket, prefix without its leading `/`).
+pub fn parse_destination(destination: &str) -> Result<(String, String), String> {
+    let rest = destination.strip_prefix("s3://").ok_or_else(|| {
+        format!("MLFLOW_ARTIFACTS_DESTINATION={destination:?} must be an s3://bucket[/prefix] URI")
+    })?;
+    let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+    if bucket.is_empty() {
+        return Err(format!(
+            "MLFLOW_ARTIFACTS_DESTINATION={destination:?} names no bucket"
+        ));
+    }
+    Ok((bucket.to_owned(), prefix.to_owned()))
+}
+
+impl ServeArgs {
+    pub fn build(&self) -> Result<ServeConfig, String> {
+        let upstream: http::Uri = self
+            .upstream
+            .parse()
+            .map_err(|e| format!("PROXY_UPSTREAM={:?} is not a URL: {e}", self.upstream))?;
+        if upstream.scheme_str() != Some("http") || upstream.authority().is_none() {
+            return Err(format!(
+                "PROXY_UPSTREAM={upstream} must be an http://host:port URL"
+            ));
+        }
+        if !(5..=1024).contains(&self.part_size_mib) {
+            return Err(format!(
+                "PROXY_PART_SIZE_MIB={} must be between 5 and 1024 (S3's part size limits)",
+                self.part_size_mib
+            ));
+        }
+        if self.single_put_max_mib > 5 * 1024 {
+            return Err(format!(
+                "PROXY_SINGLE_PUT_MAX_MIB={} is above S3's 5 GiB single-PUT limit",
+                self.single_put_max_mib
+            ));
+        }
+        if self.parts_in_flight == 0 {
+            return Err("PROXY_PARTS_IN_FLIGHT must be at least 1".to_owned());
+        }
+        if self.upload_budget_mib < self.part_size_mib {
+            return Err(format!(
+                "PROXY_UPLOAD_BUDGET_MIB={} must hold at least one part ({} MiB)",
+                self.upload_budget_mib, self.part_size_mib
+            ));
+        }
+        Ok(ServeConfig {
+            listen: self.listen,
+            metrics_listen: self.metrics_listen,
+            upstream,
+            store: self.store.build()?,
+            upload: UploadConfig {
+                single_put_max: self.single_put_max_mib * MIB,
+                part_size: usize::try_from(self.part_size_mib * MIB).map_err(|e| e.to_string())?,
+                parts_in_flight: self.parts_in_flight,
+                budget: self.upload_budget_mib * MIB,
+            },
+            shutdown_grace: Duration::from_secs(self.shutdown_grace_secs),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn destinations() {
+        assert_eq!(
+            parse_destination("s3://default/"),
+            Ok(("default".into(), String::new()))
+        );
+        assert_eq!(
+            parse_destination("s3://default"),
+            Ok(("default".into(), String::new()))
+        );
+        assert_eq!(
+            parse_destination("s3://b/pre/fix"),
+            Ok(("b".into(), "pre/fix".into()))
+        );
+        assert!(parse_destination("file:///x").is_err());
+        assert!(parse_destination("s3:///x").is_err());
+    }
+
+    #[test]
+    fn cli_help_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,105 @@
+//! mlflow-artifact-proxy: port 5000 of an MLflow stack. MLflow's artifact routes are answered
+//! straight from S3 in bounded memory; every other request streams through to MLflow.
+//!
+//! One module per job: `config` (flags and environment), `server` (listener, access log),
+//! `router` (which requests are ours), `artifacts` (the artifact handlers), `s3` (the store),
+//! `upstream` (pass-through to MLflow), `metrics` (Prometheus, health), `error` (one error type),
+//! `mlflow` (the stock server's observable rules), `state` (what handlers share).
+
+pub mod artifacts;
+pub mod body;
+pub mod config;
+pub mod error;
+pub mod metrics;
+pub mod mlflow;
+pub mod router;
+pub mod s3;
+pub mod server;
+pub mod state;
+pub mod upstream;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use crate::config::ServeConfig;
+use crate::metrics::{Metrics, ReadinessProbe};
+use crate::state::App;
+
+/// A running proxy: its addresses, and the means to stop it.
+pub struct Proxy {
+    pub addr: SocketAddr,
+    pub metrics_addr: SocketAddr,
+    pub app: Arc<App>,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<()>,
+    operations: JoinHandle<()>,
+}
+
+impl Proxy {
+    /// Bind both listeners and start serving.
+    pub async fn start(config: ServeConfig) -> Result<Proxy, String> {
+        let metrics = Metrics::new();
+        let store = s3::Store::new(&config.store, metrics.clone())?;
+        let upstream = upstream::Upstream::new(config.upstream.clone(), metrics.clone());
+        let app = Arc::new(App::new(store, upstream, config.upload, metrics.clone()));
+
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
+        let ops_listener = TcpListener::bind(config.metrics_listen)
+            .await
+            .map_err(|e| format!("cannot listen on {} (metrics): {e}", config.metrics_listen))?;
+        let addr = listener.local_addr().map_err(|e| e.to_string())?;
+        let metrics_addr = ops_listener.local_addr().map_err(|e| e.to_string())?;
+
+        let operations = tokio::spawn(metrics::serve_operations(
+            ops_listener,
+            metrics,
+            Arc::new(Readiness(app.clone())),
+        ));
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(server::serve(
+            listener,
+            app.clone(),
+            async move {
+                let _ = stopped.await;
+            },
+            config.shutdown_grace,
+        ));
+        Ok(Proxy {
+            addr,
+            metrics_addr,
+            app,
+            stop: Some(stop),
+            task,
+            operations,
+        })
+    }
+
+    /// Stop accepting, let requests in flight finish (within the grace period), return.
+    pub async fn shutdown(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let _ = (&mut self.task).await;
+        self.operations.abort();
+    }
+}
+
+struct Readiness(Arc<App>);
+
+impl ReadinessProbe for Readiness {
+    async fn probe(&self) -> Vec<(&'static str, Result<(), String>)> {
+        let store = tokio::time::timeout(std::time::Duration::from_secs(3), self.0.store.check());
+        let (store, upstream) = tokio::join!(store, self.0.upstream.check());
+        let store = match store {
+            Ok(result) => result.map_err(|e| e.to_string()),
+            Err(_) => Err("no answer within 3 s".to_owned()),
+        };
+        vec![("s3", store), ("mlflow", upstream)]
+    }
+}

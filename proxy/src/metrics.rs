@@ -1,0 +1,318 @@
+//! Prometheus metrics (one registry, prefix `mlflow_proxy_`) and the operations listener that
+//! serves them with /healthz and /readyz, apart from MLflow's URL space on the main port.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode, header};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+use tokio::net::TcpListener;
+
+use crate::body::{ProxyBody, full};
+
+const PREFIX: &str = "mlflow_proxy";
+
+/// Latency buckets from 1 ms to about 2 minutes (large transfers).
+const DURATION_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
+];
+
+/// Cheap to clone: every field is a handle into the one registry.
+#[derive(Clone)]
+pub struct Metrics {
+    pub registry: Registry,
+    pub requests: IntCounterVec,
+    pub request_duration: HistogramVec,
+    pub artifact_bytes: IntCounterVec,
+    pub transfers_in_flight: IntGaugeVec,
+    pub upload_budget_in_use: IntGauge,
+    pub upload_budget_capacity: IntGauge,
+    pub s3_requests: IntCounterVec,
+    pub s3_duration: HistogramVec,
+    pub multipart_uploads: IntCounterVec,
+    pub upstream_requests: IntCounterVec,
+    pub upstream_duration: HistogramVec,
+    pub client_disconnects: IntCounter,
+}
+
+fn opts(name: &str, help: &str) -> Opts {
+    Opts::new(name, help).namespace(PREFIX)
+}
+
+fn histogram(name: &str, help: &str) -> HistogramOpts {
+    HistogramOpts::new(name, help)
+        .namespace(PREFIX)
+        .buckets(DURATION_BUCKETS.to_vec())
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let requests = IntCounterVec::new(
+            opts(
+                "http_requests_total",
+                "Requests answered, by route class, method and status class.",
+            ),
+            &["route", "method", "status"],
+        )
+        .expect("static metric definition");
+        let request_duration = HistogramVec::new(
+            histogram(
+                "http_request_duration_seconds",
+                "Time from request to the last response byte, by route class.",
+            ),
+            &["route"],
+        )
+        .expect("static metric definition");
+        let artifact_bytes = IntCounterVec::new(
+            opts(
+                "artifact_bytes_total",
+                "Artifact payload bytes moved, by direction (upload, download).",
+            ),
+            &["direction"],
+        )
+        .expect("static metric definition");
+        let transfers_in_flight = IntGaugeVec::new(
+            opts(
+                "transfers_in_flight",
+                "Artifact uploads and downloads in progress, by direction.",
+            ),
+            &["direction"],
+        )
+        .expect("static metric definition");
+        let upload_budget_in_use = IntGauge::with_opts(opts(
+            "upload_budget_in_use_bytes",
+            "Bytes of the upload part budget currently held by parts in memory.",
+        ))
+        .expect("static metric definition");
+        let upload_budget_capacity = IntGauge::with_opts(opts(
+            "upload_budget_capacity_bytes",
+            "The upload part budget (PROXY_UPLOAD_BUDGET_MIB), in bytes.",
+        ))
+        .expect("static metric definition");
+        let s3_requests = IntCounterVec::new(
+            opts(
+                "s3_requests_total",
+                "S3 operations, by operation and outcome (ok, error).",
+            ),
+            &["operation", "outcome"],
+        )
+        .expect("static metric definition");
+        let s3_duration = HistogramVec::new(
+            histogram(
+                "s3_request_duration_seconds",
+                "S3 operation duration until its response headers, by operation.",
+            ),
+            &["operation"],
+        )
+        .expect("static metric definition");
+        let multipart_uploads = IntCounterVec::new(
+            opts(
+                "multipart_uploads_total",
+                "Multipart uploads, by event (started, completed, aborted).",
+            ),
+            &["event"],
+        )
+        .expect("static metric definition");
+        let upstream_requests = IntCounterVec::new(
+            opts(
+                "upstream_requests_total",
+                "Requests passed to MLflow, by outcome (ok = any HTTP answer, error).",
+            ),
+            &["outcome"],
+        )
+        .expect("static metric definition");
+        let upstream_duration = HistogramVec::new(
+            histogram(
+                "upstream_request_duration_seconds",
+                "Time until MLflow's response headers.",
+            ),
+            &["outcome"],
+        )
+        .expect("static metric definition");
+        let client_disconnects = IntCounter::with_opts(opts(
+            "client_disconnects_total",
+            "Requests whose client went away before the exchange finished.",
+        ))
+        .expect("static metric definition");
+        let build_info = IntGaugeVec::new(
+            opts("build_info", "Always 1; the proxy's version as a label."),
+            &["version"],
+        )
+        .expect("static metric definition");
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+
+        let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
+            Box::new(requests.clone()),
+            Box::new(request_duration.clone()),
+            Box::new(artifact_bytes.clone()),
+            Box::new(transfers_in_flight.clone()),
+            Box::new(upload_budget_in_use.clone()),
+            Box::new(upload_budget_capacity.clone()),
+            Box::new(s3_requests.clone()),
+            Box::new(s3_duration.clone()),
+            Box::new(multipart_uploads.clone()),
+            Box::new(upstream_requests.clone()),
+            Box::new(upstream_duration.clone()),
+            Box::new(client_disconnects.clone()),
+            Box::new(build_info),
+            #[cfg(target_os = "linux")]
+            Box::new(prometheus::process_collector::ProcessCollector::for_self()),
+        ];
+        for collector in collectors {
+            registry
+                .register(collector)
+                .expect("metric names are unique");
+        }
+        Metrics {
+            registry,
+            requests,
+            request_duration,
+            artifact_bytes,
+            transfers_in_flight,
+            upload_budget_in_use,
+            upload_budget_capacity,
+            s3_requests,
+            s3_duration,
+            multipart_uploads,
+            upstream_requests,
+            upstream_duration,
+            client_disconnects,
+        }
+    }
+
+    pub fn record_s3(&self, operation: &'static str, ok: bool, elapsed: Duration) {
+        let outcome = if ok { "ok" } else { "error" };
+        self.s3_requests
+            .with_label_values(&[operation, outcome])
+            .inc();
+        self.s3_duration
+            .with_label_values(&[operation])
+            .observe(elapsed.as_secs_f64());
+    }
+
+    pub fn record_upstream(&self, ok: bool, elapsed: Duration) {
+        let outcome = if ok { "ok" } else { "error" };
+        self.upstream_requests.with_label_values(&[outcome]).inc();
+        self.upstream_duration
+            .with_label_values(&[outcome])
+            .observe(elapsed.as_secs_f64());
+    }
+
+    pub fn render(&self) -> String {
+        let mut buffer = Vec::new();
+        let encoder = TextEncoder::new();
+        if let Err(e) = encoder.encode(&self.registry.gather(), &mut buffer) {
+            tracing::error!("encoding metrics failed: {e}");
+        }
+        String::from_utf8_lossy(&buffer).into_owned()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Answers /readyz: a one-line JSON verdict on each dependency.
+pub trait ReadinessProbe: Send + Sync + 'static {
+    fn probe(&self) -> impl Future<Output = Vec<(&'static str, Result<(), String>)>> + Send;
+}
+
+/// Serve /metrics, /healthz and /readyz until the process ends.
+pub async fn serve_operations<P: ReadinessProbe>(
+    listener: TcpListener,
+    metrics: Metrics,
+    probe: Arc<P>,
+) {
+    loop {
+        let (stream, _) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                tracing::warn!("operations listener: accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let metrics = metrics.clone();
+        let probe = probe.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |request: Request<Incoming>| {
+                let metrics = metrics.clone();
+                let probe = probe.clone();
+                async move {
+                    Ok::<_, Infallible>(operations_response(&request, &metrics, &*probe).await)
+                }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+async fn operations_response<P: ReadinessProbe>(
+    request: &Request<Incoming>,
+    metrics: &Metrics,
+    probe: &P,
+) -> Response<ProxyBody> {
+    let (status, content_type, body) = match request.uri().path() {
+        "/metrics" => (
+            StatusCode::OK,
+            "text/plain; version=0.0.4",
+            metrics.render(),
+        ),
+        "/healthz" => (
+            StatusCode::OK,
+            "application/json",
+            "{\"status\":\"ok\"}\n".to_owned(),
+        ),
+        "/readyz" => {
+            let checks = probe.probe().await;
+            let ready = checks.iter().all(|(_, result)| result.is_ok());
+            let mut verdict = serde_json::Map::new();
+            verdict.insert("ready".into(), ready.into());
+            for (name, result) in checks {
+                let text = match result {
+                    Ok(()) => "ok".to_owned(),
+                    Err(e) => format!("error: {e}"),
+                };
+                verdict.insert(name.into(), text.into());
+            }
+            let status = if ready {
+                StatusCode::OK
+            } else {
+                StatusCode::SERVICE_UNAVAILABLE
+            };
+            (
+                status,
+                "application/json",
+                format!("{}\n", serde_json::Value::Object(verdict)),
+            )
+        }
+        _ => (
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "not found: try /metrics, /healthz, /readyz\n".to_owned(),
+        ),
+    };
+    let mut response = Response::new(full(Bytes::from(body)));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        http::HeaderValue::from_static(content_type),
+    );
+    response
+}

@@ -1,0 +1,522 @@
+//! The artifact store: S3 (MinIO, Garage, s3s, AWS...) with path-style addressing.
+//!
+//! rust-s3 signs and carries the small control-plane calls (list, multipart create/complete/
+//! abort, delete). Payload bytes never go through it: uploads and downloads are presigned
+//! requests (`UNSIGNED-PAYLOAD`) sent with hyper, so the body frames pass through unhashed and
+//! uncopied, with backpressure both ways. Knows nothing of HTTP routing or MLflow.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Request, Response, header};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use s3::Bucket;
+use s3::creds::Credentials;
+use s3::error::S3Error;
+use s3::region::Region;
+use s3::serde_types::Part;
+
+use crate::body::{ProxyBody, empty, from_frames};
+use crate::config::StoreConfig;
+use crate::metrics::Metrics;
+
+/// Presigned part and object URLs are used at once; an hour covers a slow part upload.
+const PUT_URL_TTL_SECS: u32 = 3600;
+const GET_URL_TTL_SECS: u32 = 300;
+/// Control-plane calls; completing a multipart upload can take the store a while.
+const CONTROL_TIMEOUT: Duration = Duration::from_secs(300);
+/// Error bodies from S3 are small XML documents; we read at most this much of one.
+const ERROR_BODY_LIMIT: usize = 64 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("S3 endpoint unreachable: {0}")]
+    Unreachable(String),
+    #[error("S3 answered {status}: {message}")]
+    Status { status: u16, message: String },
+    #[error("S3 request failed: {0}")]
+    Other(String),
+}
+
+impl StoreError {
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, StoreError::Status { status: 404, .. })
+    }
+}
+
+impl From<S3Error> for StoreError {
+    fn from(error: S3Error) -> Self {
+        match error {
+            S3Error::HttpFailWithBody(status, body) => StoreError::Status {
+                status,
+                message: summarize_error_xml(&body),
+            },
+            S3Error::Reqwest(e) if e.is_connect() || e.is_timeout() => {
+                StoreError::Unreachable(e.to_string())
+            }
+            other => StoreError::Other(other.to_string()),
+        }
+    }
+}
+
+/// What a listing under one prefix holds.
+#[derive(Debug, Default)]
+pub struct Listing {
+    /// Common prefixes (with their trailing delimiter).
+    pub prefixes: Vec<String>,
+    /// Object keys and sizes.
+    pub objects: Vec<(String, u64)>,
+}
+
+/// Metadata of one object, from HEAD.
+#[derive(Debug)]
+pub struct ObjectMeta {
+    pub size: u64,
+    pub etag: Option<String>,
+    pub last_modified: Option<String>,
+}
+
+pub struct Store {
+    bucket: Box<Bucket>,
+    prefix: String,
+    http: Client<HttpConnector, ProxyBody>,
+    metrics: Metrics,
+}
+
+impl Store {
+    pub fn new(config: &StoreConfig, metrics: Metrics) -> Result<Self, String> {
+        let bucket = control_bucket(config)?;
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(Duration::from_secs(5)));
+        let http = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .pool_timer(TokioTimer::new())
+            .build(connector);
+        Ok(Store {
+            bucket,
+            prefix: config.prefix.clone(),
+            http,
+            metrics,
+        })
+    }
+
+    /// The key of a destination-relative artifact path (`posixpath.join(prefix, path)`).
+    pub fn key(&self, path: &str) -> String {
+        posix_join(&self.prefix, path)
+    }
+
+    /// The key a stock upload of `head/tail` writes (`join(join(prefix, head), tail)`).
+    pub fn upload_key(&self, head: &str, tail: &str) -> String {
+        let dir = if head.is_empty() {
+            self.prefix.clone()
+        } else {
+            posix_join(&self.prefix, head)
+        };
+        posix_join(&dir, tail)
+    }
+
+    /// The destination prefix itself (the root of all artifacts).
+    pub fn root(&self) -> &str {
+        &self.prefix
+    }
+
+    async fn timed<T>(
+        &self,
+        operation: &'static str,
+        call: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        let started = Instant::now();
+        let result = call.await;
+        self.metrics
+            .record_s3(operation, result.is_ok(), started.elapsed());
+        result
+    }
+
+    async fn send(&self, request: Request<ProxyBody>) -> Result<Response<Incoming>, StoreError> {
+        self.http.request(request).await.map_err(|e| {
+            if e.is_connect() {
+                StoreError::Unreachable(e.to_string())
+            } else {
+                StoreError::Other(e.to_string())
+            }
+        })
+    }
+
+    /// GET the object, forwarding the conditional and range headers given. The response body is
+    /// returned unread, to be streamed to the client.
+    pub async fn get_object(
+        &self,
+        key: &str,
+        headers: HeaderMap,
+    ) -> Result<Response<Incoming>, StoreError> {
+        self.timed("get_object", async {
+            let url = self.bucket.presign_get(key, GET_URL_TTL_SECS, None).await?;
+            let mut request = Request::get(url)
+                .body(empty())
+                .map_err(|e| StoreError::Other(e.to_string()))?;
+            *request.headers_mut() = headers;
+            let response = self.send(request).await?;
+            // 404 and the like are answers, not failures of the call.
+            Ok(response)
+        })
+        .await
+    }
+
+    pub async fn head_object(&self, key: &str) -> Result<Option<ObjectMeta>, StoreError> {
+        self.timed("head_object", async {
+            match self.bucket.head_object(key).await {
+                Ok((head, _)) => Ok(Some(ObjectMeta {
+                    size: head
+                        .content_length
+                        .and_then(|n| u64::try_from(n).ok())
+                        .unwrap_or(0),
+                    etag: head.e_tag,
+                    last_modified: head.last_modified,
+                })),
+                Err(e) => {
+                    let e = StoreError::from(e);
+                    if e.is_not_found() { Ok(None) } else { Err(e) }
+                }
+            }
+        })
+        .await
+    }
+
+    /// One streamed PutObject of exactly `len` bytes.
+    pub async fn put_object(
+        &self,
+        key: &str,
+        content_type: &str,
+        len: u64,
+        body: ProxyBody,
+    ) -> Result<(), StoreError> {
+        self.timed("put_object", async {
+            let url = self
+                .bucket
+                .presign_put(key, PUT_URL_TTL_SECS, None, None)
+                .await?;
+            let request = Request::put(url)
+                .header(header::CONTENT_LENGTH, len)
+                .header(header::CONTENT_TYPE, content_type)
+                .body(body)
+                .map_err(|e| StoreError::Other(e.to_string()))?;
+            let response = self.send(request).await?;
+            expect_success(response).await.map(drop)
+        })
+        .await
+    }
+
+    pub async fn create_multipart(
+        &self,
+        key: &str,
+        content_type: &str,
+    ) -> Result<String, StoreError> {
+        self.timed("create_multipart_upload", async {
+            Ok(self
+                .bucket
+                .initiate_multipart_upload(key, content_type)
+                .await?
+                .upload_id)
+        })
+        .await
+    }
+
+    /// Upload one part from the `Bytes` frames it is made of; returns its ETag.
+    pub async fn upload_part(
+        &self,
+        key: &str,
+        upload_id: &str,
+        part_number: u32,
+        frames: Vec<Bytes>,
+        len: usize,
+    ) -> Result<String, StoreError> {
+        self.timed("upload_part", async {
+            let queries = HashMap::from([
+                ("partNumber".to_owned(), part_number.to_string()),
+                ("uploadId".to_owned(), upload_id.to_owned()),
+            ]);
+            let url = self
+                .bucket
+                .presign_put(key, PUT_URL_TTL_SECS, None, Some(queries))
+                .await?;
+            let request = Request::put(url)
+                .header(header::CONTENT_LENGTH, len)
+                .body(from_frames(frames))
+                .map_err(|e| StoreError::Other(e.to_string()))?;
+            let response = self.send(request).await?;
+            let headers = expect_success(response).await?;
+            headers
+                .get(header::ETAG)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+                .ok_or_else(|| {
+                    StoreError::Other(format!("part {part_number} stored without an ETag"))
+                })
+        })
+        .await
+    }
+
+    pub async fn complete_multipart(
+        &self,
+        key: &str,
+        upload_id: &str,
+        mut parts: Vec<(u32, String)>,
+    ) -> Result<(), StoreError> {
+        parts.sort_by_key(|(n, _)| *n);
+        let parts = parts
+            .into_iter()
+            .map(|(part_number, etag)| Part { part_number, etag })
+            .collect();
+        self.timed("complete_multipart_upload", async {
+            self.bucket
+                .complete_multipart_upload(key, upload_id, parts)
+                .await?;
+            Ok(())
+        })
+        .await
+    }
+
+    pub async fn abort_multipart(&self, key: &str, upload_id: &str) -> Result<(), StoreError> {
+        self.timed("abort_multipart_upload", async {
+            Ok(self.bucket.abort_upload(key, upload_id).await?)
+        })
+        .await
+    }
+
+    /// Every entry under `prefix`, page by page (ListObjectsV2).
+    pub async fn list(&self, prefix: &str, delimiter: Option<&str>) -> Result<Listing, StoreError> {
+        let mut listing = Listing::default();
+        let mut token = None;
+        loop {
+            let (page, _) = self
+                .timed("list_objects", async {
+                    Ok(self
+                        .bucket
+                        .list_page(
+                            prefix.to_owned(),
+                            delimiter.map(str::to_owned),
+                            token.clone(),
+                            None,
+                            None,
+                        )
+                        .await?)
+                })
+                .await?;
+            listing.prefixes.extend(
+                page.common_prefixes
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|p| p.prefix),
+            );
+            listing
+                .objects
+                .extend(page.contents.into_iter().map(|o| (o.key, o.size)));
+            match page.next_continuation_token {
+                Some(next) if page.is_truncated => token = Some(next),
+                _ => return Ok(listing),
+            }
+        }
+    }
+
+    /// Whether anything at all is stored under `prefix` (one key is enough).
+    pub async fn any_under(&self, prefix: &str) -> Result<bool, StoreError> {
+        let (page, _) = self
+            .timed("list_objects", async {
+                Ok(self
+                    .bucket
+                    .list_page(prefix.to_owned(), None, None, None, Some(1))
+                    .await?)
+            })
+            .await?;
+        Ok(!page.contents.is_empty())
+    }
+
+    pub async fn delete_keys(&self, keys: Vec<String>) -> Result<(), StoreError> {
+        // DeleteObjects takes at most 1000 keys a call.
+        for batch in keys.chunks(1000) {
+            let objects: Vec<s3::serde_types::ObjectIdentifier> = batch
+                .iter()
+                .map(|key| s3::serde_types::ObjectIdentifier {
+                    key: key.clone(),
+                    version_id: None,
+                })
+                .collect();
+            self.timed("delete_objects", async {
+                let result = self.bucket.delete_objects(objects).await?;
+                match result.errors.first() {
+                    None => Ok(()),
+                    Some(error) => Err(StoreError::Other(format!("could not delete {error:?}"))),
+                }
+            })
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Whether the endpoint answers for the bucket (for /readyz).
+    pub async fn check(&self) -> Result<(), StoreError> {
+        self.any_under(&self.prefix).await.map(drop)
+    }
+}
+
+fn control_bucket(config: &StoreConfig) -> Result<Box<Bucket>, String> {
+    let region = Region::Custom {
+        region: config.region.clone(),
+        endpoint: config.endpoint.as_str().trim_end_matches('/').to_owned(),
+    };
+    let credentials = Credentials::new(
+        Some(&config.access_key),
+        Some(&config.secret_key),
+        None,
+        None,
+        None,
+    )
+    .map_err(|e| format!("S3 credentials: {e}"))?;
+    let bucket = Bucket::new(&config.bucket, region, credentials)
+        .map_err(|e| format!("S3 bucket {:?}: {e}", config.bucket))?
+        .with_path_style()
+        .with_request_timeout(CONTROL_TIMEOUT)
+        .map_err(|e| format!("S3 client: {e}"))?;
+    Ok(bucket)
+}
+
+/// `posixpath.join(a, b)` for two relative parts.
+pub fn posix_join(a: &str, b: &str) -> String {
+    if b.starts_with('/') || a.is_empty() {
+        b.to_owned()
+    } else if a.ends_with('/') {
+        format!("{a}{b}")
+    } else {
+        format!("{a}/{b}")
+    }
+}
+
+/// Turn a non-2xx store response into an error carrying S3's own code and message.
+async fn expect_success(response: Response<Incoming>) -> Result<HeaderMap, StoreError> {
+    let status = response.status();
+    let (parts, body) = response.into_parts();
+    if status.is_success() {
+        // Drain the (empty) body so the connection goes back to the pool.
+        let _ = body.collect().await;
+        return Ok(parts.headers);
+    }
+    Err(StoreError::Status {
+        status: status.as_u16(),
+        message: read_error_body(body).await,
+    })
+}
+
+pub async fn read_error_body(body: Incoming) -> String {
+    match Limited::new(body, ERROR_BODY_LIMIT).collect().await {
+        Ok(collected) => summarize_error_xml(&String::from_utf8_lossy(&collected.to_bytes())),
+        Err(e) => format!("(unreadable error body: {e})"),
+    }
+}
+
+/// `<Error><Code>NoSuchKey</Code><Message>...</Message></Error>` → `NoSuchKey: ...`.
+fn summarize_error_xml(xml: &str) -> String {
+    let field = |name: &str| {
+        let open = format!("<{name}>");
+        let close = format!("</{name}>");
+        let start = xml.find(&open)? + open.len();
+        let end = xml[start..].find(&close)? + start;
+        Some(xml[start..end].to_owned())
+    };
+    match (field("Code"), field("Message")) {
+        (Some(code), Some(message)) => format!("{code}: {message}"),
+        (Some(code), None) => code,
+        _ if xml.trim().is_empty() => "(no body)".to_owned(),
+        _ => xml.chars().take(200).collect(),
+    }
+}
+
+/// Create the destination bucket unless it exists, waiting up to `wait` for the endpoint.
+pub async fn ensure_bucket(config: &StoreConfig, wait: Duration) -> Result<&'static str, String> {
+    let bucket = control_bucket(config)?;
+    let deadline = Instant::now() + wait;
+    let mut last_error;
+    loop {
+        match bucket
+            .list_page(String::new(), None, None, None, Some(1))
+            .await
+            .map_err(StoreError::from)
+        {
+            Ok(_) => return Ok("exists"),
+            Err(StoreError::Status { status: 404, .. }) => break,
+            Err(e) => last_error = e.to_string(),
+        }
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "S3 endpoint {} did not answer within {}s: {last_error}",
+                config.endpoint,
+                wait.as_secs()
+            ));
+        }
+        tracing::info!("waiting for S3 at {}: {last_error}", config.endpoint);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let region = Region::Custom {
+        region: config.region.clone(),
+        endpoint: config.endpoint.as_str().trim_end_matches('/').to_owned(),
+    };
+    let credentials = Credentials::new(
+        Some(&config.access_key),
+        Some(&config.secret_key),
+        None,
+        None,
+        None,
+    )
+    .map_err(|e| e.to_string())?;
+    match Bucket::create_with_path_style(
+        &config.bucket,
+        region,
+        credentials,
+        s3::BucketConfiguration::default(),
+    )
+    .await
+    {
+        Ok(response) if response.success() => Ok("created"),
+        Ok(response) => Err(format!(
+            "creating bucket {:?} failed: {} {}",
+            config.bucket, response.response_code, response.response_text
+        )),
+        Err(e) => {
+            // Another process may have created it in between.
+            match StoreError::from(e) {
+                StoreError::Status { status: 409, .. } => Ok("exists"),
+                e => Err(format!("creating bucket {:?} failed: {e}", config.bucket)),
+            }
+        }
+    }
+}
+
+/// A header value we control (never fails for the ASCII we put in).
+pub fn header_value(text: &str) -> HeaderValue {
+    HeaderValue::from_str(text).unwrap_or_else(|_| HeaderValue::from_static(""))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn joins_like_posixpath() {
+        assert_eq!(posix_join("", "a/b"), "a/b");
+        assert_eq!(posix_join("pre", "a"), "pre/a");
+        assert_eq!(posix_join("pre/", "a"), "pre/a");
+        assert_eq!(posix_join("pre", ""), "pre/");
+    }
+
+    #[test]
+    fn error_xml_is_summarised() {
+        let xml =
+            "<?xml version=\"1.0\"?><Error><Code>NoSuchKey</Code><Message>gone</Message></Error>";
+        assert_eq!(summarize_error_xml(xml), "NoSuchKey: gone");
+    }
+}

@@ -1,0 +1,216 @@
+//! Everything that is not an artifact route streams through to the MLflow server unchanged:
+//! bodies are handed over frame by frame, the client's Host is kept (MLflow's allowed-hosts check
+//! must see what it would see without us), hop-by-hop headers are dropped.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, Uri, header};
+use http_body_util::{BodyExt, Limited};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+
+use crate::body::{ProxyBody, boxed, full};
+use crate::error::ProxyError;
+use crate::metrics::Metrics;
+
+/// server-info is a small JSON document; anything larger is passed on untouched.
+const SERVER_INFO_LIMIT: usize = 1024 * 1024;
+
+/// Headers that describe one connection, not the message (RFC 9110 §7.6.1).
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+pub struct Upstream {
+    base: Uri,
+    client: Client<HttpConnector, ProxyBody>,
+    metrics: Metrics,
+}
+
+impl Upstream {
+    pub fn new(base: Uri, metrics: Metrics) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(Duration::from_secs(5)));
+        let client = Client::builder(TokioExecutor::new())
+            // uvicorn closes idle keep-alive connections after 5 s; stay well below.
+            .pool_idle_timeout(Duration::from_secs(2))
+            .pool_timer(TokioTimer::new())
+            .build(connector);
+        Upstream {
+            base,
+            client,
+            metrics,
+        }
+    }
+
+    fn target(&self, uri: &Uri) -> Result<Uri, ProxyError> {
+        let mut parts = self.base.clone().into_parts();
+        parts.path_and_query = uri.path_and_query().cloned();
+        Uri::from_parts(parts).map_err(|e| ProxyError::internal(format!("upstream URI: {e}")))
+    }
+
+    /// Send the request to MLflow and return its response with the body still streaming.
+    pub async fn forward(
+        &self,
+        mut request: Request<ProxyBody>,
+        client: SocketAddr,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        *request.uri_mut() = self.target(request.uri())?;
+        let headers = request.headers_mut();
+        strip_hop_by_hop(headers);
+        // hyper answers the client's 100-continue itself; the upstream need not see it.
+        headers.remove(header::EXPECT);
+        append_forwarded_for(headers, client);
+        headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+
+        let started = Instant::now();
+        let result = self.client.request(request).await;
+        self.metrics
+            .record_upstream(result.is_ok(), started.elapsed());
+        let response = result.map_err(|e| {
+            tracing::warn!("MLflow upstream {}: {e}", self.base);
+            ProxyError::upstream(format!(
+                "The MLflow server at {} did not answer: {e}",
+                self.base
+            ))
+        })?;
+        let (mut parts, body) = response.into_parts();
+        strip_hop_by_hop(&mut parts.headers);
+        Ok(Response::from_parts(parts, boxed(body)))
+    }
+
+    /// Pass server-info through, but say that multipart and presigned transfers are off: the
+    /// proxy serves every artifact byte itself, and clients outside the compose network could not
+    /// reach the S3 endpoint anyway.
+    pub async fn server_info(
+        &self,
+        request: Request<ProxyBody>,
+        client: SocketAddr,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        let response = self.forward(request, client).await?;
+        let is_json = response
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("application/json"));
+        if response.status() != StatusCode::OK || !is_json {
+            return Ok(response);
+        }
+        let (mut parts, body) = response.into_parts();
+        let bytes = Limited::new(body, SERVER_INFO_LIMIT)
+            .collect()
+            .await
+            .map_err(|e| ProxyError::upstream(format!("reading server-info: {e}")))?
+            .to_bytes();
+        let rewritten = rewrite_server_info(&bytes).unwrap_or(bytes);
+        parts
+            .headers
+            .insert(header::CONTENT_LENGTH, rewritten.len().into());
+        Ok(Response::from_parts(parts, full(rewritten)))
+    }
+
+    /// Whether MLflow answers (for /readyz).
+    pub async fn check(&self) -> Result<(), String> {
+        let mut parts = self.base.clone().into_parts();
+        parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/health"));
+        let uri = Uri::from_parts(parts).map_err(|e| e.to_string())?;
+        let request = Request::get(uri)
+            .header(header::HOST, "localhost")
+            .body(crate::body::empty())
+            .map_err(|e| e.to_string())?;
+        let response = tokio::time::timeout(Duration::from_secs(3), self.client.request(request))
+            .await
+            .map_err(|_| "no answer within 3 s".to_owned())?
+            .map_err(|e| e.to_string())?;
+        if response.status().is_success() {
+            Ok(())
+        } else {
+            Err(format!("/health answered {}", response.status()))
+        }
+    }
+}
+
+fn rewrite_server_info(bytes: &Bytes) -> Option<Bytes> {
+    let mut info: serde_json::Value = serde_json::from_slice(bytes).ok()?;
+    let object = info.as_object_mut()?;
+    for flag in ["multipart_uploads_enabled", "multipart_downloads_enabled"] {
+        if object.contains_key(flag) {
+            object.insert(flag.to_owned(), false.into());
+        }
+    }
+    serde_json::to_vec(&info).ok().map(Bytes::from)
+}
+
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(*name);
+    }
+}
+
+fn append_forwarded_for(headers: &mut HeaderMap, client: SocketAddr) {
+    let ip = client.ip().to_string();
+    let value = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+        Some(previous) => format!("{previous}, {ip}"),
+        None => ip,
+    };
+    if let Ok(value) = HeaderValue::from_str(&value) {
+        headers.insert("x-forwarded-for", value);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_info_flags_are_turned_off() {
+        let input = Bytes::from_static(
+            br#"{"store_type":"SqlStore","multipart_uploads_enabled":true,"multipart_downloads_enabled":true,"artifact_serving_enabled":true}"#,
+        );
+        let output = rewrite_server_info(&input).unwrap();
+        assert_eq!(
+            std::str::from_utf8(&output).unwrap(),
+            r#"{"store_type":"SqlStore","multipart_uploads_enabled":false,"multipart_downloads_enabled":false,"artifact_serving_enabled":true}"#
+        );
+    }
+
+    #[test]
+    fn hop_by_hop_headers_go() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, x-custom"),
+        );
+        headers.insert("x-custom", HeaderValue::from_static("1"));
+        headers.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+        headers.insert(header::HOST, HeaderValue::from_static("example:5000"));
+        strip_hop_by_hop(&mut headers);
+        assert_eq!(headers.len(), 1);
+        assert_eq!(headers[header::HOST], "example:5000");
+    }
+}
