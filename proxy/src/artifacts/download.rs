@@ -104,6 +104,16 @@ pub async fn download(
             Ok(answer)
         }
         StatusCode::NOT_FOUND => Err(missing(app, &path, &key).await),
+        // A store that keeps keys as files (s3s-fs) fails a GET on a "folder" with a 500.
+        _ if status.is_server_error()
+            && app
+                .store
+                .any_under(&format!("{key}/"))
+                .await
+                .unwrap_or(false) =>
+        {
+            Err(directory_error(&path))
+        }
         _ => {
             let message = read_error_body(response.into_body()).await;
             Err(store_error(crate::s3::StoreError::Status {

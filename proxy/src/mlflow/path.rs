@@ -236,12 +236,14 @@ fn is_windows_absolute(path: &str) -> bool {
     }
     let chars: Vec<char> = part.chars().collect();
     let at = |i: usize| chars.get(i).copied();
-    if at(0) == Some('\\') && at(1) == Some('\\') && at(2) != Some('\\') {
-        if let Some(index) = part[2..].find('\\').map(|i| i + 2) {
-            let index2 = part[index + 1..].find('\\').map(|i| i + index + 1);
-            if index2 != Some(index + 1) {
-                return true; // UNC: \\server\share is the drive, and it has a root
-            }
+    if at(0) == Some('\\')
+        && at(1) == Some('\\')
+        && at(2) != Some('\\')
+        && let Some(index) = part[2..].find('\\').map(|i| i + 2)
+    {
+        let index2 = part[index + 1..].find('\\').map(|i| i + index + 1);
+        if index2 != Some(index + 1) {
+            return true; // UNC: \\server\share is the drive, and it has a root
         }
     }
     let mut has_drive = has_prefix;
