@@ -1,1 +1,3 @@
-fn main() { println!("placeholder: see issue 6"); }
+fn main() {
+    println!("placeholder: see issue 6");
+}
