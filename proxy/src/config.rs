@@ -66,19 +66,20 @@ pub struct ServeArgs {
     pub metrics_listen: SocketAddr,
     #[command(flatten)]
     pub store: StoreArgs,
-    /// Uploads with a Content-Length up to this size go to S3 as one streamed PutObject;
-    /// larger and chunked uploads use multipart upload.
-    #[arg(long, env = "PROXY_SINGLE_PUT_MAX_MIB", default_value_t = 64)]
+    /// Uploads with a Content-Length up to this size go to S3 as one streamed PutObject (no
+    /// memory held, no completion step); larger and chunked uploads use multipart upload.
+    #[arg(long, env = "PROXY_SINGLE_PUT_MAX_MIB", default_value_t = 1024)]
     pub single_put_max_mib: u64,
-    /// Size of each multipart part (5..=1024).
-    #[arg(long, env = "PROXY_PART_SIZE_MIB", default_value_t = 16)]
+    /// Size of each multipart part (5..=1024). Grows for a declared length that would need
+    /// more than 10,000 parts.
+    #[arg(long, env = "PROXY_PART_SIZE_MIB", default_value_t = 8)]
     pub part_size_mib: u64,
     /// Parts of one upload sent to S3 at the same time.
     #[arg(long, env = "PROXY_PARTS_IN_FLIGHT", default_value_t = 4)]
     pub parts_in_flight: usize,
     /// Memory all uploads together may hold in parts; when it is spent, the proxy stops reading
     /// clients' sockets until parts are stored.
-    #[arg(long, env = "PROXY_UPLOAD_BUDGET_MIB", default_value_t = 256)]
+    #[arg(long, env = "PROXY_UPLOAD_BUDGET_MIB", default_value_t = 128)]
     pub upload_budget_mib: u64,
     /// On SIGTERM/SIGINT, how long transfers in flight may take to finish.
     #[arg(long, env = "PROXY_SHUTDOWN_GRACE_SECS", default_value_t = 30)]

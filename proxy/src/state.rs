@@ -57,7 +57,10 @@ impl App {
     /// Wait until `bytes` of the budget are free. While a handler waits here it does not read
     /// its client's socket, which is the backpressure.
     pub async fn reserve(&self, bytes: usize) -> BudgetPermit {
-        let units = u32::try_from((bytes as u64).div_ceil(BUDGET_UNIT)).unwrap_or(u32::MAX);
+        // A part larger than the whole budget (huge declared uploads) takes all of it, not more:
+        // asking for more than exists would wait forever.
+        let bytes = (bytes as u64).min(self.upload.budget);
+        let units = u32::try_from(bytes.div_ceil(BUDGET_UNIT)).unwrap_or(u32::MAX);
         let permit = self
             .budget
             .clone()

@@ -162,7 +162,7 @@ async fn upload_in_parts(
     declared: Option<u64>,
     mut body: ProxyBody,
 ) -> Result<(), ProxyError> {
-    let part_size = app.upload.part_size;
+    let part_size = part_size_for(app.upload.part_size, declared);
     let mut part = PartBuffer::new(app.reserve(part_size).await);
     let mut multipart: Option<Multipart> = None;
     let mut received: u64 = 0;
@@ -255,6 +255,14 @@ async fn upload_in_parts(
         }
         (Err(e), None) => Err(e),
     }
+}
+
+/// S3 allows 10,000 parts: a declared length that needs more gets bigger parts.
+fn part_size_for(configured: usize, declared: Option<u64>) -> usize {
+    const MAX_PARTS: u64 = 10_000;
+    const MIB: u64 = 1024 * 1024;
+    let needed = declared.map_or(0, |len| len.div_ceil(MAX_PARTS).div_ceil(MIB) * MIB);
+    configured.max(usize::try_from(needed).unwrap_or(usize::MAX))
 }
 
 async fn start_multipart(
@@ -354,4 +362,24 @@ async fn abort(app: &Arc<App>, key: &str, mut upload: Multipart) {
         .multipart_uploads
         .with_label_values(&["aborted"])
         .inc();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::part_size_for;
+
+    #[test]
+    fn parts_grow_to_fit_ten_thousand() {
+        let mib = 1024 * 1024;
+        assert_eq!(part_size_for(8 * mib, None), 8 * mib);
+        assert_eq!(
+            part_size_for(8 * mib, Some(10 * 1024 * mib as u64)),
+            8 * mib
+        );
+        // 200 GiB in 10,000 parts needs 20.48 MiB parts: rounded up to 21 MiB.
+        assert_eq!(
+            part_size_for(8 * mib, Some(200 * 1024 * mib as u64)),
+            21 * mib
+        );
+    }
 }
