@@ -39,7 +39,8 @@ pub struct StoreArgs {
     /// Where MLflow keeps artifacts: s3://bucket[/prefix] (the same value MLflow gets).
     #[arg(long, env = "MLFLOW_ARTIFACTS_DESTINATION")]
     pub artifacts_destination: Option<String>,
-    /// The S3 endpoint (MinIO, Garage, SeaweedFS, ...), path-style addressing. http:// only.
+    /// The S3 endpoint (MinIO, Garage, SeaweedFS, AWS, ...), http:// or https://, path-style
+    /// addressing.
     #[arg(long, env = "MLFLOW_S3_ENDPOINT_URL")]
     pub s3_endpoint_url: Option<String>,
     /// Access key for the S3 endpoint.
@@ -152,9 +153,9 @@ impl StoreArgs {
         )?;
         let endpoint = url::Url::parse(endpoint)
             .map_err(|e| format!("MLFLOW_S3_ENDPOINT_URL={endpoint:?} is not a URL: {e}"))?;
-        if endpoint.scheme() != "http" || endpoint.host_str().is_none() {
+        if !matches!(endpoint.scheme(), "http" | "https") || endpoint.host_str().is_none() {
             return Err(format!(
-                "MLFLOW_S3_ENDPOINT_URL={endpoint} must be an http://host[:port] URL (TLS is not supported yet)"
+                "MLFLOW_S3_ENDPOINT_URL={endpoint} must be an http:// or https:// URL"
             ));
         }
         let access_key = self

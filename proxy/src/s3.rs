@@ -81,10 +81,13 @@ pub struct ObjectMeta {
     pub last_modified: Option<String>,
 }
 
+/// Plain HTTP, or TLS with the Mozilla root certificates compiled in (no system store needed).
+type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
+
 pub struct Store {
     bucket: Box<Bucket>,
     prefix: String,
-    http: Client<HttpConnector, ProxyBody>,
+    http: Client<Connector, ProxyBody>,
     metrics: Metrics,
 }
 
@@ -94,6 +97,12 @@ impl Store {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(Duration::from_secs(5)));
+        connector.enforce_http(false);
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_webpki_roots()
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(connector);
         let http = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(30))
             .pool_timer(TokioTimer::new())
