@@ -20,10 +20,37 @@ use crate::body::{ProxyBody, full};
 
 const PREFIX: &str = "mlflow_proxy";
 
-/// Latency buckets from 1 ms to about 2 minutes (large transfers).
+/// Latency buckets from 1 ms to 10 minutes: small JSON calls and multi-GiB transfers alike.
 const DURATION_BUCKETS: &[f64] = &[
-    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+    120.0, 300.0, 600.0,
 ];
+
+/// The methods a label may name; anything else is counted as `_OTHER`, so that a client cannot
+/// create series at will (OpenTelemetry's rule for `http.request.method`).
+const KNOWN_METHODS: &[&str] = &[
+    "GET", "HEAD", "PUT", "POST", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE",
+];
+
+/// The `method` label for a request method.
+pub fn method_label(method: &http::Method) -> &'static str {
+    KNOWN_METHODS
+        .iter()
+        .find(|known| **known == method.as_str())
+        .copied()
+        .unwrap_or("_OTHER")
+}
+
+/// The `status` label: the status class, `2xx` ... `5xx`.
+pub fn status_class(status: u16) -> &'static str {
+    match status {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    }
+}
 
 /// Cheap to clone: every field is a handle into the one registry.
 #[derive(Clone)]
@@ -58,16 +85,16 @@ impl Metrics {
         let registry = Registry::new();
         let requests = IntCounterVec::new(
             opts(
-                "http_requests_total",
-                "Requests answered, by route class, method and status class.",
+                "http_server_requests_total",
+                "Client requests finished, by route class, method and status class (499: the client went away before the answer).",
             ),
             &["route", "method", "status"],
         )
         .expect("static metric definition");
         let request_duration = HistogramVec::new(
             histogram(
-                "http_request_duration_seconds",
-                "Time from request to the last response byte, by route class.",
+                "http_server_request_duration_seconds",
+                "Time from a request's headers to its last response byte (or to the client going away), by route class.",
             ),
             &["route"],
         )
@@ -75,7 +102,7 @@ impl Metrics {
         let artifact_bytes = IntCounterVec::new(
             opts(
                 "artifact_bytes_total",
-                "Artifact payload bytes moved, by direction (upload, download).",
+                "Artifact bytes moved, by direction: upload = read from clients on the upload route, download = object bytes sent to clients.",
             ),
             &["direction"],
         )
@@ -83,7 +110,7 @@ impl Metrics {
         let transfers_in_flight = IntGaugeVec::new(
             opts(
                 "transfers_in_flight",
-                "Artifact uploads and downloads in progress, by direction.",
+                "Artifact uploads and downloads (GET) in progress, by direction.",
             ),
             &["direction"],
         )
@@ -101,7 +128,7 @@ impl Metrics {
         let s3_requests = IntCounterVec::new(
             opts(
                 "s3_requests_total",
-                "S3 operations, by operation and outcome (ok, error).",
+                "S3 operations, by operation and outcome (error = unreachable, or S3 refused the call; a missing object is ok).",
             ),
             &["operation", "outcome"],
         )
@@ -109,7 +136,7 @@ impl Metrics {
         let s3_duration = HistogramVec::new(
             histogram(
                 "s3_request_duration_seconds",
-                "S3 operation duration until its response headers, by operation.",
+                "S3 operation duration, by operation: until the response headers for get_object, until the stored answer for the others.",
             ),
             &["operation"],
         )
@@ -125,7 +152,7 @@ impl Metrics {
         let upstream_requests = IntCounterVec::new(
             opts(
                 "upstream_requests_total",
-                "Requests passed to MLflow, by outcome (ok = any HTTP answer, error).",
+                "Requests passed to MLflow, by outcome (ok = any HTTP answer, error = no answer).",
             ),
             &["outcome"],
         )
@@ -133,24 +160,40 @@ impl Metrics {
         let upstream_duration = HistogramVec::new(
             histogram(
                 "upstream_request_duration_seconds",
-                "Time until MLflow's response headers.",
+                "Time until MLflow's response headers, by outcome.",
             ),
             &["outcome"],
         )
         .expect("static metric definition");
         let client_disconnects = IntCounter::with_opts(opts(
             "client_disconnects_total",
-            "Requests whose client went away before the exchange finished.",
+            "Requests whose client went away before the whole answer was sent.",
         ))
         .expect("static metric definition");
         let build_info = IntGaugeVec::new(
-            opts("build_info", "Always 1; the proxy's version as a label."),
+            opts(
+                "build_info",
+                "Always 1; the proxy's version in the version label.",
+            ),
             &["version"],
         )
         .expect("static metric definition");
         build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
+
+        // Series with a fixed set of labels exist from the start, at 0, so that rates and
+        // ratios over them are defined before the first event (a missing series is no zero).
+        for direction in ["upload", "download"] {
+            artifact_bytes.with_label_values(&[direction]);
+            transfers_in_flight.with_label_values(&[direction]);
+        }
+        for event in ["started", "completed", "aborted"] {
+            multipart_uploads.with_label_values(&[event]);
+        }
+        for outcome in ["ok", "error"] {
+            upstream_requests.with_label_values(&[outcome]);
+        }
 
         let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
             Box::new(requests.clone()),
@@ -271,7 +314,7 @@ async fn operations_response<P: ReadinessProbe>(
     let (status, content_type, body) = match request.uri().path() {
         "/metrics" => (
             StatusCode::OK,
-            "text/plain; version=0.0.4",
+            "text/plain; version=0.0.4; charset=utf-8",
             metrics.render(),
         ),
         "/healthz" => (

@@ -5,7 +5,7 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -22,7 +22,7 @@ use tokio::net::TcpListener;
 
 use crate::artifacts;
 use crate::body::{BodyError, ProxyBody};
-use crate::error::{FailedSide, ProxyError};
+use crate::error::{FailedSide, ProxyError, Side};
 use crate::router::{Route, classify};
 use crate::state::App;
 
@@ -88,36 +88,17 @@ async fn handle(
     request: Request<Incoming>,
     remote: SocketAddr,
 ) -> Response<ProxyBody> {
-    let started = Instant::now();
     let route = classify(&request);
-    let record = Record {
-        app: app.clone(),
-        route: route.class(),
-        method: request.method().clone(),
-        path: request.uri().path().to_owned(),
-        started,
-        bytes_in: Arc::new(AtomicU64::new(0)),
-        bytes_out: 0,
-        status: 0,
-        failed: None,
-        completed: false,
-    };
-    let direction = match &route {
-        Route::Upload { .. } => Some("upload"),
-        Route::Download { head: false, .. } => Some("download"),
-        _ => None,
-    };
-    if let Some(direction) = direction {
-        app.metrics
-            .transfers_in_flight
-            .with_label_values(&[direction])
-            .inc();
-    }
+    // From here on the exchange is recorded exactly once, whenever and however it ends: if
+    // hyper drops this future because the client went away, the record's `Drop` does it.
+    let mut record = Record::start(app.clone(), &route, &request);
 
-    // Count request bytes as they are read (and as artifact bytes for uploads).
+    // Count request bytes as they are read (and as artifact bytes for uploads), and notice a
+    // request body that breaks off: its client went away.
     let counted_in = record.bytes_in.clone();
-    let upload_bytes = (direction == Some("upload"))
-        .then(|| app.metrics.artifact_bytes.with_label_values(&["upload"]));
+    let request_broke = record.request_broke.clone();
+    let upload_bytes = (record.direction == Some(UPLOAD))
+        .then(|| app.metrics.artifact_bytes.with_label_values(&[UPLOAD]));
     let request = request.map(move |body| {
         body.map_frame(move |frame| {
             if let Some(data) = frame.data_ref() {
@@ -129,7 +110,10 @@ async fn handle(
             }
             frame
         })
-        .map_err(|e| BodyError(Box::new(e)))
+        .map_err(move |e| {
+            request_broke.store(true, Ordering::Relaxed);
+            BodyError(Box::new(e))
+        })
         .boxed()
     });
 
@@ -147,58 +131,123 @@ async fn handle(
         route => artifacts::handle(&app, route, request).await,
     };
 
-    let download_bytes = (direction == Some("download"))
-        .then(|| app.metrics.artifact_bytes.with_label_values(&["download"]));
-    let mut record = record;
-    record.status = response.status().as_u16();
+    record.status = Some(response.status().as_u16());
     record.failed = response
         .extensions()
         .get::<FailedSide>()
         .map(|f| f.0.as_str());
+    // Only an object's bytes are artifact bytes, not the JSON of an error.
+    let download_bytes = (record.direction == Some(DOWNLOAD)
+        && matches!(response.status().as_u16(), 200 | 206))
+    .then(|| app.metrics.artifact_bytes.with_label_values(&[DOWNLOAD]));
     let (parts, body) = response.into_parts();
     let logged = Logged {
         inner: body,
         record: Some(record),
-        direction,
         download_bytes,
     };
     Response::from_parts(parts, logged.boxed())
 }
 
-/// What is known about one exchange; logged and counted when its response body is done.
+const UPLOAD: &str = "upload";
+const DOWNLOAD: &str = "download";
+
+/// How an exchange ended.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Ending {
+    /// The whole answer was handed to the connection (whether the client read it or not).
+    Completed,
+    /// The answer's body failed on our side (the store or MLflow broke off mid-stream).
+    BodyFailed,
+    /// The client went away: before the answer, or while its body was being sent.
+    ClientGone,
+}
+
+/// What is known about one exchange; counted and logged once, when it is dropped: after the
+/// response body ended, or when hyper gave up on the connection.
 struct Record {
     app: Arc<App>,
     route: &'static str,
     method: Method,
     path: String,
+    /// `upload` or `download` for artifact transfers (counted in `transfers_in_flight`).
+    direction: Option<&'static str>,
+    /// Who produced the response body, to blame if it breaks off: the store or MLflow.
+    body_side: Side,
     started: Instant,
     bytes_in: Arc<AtomicU64>,
+    /// The request body ended in an error: the client stopped sending and went away.
+    request_broke: Arc<AtomicBool>,
     bytes_out: u64,
-    status: u16,
+    /// None until the handler has answered.
+    status: Option<u16>,
     failed: Option<&'static str>,
-    completed: bool,
+    ending: Ending,
 }
 
+/// nginx's "client closed request": logged (and counted as 4xx) when no answer was sent.
+const CLIENT_CLOSED_REQUEST: u16 = 499;
+
 impl Record {
-    fn finish(self) {
-        let metrics = &self.app.metrics;
-        let status_class = match self.status {
-            100..=199 => "1xx",
-            200..=299 => "2xx",
-            300..=399 => "3xx",
-            400..=499 => "4xx",
-            _ => "5xx",
+    fn start(app: Arc<App>, route: &Route, request: &Request<Incoming>) -> Record {
+        let direction = match route {
+            Route::Upload { .. } => Some(UPLOAD),
+            Route::Download { head: false, .. } => Some(DOWNLOAD),
+            _ => None,
         };
+        if let Some(direction) = direction {
+            app.metrics
+                .transfers_in_flight
+                .with_label_values(&[direction])
+                .inc();
+        }
+        let body_side = match route {
+            Route::PassThrough | Route::ServerInfo => Side::Upstream,
+            _ => Side::Store,
+        };
+        Record {
+            app,
+            route: route.class(),
+            method: request.method().clone(),
+            path: request.uri().path().to_owned(),
+            direction,
+            body_side,
+            started: Instant::now(),
+            bytes_in: Arc::new(AtomicU64::new(0)),
+            request_broke: Arc::new(AtomicBool::new(false)),
+            bytes_out: 0,
+            status: None,
+            failed: None,
+            ending: Ending::ClientGone,
+        }
+    }
+
+    /// Count and log the exchange (the only place that does); runs once, from `Drop`.
+    fn finish(&mut self) {
+        let metrics = &self.app.metrics;
+        let elapsed = self.started.elapsed();
+        let status = self.status.unwrap_or(CLIENT_CLOSED_REQUEST);
         metrics
             .requests
-            .with_label_values(&[self.route, self.method.as_str(), status_class])
+            .with_label_values(&[
+                self.route,
+                crate::metrics::method_label(&self.method),
+                crate::metrics::status_class(status),
+            ])
             .inc();
-        let elapsed = self.started.elapsed();
         metrics
             .request_duration
             .with_label_values(&[self.route])
             .observe(elapsed.as_secs_f64());
-        if !self.completed {
+        let request_broke = self.request_broke.load(Ordering::Relaxed);
+        let client = Side::Client.as_str();
+        if request_broke {
+            // Whatever failed next (a pass-through 502, say) followed from the client leaving.
+            self.failed = Some(client);
+        } else if self.ending == Ending::ClientGone {
+            self.failed.get_or_insert(client);
+        }
+        if request_broke || self.ending == Ending::ClientGone {
             metrics.client_disconnects.inc();
         }
         tracing::info!(
@@ -206,38 +255,44 @@ impl Record {
             method = %self.method,
             path = %self.path,
             route = self.route,
-            status = self.status,
+            status,
             bytes_in = self.bytes_in.load(Ordering::Relaxed),
             bytes_out = self.bytes_out,
-            duration_ms = u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX),
+            duration_ms = (elapsed.as_secs_f64() * 1e6).round() / 1e3,
             failed = self.failed.unwrap_or("-"),
-            completed = self.completed,
+            completed = self.ending == Ending::Completed && !request_broke,
         );
+        // Last, so that a scrape that sees no transfer in flight sees it counted.
+        if let Some(direction) = self.direction {
+            metrics
+                .transfers_in_flight
+                .with_label_values(&[direction])
+                .dec();
+        }
     }
 }
 
-/// The response body, counted on its way out; the exchange is recorded when it ends, or when
-/// hyper drops it because the client went away.
+impl Drop for Record {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
+
+/// The response body, counted on its way out; the record goes (and is written) when the body
+/// ends, or when hyper drops it because the client went away.
 struct Logged {
     inner: ProxyBody,
     record: Option<Record>,
-    direction: Option<&'static str>,
     download_bytes: Option<IntCounter>,
 }
 
 impl Logged {
-    fn close(&mut self, completed: bool) {
+    fn close(&mut self, ending: Ending) {
         if let Some(mut record) = self.record.take() {
-            record.completed = completed;
-            if let Some(direction) = self.direction {
-                record
-                    .app
-                    .metrics
-                    .transfers_in_flight
-                    .with_label_values(&[direction])
-                    .dec();
+            record.ending = ending;
+            if ending == Ending::BodyFailed {
+                record.failed.get_or_insert(record.body_side.as_str());
             }
-            record.finish();
         }
     }
 }
@@ -265,12 +320,9 @@ impl Body for Logged {
             }
             Poll::Ready(Some(Err(e))) => {
                 tracing::warn!("response body failed: {e}");
-                if let Some(record) = &mut self.record {
-                    record.failed.get_or_insert("store");
-                }
-                self.close(false);
+                self.close(Ending::BodyFailed);
             }
-            Poll::Ready(None) => self.close(true),
+            Poll::Ready(None) => self.close(Ending::Completed),
             Poll::Pending => {}
         }
         polled
@@ -288,7 +340,11 @@ impl Body for Logged {
 impl Drop for Logged {
     fn drop(&mut self) {
         // An empty body may never be polled: it ended, it was not cut off.
-        let ended = self.inner.is_end_stream();
-        self.close(ended);
+        let ending = if self.inner.is_end_stream() {
+            Ending::Completed
+        } else {
+            Ending::ClientGone
+        };
+        self.close(ending);
     }
 }

@@ -98,7 +98,13 @@ impl App {
         };
         for (upload_id, key) in open {
             match self.store.abort_multipart(&key, &upload_id).await {
-                Ok(()) => tracing::warn!(key, "aborted an upload cut off by shutdown"),
+                Ok(()) => {
+                    self.metrics
+                        .multipart_uploads
+                        .with_label_values(&["aborted"])
+                        .inc();
+                    tracing::warn!(key, "aborted an upload cut off by shutdown");
+                }
                 Err(e) => tracing::error!(key, "could not abort upload {upload_id}: {e}"),
             }
         }

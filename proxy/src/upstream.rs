@@ -3,6 +3,8 @@
 //! must see what it would see without us), hop-by-hop headers are dropped.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -13,7 +15,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::body::{ProxyBody, boxed, full};
-use crate::error::ProxyError;
+use crate::error::{ProxyError, Side};
 use crate::metrics::Metrics;
 
 /// server-info is a small JSON document; anything larger is passed on untouched.
@@ -75,8 +77,27 @@ impl Upstream {
         append_forwarded_for(headers, client);
         headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
 
+        // Tells a client whose body broke off from an upstream that failed.
+        let client_failed = Arc::new(AtomicBool::new(false));
+        let flag = client_failed.clone();
+        let request = request.map(|body| {
+            body.map_err(move |e| {
+                flag.store(true, Ordering::Relaxed);
+                e
+            })
+            .boxed()
+        });
+
         let started = Instant::now();
         let result = self.client.request(request).await;
+        if client_failed.load(Ordering::Relaxed) {
+            return Err(ProxyError::mlflow(
+                Side::Client,
+                StatusCode::BAD_REQUEST,
+                "BAD_REQUEST",
+                "The request body ended early",
+            ));
+        }
         self.metrics
             .record_upstream(result.is_ok(), started.elapsed());
         let response = result.map_err(|e| {

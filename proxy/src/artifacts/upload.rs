@@ -106,10 +106,7 @@ async fn store_body(
                 })
                 .boxed();
             match app.store.put_object(key, content_type, len, body).await {
-                Err(e) if client_failed.load(Ordering::Relaxed) => {
-                    app.metrics.client_disconnects.inc();
-                    Err(client_gone(&e.to_string()))
-                }
+                Err(e) if client_failed.load(Ordering::Relaxed) => Err(client_gone(&e.to_string())),
                 other => other.map_err(store_error),
             }
         }
@@ -169,10 +166,7 @@ async fn upload_in_parts(
 
     let outcome: Result<(), ProxyError> = async {
         while let Some(frame) = body.frame().await {
-            let frame = frame.map_err(|e| {
-                app.metrics.client_disconnects.inc();
-                client_gone(&e.to_string())
-            })?;
+            let frame = frame.map_err(|e| client_gone(&e.to_string()))?;
             let Ok(mut data) = frame.into_data() else {
                 continue;
             };

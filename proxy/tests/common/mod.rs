@@ -28,9 +28,11 @@ pub const MIB: usize = 1024 * 1024;
 /// A real S3 server on 127.0.0.1, storing into a temporary folder.
 pub struct S3Server {
     pub endpoint: String,
+    pub addr: SocketAddr,
     pub root: PathBuf,
     _dir: tempfile::TempDir,
-    task: tokio::task::JoinHandle<()>,
+    /// The accept loop; it owns every connection, so aborting it closes them all.
+    task: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl S3Server {
@@ -38,30 +40,15 @@ impl S3Server {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().to_path_buf();
         std::fs::create_dir(root.join(BUCKET)).unwrap();
-        let fs = s3s_fs::FileSystem::new(&root).unwrap();
-        let mut builder = s3s::service::S3ServiceBuilder::new(fs);
-        builder.set_auth(s3s::auth::SimpleAuth::from_single(ACCESS_KEY, SECRET_KEY));
-        let service = builder.build();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    continue;
-                };
-                let service = service.clone();
-                tokio::spawn(async move {
-                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                });
-            }
-        });
+        let task = tokio::spawn(serve_s3(listener, root.clone()));
         S3Server {
             endpoint: format!("http://{addr}"),
+            addr,
             root,
             _dir: dir,
-            task,
+            task: Mutex::new(Some(task)),
         }
     }
 
@@ -92,8 +79,58 @@ impl S3Server {
         files
     }
 
+    /// Stop listening and close every connection, kept-alive ones included: the port refuses
+    /// connections until `restart`. The stored objects stay.
     pub fn stop(&self) {
-        self.task.abort();
+        if let Some(task) = self.task.lock().unwrap().take() {
+            task.abort();
+        }
+    }
+
+    /// Listen again on the same port, over the same folder.
+    pub async fn restart(&self) {
+        self.stop();
+        // The aborted loop drops its listener at its next poll; bind once the port is free.
+        let mut attempts = 0;
+        let listener = loop {
+            match TcpListener::bind(self.addr).await {
+                Ok(listener) => break listener,
+                Err(_) if attempts < 100 => {
+                    attempts += 1;
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(e) => panic!("cannot listen on {} again: {e}", self.addr),
+            }
+        };
+        let task = tokio::spawn(serve_s3(listener, self.root.clone()));
+        *self.task.lock().unwrap() = Some(task);
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Serve S3 (SigV4 checked) from `root` until aborted; aborting also ends every connection.
+async fn serve_s3(listener: TcpListener, root: PathBuf) {
+    let fs = s3s_fs::FileSystem::new(&root).unwrap();
+    let mut builder = s3s::service::S3ServiceBuilder::new(fs);
+    builder.set_auth(s3s::auth::SimpleAuth::from_single(ACCESS_KEY, SECRET_KEY));
+    let service = builder.build();
+    let mut connections = tokio::task::JoinSet::new();
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        while connections.try_join_next().is_some() {}
+        let service = service.clone();
+        connections.spawn(async move {
+            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
     }
 }
 
@@ -310,6 +347,14 @@ impl Harness {
 
     pub async fn get(&self, path: &str) -> reqwest::Response {
         self.http.get(self.artifact(path)).send().await.unwrap()
+    }
+
+    /// GET a path of the operations listener: status and body.
+    pub async fn operations(&self, path: &str) -> (u16, String) {
+        let url = format!("http://{}{path}", self.proxy.metrics_addr);
+        let response = self.http.get(url).send().await.unwrap();
+        let status = response.status().as_u16();
+        (status, response.text().await.unwrap())
     }
 
     pub async fn metrics(&self) -> String {
