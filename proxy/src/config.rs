@@ -27,7 +27,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Serve on --listen (the default when no subcommand is given).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Wait for the S3 endpoint, create the destination bucket if it is missing (private), exit.
     EnsureBucket(EnsureBucketArgs),
     /// Exit 0 when the given URL answers 200 (for container healthchecks without curl).
@@ -67,6 +67,8 @@ pub struct ServeArgs {
     pub metrics_listen: SocketAddr,
     #[command(flatten)]
     pub store: StoreArgs,
+    #[command(flatten)]
+    pub security: crate::security::SecurityArgs,
     /// Uploads with a Content-Length up to this size go to S3 as one streamed PutObject (no
     /// memory held, no completion step); larger and chunked uploads use multipart upload.
     #[arg(long, env = "PROXY_SINGLE_PUT_MAX_MIB", default_value_t = 1024)]
@@ -139,6 +141,7 @@ pub struct ServeConfig {
     pub upstream: http::Uri,
     pub store: StoreConfig,
     pub upload: UploadConfig,
+    pub security: crate::security::Security,
     pub shutdown_grace: Duration,
 }
 
@@ -228,6 +231,7 @@ impl ServeArgs {
             metrics_listen: self.metrics_listen,
             upstream,
             store: self.store.build()?,
+            security: self.security.build()?,
             upload: UploadConfig {
                 single_put_max: self.single_put_max_mib * MIB,
                 part_size: usize::try_from(self.part_size_mib * MIB).map_err(|e| e.to_string())?,

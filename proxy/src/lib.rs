@@ -14,6 +14,7 @@ pub mod metrics;
 pub mod mlflow;
 pub mod router;
 pub mod s3;
+pub mod security;
 pub mod server;
 pub mod state;
 pub mod upstream;
@@ -45,7 +46,13 @@ impl Proxy {
         let metrics = Metrics::new();
         let store = s3::Store::new(&config.store, metrics.clone())?;
         let upstream = upstream::Upstream::new(config.upstream.clone(), metrics.clone());
-        let app = Arc::new(App::new(store, upstream, config.upload, metrics.clone()));
+        let app = Arc::new(App::new(
+            store,
+            upstream,
+            config.upload,
+            config.security.clone(),
+            metrics.clone(),
+        ));
 
         let listener = TcpListener::bind(config.listen)
             .await

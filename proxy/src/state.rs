@@ -8,6 +8,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use crate::config::UploadConfig;
 use crate::metrics::Metrics;
 use crate::s3::Store;
+use crate::security::Security;
 use crate::upstream::Upstream;
 
 /// The budget is counted in KiB so that one part's permits fit the semaphore's `u32`.
@@ -17,6 +18,7 @@ pub struct App {
     pub store: Store,
     pub upstream: Upstream,
     pub upload: UploadConfig,
+    pub security: Security,
     pub metrics: Metrics,
     budget: Arc<Semaphore>,
     /// Multipart uploads in progress (upload id → key), aborted if shutdown cuts them off.
@@ -39,7 +41,13 @@ impl Drop for BudgetPermit {
 }
 
 impl App {
-    pub fn new(store: Store, upstream: Upstream, upload: UploadConfig, metrics: Metrics) -> Self {
+    pub fn new(
+        store: Store,
+        upstream: Upstream,
+        upload: UploadConfig,
+        security: Security,
+        metrics: Metrics,
+    ) -> Self {
         let units = usize::try_from(upload.budget / BUDGET_UNIT).unwrap_or(usize::MAX);
         metrics
             .upload_budget_capacity
@@ -48,6 +56,7 @@ impl App {
             store,
             upstream,
             upload,
+            security,
             metrics,
             budget: Arc::new(Semaphore::new(units)),
             active_uploads: Mutex::new(HashMap::new()),

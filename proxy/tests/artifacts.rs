@@ -531,3 +531,90 @@ async fn download_streams_before_the_object_is_read_whole() {
     );
     assert_eq!(sha256(&received), sha256(&data));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mlflow_security_middleware_is_kept() {
+    let h = Harness::start().await;
+    assert_eq!(
+        h.put("sec/hello.txt", b"hello".to_vec()).await.status(),
+        200
+    );
+
+    // A foreign Host (DNS rebinding): refused before anything is read or stored.
+    let foreign = h
+        .http
+        .put(h.artifact("sec/evil.txt"))
+        .header("host", "evil.example.com")
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(foreign.status(), 403);
+    assert_eq!(foreign.headers()["content-type"], "text/plain");
+    assert_eq!(
+        foreign.text().await.unwrap(),
+        "Invalid Host header - possible DNS rebinding attack detected"
+    );
+    let foreign_get = h
+        .http
+        .get(h.artifact("sec/hello.txt"))
+        .header("host", "evil.example.com")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(foreign_get.status(), 403);
+
+    // A cross-origin write from a foreign origin: blocked; from localhost: allowed, with CORS headers.
+    for (method, path) in [
+        (reqwest::Method::PUT, "sec/o.txt"),
+        (reqwest::Method::DELETE, "sec/hello.txt"),
+    ] {
+        let blocked = h
+            .http
+            .request(method.clone(), h.artifact(path))
+            .header("origin", "http://evil.example.com")
+            .body("x")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(blocked.status(), 403, "{method} {path}");
+        assert_eq!(
+            blocked.text().await.unwrap(),
+            "Cross-origin request blocked"
+        );
+    }
+    assert_eq!(
+        h.s3.keys(),
+        vec!["sec/hello.txt"],
+        "nothing written or deleted"
+    );
+    let local = h
+        .http
+        .put(h.artifact("sec/local.txt"))
+        .header("origin", "http://localhost:3000")
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(local.status(), 200);
+    let headers = header_map(&local);
+    assert_eq!(
+        headers["access-control-allow-origin"],
+        "http://localhost:3000"
+    );
+    assert_eq!(headers["access-control-allow-credentials"], "true");
+
+    // Every answer carries MLflow's security headers.
+    let get = h.get("sec/hello.txt").await;
+    let headers = header_map(&get);
+    assert_eq!(headers["x-frame-options"], "SAMEORIGIN");
+    assert_eq!(headers["x-content-type-options"], "nosniff");
+    assert_eq!(headers["vary"], "Origin");
+    let list = h
+        .http
+        .get(h.url("/api/2.0/mlflow-artifacts/artifacts?path=sec"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(header_map(&list)["x-frame-options"], "SAMEORIGIN");
+}

@@ -20,6 +20,11 @@ pub async fn handle(
     route: Route,
     request: Request<ProxyBody>,
 ) -> Response<ProxyBody> {
+    // MLflow's security middleware, before anything is read or stored.
+    if let Some(rejection) = app.security.reject(&request) {
+        return rejection;
+    }
+    let facts = app.security.facts(&request);
     let result = match route {
         Route::Download { path, head } => {
             download::download(app, &path, request.headers(), head).await
@@ -44,7 +49,9 @@ pub async fn handle(
             Err(ProxyError::internal("route is not an artifact route"))
         }
     };
-    result.unwrap_or_else(ProxyError::into_response)
+    let mut response = result.unwrap_or_else(ProxyError::into_response);
+    app.security.decorate(&facts, &mut response);
+    response
 }
 
 /// The store failed: unreachable → 503, answered with an error → 502.

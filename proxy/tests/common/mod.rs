@@ -314,6 +314,7 @@ impl Harness {
             upstream: format!("http://{}", mlflow.addr).parse().unwrap(),
             store: store_config(&s3.endpoint, prefix),
             upload,
+            security: mlflow_artifact_proxy::security::Security::default(),
             shutdown_grace: Duration::from_secs(5),
         };
         let proxy = Proxy::start(config).await.unwrap();
