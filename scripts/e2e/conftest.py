@@ -1,0 +1,146 @@
+"""End-to-end suite: the real MLflow client against the native stack (scripts/stack up).
+
+The client runs as users run it: tracking URI = the proxy, nothing else. In particular no
+MLFLOW_ENABLE_PROXY_MULTIPART_* override, and no S3 endpoint or S3 keys in its environment.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+# --- the client's environment, before anything imports mlflow -----------------------------------
+for _k in list(os.environ):
+    if _k.startswith(("MLFLOW_", "AWS_")) and not _k.startswith("MLFLOW_STACK_"):
+        del os.environ[_k]
+os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
+os.environ["DO_NOT_TRACK"] = "true"
+# Fewer retries than the default 7 with exponential backoff: a wrong 5xx then fails in seconds
+# instead of minutes. It does not change which transfer path the client picks.
+os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "1"
+os.environ["MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"] = "1"
+
+import pytest  # noqa: E402
+
+from e2e_util import (  # noqa: E402
+    METRICS_URL,
+    MLFLOW_URL,
+    PROXY_URL,
+    S3_URL,
+    NESTED,
+    SETTINGS,
+    http_get,
+    write_random,
+)
+
+os.environ["MLFLOW_TRACKING_URI"] = PROXY_URL
+
+_SKIPPED: list[str] = []
+_DURATIONS: list[tuple[float, str]] = []
+
+
+def pytest_runtest_logreport(report):
+    if report.skipped:
+        _SKIPPED.append(report.nodeid)
+    if report.when == "call":
+        _DURATIONS.append((report.duration, report.nodeid))
+
+
+def pytest_sessionfinish(session, exitstatus):
+    # A skipped test is not a passing test.
+    if _SKIPPED and session.exitstatus == 0:
+        session.exitstatus = 1
+
+
+def pytest_terminal_summary(terminalreporter):
+    if _SKIPPED:
+        terminalreporter.write_line(
+            f"FAILING THE RUN: {len(_SKIPPED)} test(s) were skipped, and skipped does not count as passed:"
+        )
+        for nodeid in _SKIPPED:
+            terminalreporter.write_line(f"  {nodeid}")
+    if _DURATIONS:
+        terminalreporter.write_line("slowest tests:")
+        for d, nodeid in sorted(_DURATIONS, reverse=True)[:8]:
+            terminalreporter.write_line(f"  {d:7.2f}s {nodeid}")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def stack():
+    """Fails (never skips) when the stack is not up."""
+    problems = []
+    for what, url in [
+        ("proxy /health", f"{PROXY_URL}/health"),
+        ("MLflow /health (internal port)", f"{MLFLOW_URL}/health"),
+        ("proxy /readyz", f"{METRICS_URL}/readyz"),
+    ]:
+        if what == "proxy /readyz" and os.environ.get("E2E_PROXY_URL"):
+            continue
+        try:
+            status = http_get(url, timeout=10).status
+        except OSError as e:
+            status = repr(e)
+        if status != 200:
+            problems.append(f"{what}: {url} -> {status}")
+    try:
+        http_get(f"{S3_URL}/", timeout=10)
+    except OSError as e:
+        problems.append(f"S3 endpoint {S3_URL}: {e!r}")
+    if problems:
+        pytest.fail("the native stack is not up (run scripts/stack up):\n  " + "\n  ".join(problems))
+    return SETTINGS
+
+
+@pytest.fixture(scope="session")
+def s3():
+    """Direct S3 access for the harness only (seeding and inspecting), never for the client under test."""
+    import boto3
+
+    from botocore.handlers import decode_list_object_v2, set_list_objects_encoding_type_url
+
+    client = boto3.client(
+        "s3",
+        endpoint_url=S3_URL,
+        aws_access_key_id=SETTINGS["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=SETTINGS["AWS_SECRET_ACCESS_KEY"],
+        region_name=SETTINGS["AWS_DEFAULT_REGION"],
+    )
+    # s3s-fs ignores encoding-type=url and returns raw keys; without this boto3 would url-decode them
+    # again ('+' would become a space). See test-store-quirks.
+    client.meta.events.unregister("before-parameter-build.s3.ListObjectsV2", set_list_objects_encoding_type_url)
+    client.meta.events.unregister("after-call.s3.ListObjectsV2", decode_list_object_v2)
+    return client
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("data")
+
+
+@pytest.fixture(scope="session")
+def small_files(data_dir):
+    """0 B, 1 KiB and 7 MiB of random bytes: {name: (path, size, sha256)}."""
+    out = {}
+    for name, size in [("empty.bin", 0), ("one-kib.bin", 1024), ("seven-mib.bin", 7 << 20)]:
+        p = data_dir / "files" / name
+        out[name] = (p, size, write_random(p, size))
+    return out
+
+
+@pytest.fixture(scope="session")
+def nested_dir(data_dir):
+    """A folder tree whose names have spaces and unicode: (root, {relative path: sha256})."""
+    root = data_dir / "nested"
+    digests = {rel: write_random(root / rel, size) for rel, size in NESTED.items()}
+    return root, dict(sorted(digests.items()))
+
+
+@pytest.fixture(scope="session")
+def big_file(data_dir):
+    """600 MiB of random bytes, made once per session: (path, sha256)."""
+    t = time.monotonic()
+    p = data_dir / "big" / "big-600mib.bin"
+    digest = write_random(p, 600 << 20)
+    print(f"made {p} in {time.monotonic() - t:.1f}s")
+    yield p, digest
+    p.unlink(missing_ok=True)

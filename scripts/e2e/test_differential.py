@@ -1,0 +1,525 @@
+"""Differential test: the same raw artifact requests to the proxy (PROXY_URL) and to stock MLflow's own
+artifact routes (MLFLOW_URL, its internal port). Statuses, content types, bodies (JSON parsed) and the
+headers a user sees must be equal, except for the short list of deliberate differences in DELIBERATE,
+each with its reason; for those, both answers are checked against what the list says.
+
+Each side works on its own copy of the same objects (seeded straight into S3 by the harness), so that
+writes and deletes can be compared too: after a mutating request, the objects under each side's
+prefix must be the same. Side prefixes have the same length and are replaced by {P} before comparing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from dataclasses import dataclass, field
+from urllib.parse import quote
+
+import pytest
+
+from e2e_util import (
+    BUCKET,
+    BUCKET_PREFIX,
+    MLFLOW_URL,
+    PROXY_URL,
+    Response,
+    fmt,
+    raw_request,
+    sha256_bytes,
+)
+
+A = "/api/2.0/mlflow-artifacts/artifacts"
+J = "/ajax-api/2.0/mlflow-artifacts/artifacts"
+MPU = "/api/2.0/mlflow-artifacts/mpu"
+PRESIGNED = "/api/2.0/mlflow-artifacts/presigned"
+JSON_CT = {"Content-Type": "application/json"}
+
+RANDOM_PNG = os.urandom(3000)
+BIG = os.urandom(3 << 20)
+TREE: dict[str, bytes] = {
+    "hello.txt": b"hello world\n",
+    "empty.bin": b"",
+    "sub/a.json": b'{"a": 1}',
+    "sub/deeper/x.csv": b"1,2\n",
+    "a b.txt": b"space",
+    "日本.txt": "jp".encode(),
+    'q"uote.txt': b"q",
+    "plus/plus+sign.txt": b"plus",
+    "back\\slash.txt": b"backslash",
+    "MLmodel": b"flavors: {}\n",
+    "img.png": RANDOM_PNG,
+    "doc.pdf": b"%PDF-1.4\n",
+    "noext": b"no extension",
+    "big.bin": BIG,
+    "ünï dir/x y.txt": b"unicode dir",
+}
+# Writes and deletes work on a fresh, smaller copy each.
+MUT_TREE = {k: TREE[k] for k in ("hello.txt", "empty.bin", "sub/a.json", "sub/deeper/x.csv", "a b.txt", "ünï dir/x y.txt")}
+
+
+@dataclass
+class Case:
+    id: str
+    method: str
+    path: str  # {P}: the side's prefix; {PQ}: the same, form-encoded as the client sends it in ?path=
+    body: bytes | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+    mutates: bool = False
+
+
+def C(id, method, path, body=None, headers=None, mutates=None):
+    if mutates is None:
+        mutates = method in ("PUT", "DELETE", "POST")
+    return Case(id, method, path, body, headers or {}, mutates)
+
+
+CASES = [
+    # ---- list
+    C("list-dir", "GET", A + "?path={PQ}"),
+    C("list-dir-slashes-raw", "GET", A + "?path={P}"),
+    C("list-sub", "GET", A + "?path={PQ}%2Fsub"),
+    C("list-deeper", "GET", A + "?path={PQ}%2Fsub%2Fdeeper"),
+    C("list-unicode-dir", "GET", A + "?path={PQ}%2F%C3%BCn%C3%AF+dir"),
+    C("list-plus", "GET", A + "?path={PQ}%2Fplus"),
+    C("list-a-file", "GET", A + "?path={PQ}%2Fhello.txt"),
+    C("list-missing", "GET", A + "?path={PQ}%2Fnope"),
+    C("list-trailing-slash", "GET", A + "?path={PQ}%2Fsub%2F"),
+    C("list-double-slash", "GET", A + "?path={PQ}%2F%2Fsub"),
+    C("list-dot-segment", "GET", A + "?path={PQ}%2F.%2Fsub"),
+    C("list-double-encoded", "GET", A + "?path={PQ}%252Fsub"),
+    C("list-unknown-param", "GET", A + "?path={PQ}&foo=bar"),
+    C("list-ajax", "GET", J + "?path={PQ}"),
+    C("list-empty-path", "GET", A + "?path="),
+    C("list-no-path", "GET", A),
+    C("list-dotdot", "GET", A + "?path={PQ}%2F..%2F..%2F.."),
+    C("list-dotdot-raw", "GET", A + "?path=../.."),
+    C("list-absolute", "GET", A + "?path=%2Fetc"),
+    C("list-double-encoded-dotdot", "GET", A + "?path=%252e%252e"),
+    C("list-hash", "GET", A + "?path={PQ}%2Fa%23b"),
+    C("list-file-uri", "GET", A + "?path=file%3A%2F%2F%2Fetc"),
+    C("list-windows-abs", "GET", A + "?path=C%3A%2FWindows"),
+    C("list-unc", "GET", A + "?path=%5C%5Csrv%5Cshare"),
+    C("list-malformed-ipv6", "GET", A + "?path=%2F%2F%5Bx"),
+    # ---- download
+    C("get-file", "GET", A + "/{P}/hello.txt"),
+    C("get-empty-file", "GET", A + "/{P}/empty.bin"),
+    C("get-json-is-text", "GET", A + "/{P}/sub/a.json"),
+    C("get-csv", "GET", A + "/{P}/sub/deeper/x.csv"),
+    C("get-space", "GET", A + "/{P}/a%20b.txt"),
+    C("get-unicode", "GET", A + "/{P}/%E6%97%A5%E6%9C%AC.txt"),
+    C("get-unicode-dir", "GET", A + "/{P}/%C3%BCn%C3%AF%20dir/x%20y.txt"),
+    C("get-quote", "GET", A + "/{P}/q%22uote.txt"),
+    C("get-plus", "GET", A + "/{P}/plus/plus+sign.txt"),
+    C("get-plus-encoded", "GET", A + "/{P}/plus/plus%2Bsign.txt"),
+    C("get-backslash", "GET", A + "/{P}/back%5Cslash.txt"),
+    C("get-mlmodel", "GET", A + "/{P}/MLmodel"),
+    C("get-png", "GET", A + "/{P}/img.png"),
+    C("get-pdf", "GET", A + "/{P}/doc.pdf"),
+    C("get-no-extension", "GET", A + "/{P}/noext"),
+    C("get-3mib", "GET", A + "/{P}/big.bin"),
+    C("get-ajax", "GET", J + "/{P}/hello.txt"),
+    C("get-double-encoded-space", "GET", A + "/{P}/a%2520b.txt"),
+    C("get-encoded-slash", "GET", A + "/{P}/sub%2Fa.json"),
+    C("get-trailing-encoded-hash", "GET", A + "/{P}/hello.txt%23"),
+    C("get-trailing-encoded-qmark", "GET", A + "/{P}/hello.txt%3F"),
+    C("get-dot-segment", "GET", A + "/{P}/./hello.txt"),
+    C("get-double-slash", "GET", A + "/{P}//hello.txt"),
+    C("get-query-ignored", "GET", A + "/{P}/hello.txt?x=1"),
+    C("get-range", "GET", A + "/{P}/big.bin", headers={"Range": "bytes=0-99"}),
+    C("get-accept-ignored", "GET", A + "/{P}/sub/a.json", headers={"Accept": "application/json"}),
+    C("get-missing", "GET", A + "/{P}/nope.txt"),
+    C("get-missing-unicode", "GET", A + "/{P}/n%C3%B6pe.txt"),
+    C("get-control-char", "GET", A + "/{P}/a%01b"),
+    C("get-nul", "GET", A + "/{P}/a%00b"),
+    C("get-backslash-dotdot", "GET", A + "/1%5C..%5C..%5Cfoo"),
+    C("get-directory", "GET", A + "/{P}/sub"),
+    C("get-directory-slash", "GET", A + "/{P}/sub/"),
+    # ---- unsafe paths (spec §5): all "Invalid path"
+    C("get-dotdot-raw", "GET", A + "/../../etc/passwd"),
+    C("get-dotdot-after-prefix", "GET", A + "/{P}/../../../etc/passwd"),
+    C("get-dotdot-encoded", "GET", A + "/%2e%2e/%2e%2e/etc/passwd"),
+    C("get-dotdot-encoded-slash", "GET", A + "/..%2f..%2fetc%2fpasswd"),
+    C("get-dotdot-double-encoded", "GET", A + "/%252e%252e/x"),
+    C("get-absolute", "GET", A + "//etc/passwd"),
+    C("get-absolute-encoded", "GET", A + "/%2Fetc%2Fpasswd"),
+    C("get-windows-abs", "GET", A + "/C:/Windows/win.ini"),
+    C("get-windows-unc", "GET", A + "/%5C%5Csrv%5Cshare%5Cx"),
+    C("get-hash", "GET", A + "/{P}/a%23b"),
+    C("get-file-uri", "GET", A + "/file:%2F%2F%2Fetc%2Fpasswd"),
+    C("get-dotdot-ajax", "GET", J + "/%2e%2e/%2e%2e/etc/passwd"),
+    C("get-malformed-ipv6", "GET", A + "/%2F%2F%5Bx"),
+    C("get-scheme-like-missing", "GET", A + "/Zq:nope.txt"),
+    # ---- other methods and headers
+    C("head-file", "HEAD", A + "/{P}/hello.txt"),
+    C("post-on-artifact", "POST", A + "/{P}/hello.txt", b"", mutates=False),
+    C("patch-on-artifact", "PATCH", A + "/{P}/hello.txt", b"x", mutates=False),
+    C("post-on-list", "POST", A, b"", mutates=False),
+    C("options-plain", "OPTIONS", A + "/{P}/hello.txt"),
+    C(
+        "options-cors-preflight",
+        "OPTIONS",
+        A + "/{P}/hello.txt",
+        headers={"Origin": "http://localhost:3000", "Access-Control-Request-Method": "PUT"},
+    ),
+    C("get-workspace-header", "GET", A + "/{P}/hello.txt", headers={"X-MLFLOW-WORKSPACE": "team-a"}),
+    C("list-workspace-header", "GET", A + "?path={PQ}", headers={"X-MLFLOW-WORKSPACE": "team-a"}),
+    C("get-foreign-host", "GET", A + "/{P}/hello.txt", headers={"Host": "evil.example.com"}),
+    C("list-foreign-host", "GET", A + "?path={PQ}", headers={"Host": "evil.example.com"}),
+    C("get-foreign-origin", "GET", A + "/{P}/hello.txt", headers={"Origin": "http://evil.example.com"}),
+    # ---- multipart upload and presigned download
+    C("presigned-file", "GET", PRESIGNED + "/{P}/hello.txt"),
+    C("presigned-missing", "GET", PRESIGNED + "/{P}/nope.txt"),
+    C("mpu-create", "POST", MPU + "/create/{P}", b'{"path": "x.bin", "num_parts": 2}', JSON_CT),
+    C(
+        "mpu-complete",
+        "POST",
+        MPU + "/complete/{P}",
+        b'{"path": "x.bin", "upload_id": "nope", "parts": [{"part_number": 1, "etag": "\\"x\\""}]}',
+        JSON_CT,
+    ),
+    C("mpu-abort", "POST", MPU + "/abort/{P}", b'{"path": "x.bin", "upload_id": "nope"}', JSON_CT),
+    # ---- uploads
+    C("put-new", "PUT", A + "/{P}/new.txt", b"new file"),
+    C("put-overwrite", "PUT", A + "/{P}/hello.txt", b"replaced"),
+    C("put-empty", "PUT", A + "/{P}/zero.bin", b""),
+    C("put-nested-new-dir", "PUT", A + "/{P}/n1/n2/n3.txt", b"deep"),
+    C("put-unicode", "PUT", A + "/{P}/%C3%BC%20n%C3%AAw%20%E6%97%A5.txt", b"unicode"),
+    C("put-double-encoded", "PUT", A + "/{P}/x%2520y.txt", b"double"),
+    C("put-encoded-slash", "PUT", A + "/{P}/es%2Fz.txt", b"encoded slash"),
+    C("put-plus", "PUT", A + "/{P}/p+q.txt", b"plus"),
+    C("put-ajax", "PUT", J + "/{P}/ajax.txt", b"ajax"),
+    C("put-trailing-slash", "PUT", A + "/{P}/dir/", b"x"),
+    C("put-dot-segment", "PUT", A + "/{P}/./dot.txt", b"dot"),
+    C("put-double-slash", "PUT", A + "/{P}//dbl.txt", b"dbl"),
+    C("put-reserved-name", "PUT", A + "/{P}/.artifact.uploading.x", b"r"),
+    C("put-onto-directory", "PUT", A + "/{P}/sub", b"x"),
+    C("put-dotdot", "PUT", A + "/%2e%2e/x.txt", b"x"),
+    C("put-dotdot-after-prefix", "PUT", A + "/{P}/../../../x.txt", b"x"),
+    C("put-absolute", "PUT", A + "//etc/x.txt", b"x"),
+    C("put-hash", "PUT", A + "/{P}/a%23b", b"x"),
+    C("put-foreign-origin", "PUT", A + "/{P}/o.txt", b"x", {"Origin": "http://evil.example.com"}),
+    C("put-localhost-origin", "PUT", A + "/{P}/o.txt", b"x", {"Origin": "http://localhost:3000"}),
+    C("put-foreign-host", "PUT", A + "/{P}/h.txt", b"x", {"Host": "evil.example.com"}),
+    C("put-workspace-header", "PUT", A + "/{P}/w.txt", b"x", {"X-MLFLOW-WORKSPACE": "team-a"}),
+    C("put-content-type-ignored", "PUT", A + "/{P}/ct.txt", b"{}", JSON_CT),
+    C("put-scheme-like", "PUT", A + "/Zq:{P}/x.txt", b"scheme-like prefix is lower-cased"),
+    # ---- deletes
+    C("delete-file", "DELETE", A + "/{P}/hello.txt"),
+    C("delete-directory", "DELETE", A + "/{P}/sub"),
+    C("delete-directory-slash", "DELETE", A + "/{P}/sub/"),
+    C("delete-missing", "DELETE", A + "/{P}/nope"),
+    C("delete-unicode-dir", "DELETE", A + "/{P}/%C3%BCn%C3%AF%20dir"),
+    C("delete-space", "DELETE", A + "/{P}/a%20b.txt"),
+    C("delete-everything-under-prefix", "DELETE", A + "/{P}"),
+    C("delete-ajax", "DELETE", J + "/{P}/hello.txt"),
+    C("delete-with-body", "DELETE", A + "/{P}/hello.txt", b'{"ignored": true}', JSON_CT),
+    C("delete-root", "DELETE", A + "/"),
+    C("delete-query-form", "DELETE", A + "?path={PQ}%2Fhello.txt"),
+    C("delete-dotdot", "DELETE", A + "/%2e%2e/x"),
+    C("delete-dotdot-after-prefix", "DELETE", A + "/{P}/../../.."),
+    C("delete-absolute", "DELETE", A + "//etc/passwd"),
+    C("delete-hash", "DELETE", A + "/{P}/a%23b"),
+    C("delete-foreign-origin", "DELETE", A + "/{P}/hello.txt", None, {"Origin": "http://evil.example.com"}),
+    C("delete-foreign-host", "DELETE", A + "/{P}/hello.txt", None, {"Host": "evil.example.com"}),
+]
+
+MISSING_404 = (
+    "a missing object: stock MLflow on S3 answers 500 INTERNAL_ERROR (a boto3 HeadObject 404 wrapped as an "
+    "internal error), which the client retries 7 times with backoff; the proxy answers 404 RESOURCE_DOES_NOT_EXIST, "
+    "which is what stock MLflow answers for a local destination"
+)
+MPU_501 = (
+    "stock MLflow on S3 hands out presigned S3 URLs, so clients would send bytes straight to S3 (which they may "
+    "not reach) and around the proxy; the proxy has multipart transfers off (server-info says so) and answers "
+    "501 NOT_IMPLEMENTED, on which the client falls back to a single PUT/GET through the proxy"
+)
+
+STORE_QUIRK_PLUS = (
+    "not the proxy: a quirk of the test S3 server. s3s-fs ignores encoding-type=url in ListObjectsV2, boto3 "
+    "(inside stock MLflow) then url-decodes the raw key and turns '+' into a space, so stock lists "
+    "'plus sign.txt' for the object 'plus+sign.txt'; the proxy lists the real key (with MinIO or AWS stock does too)"
+)
+
+
+RANGE = (
+    "Range requests: stock MLflow on S3 spools the object to a temp file and ignores Range (200, whole body); "
+    "the proxy honours a single range (206 with Content-Range, and Accept-Ranges: bytes on every download), "
+    "as stock MLflow does for a local destination"
+)
+DIRECTORY = (
+    "GET of a 'directory' on S3: stock downloads the whole subtree to a temp dir and then answers 200 with an "
+    "empty body (a stock bug, spec §3.1); the proxy answers 400 with the message stock uses for a local destination"
+)
+DOUBLE_SLASH_DELETE = (
+    "DELETE .../artifacts//etc/passwd: stock's Flask router answers 308 to .../artifacts/etc/passwd (the client "
+    "follows it and deletes etc/passwd under the root); the proxy refuses the absolute path with 400 Invalid path, "
+    "as stock's own GET and PUT do"
+)
+S3_WRITE_ERROR = (
+    "the S3 store refuses the write (s3s-fs cannot store key 'sub' while 'sub/' is a folder on its disk: a "
+    "test-store quirk; real S3 accepts it): stock answers an unstructured 500 'Internal Server Error', the proxy "
+    "a 502 with an MLflow JSON error naming the S3 status; both are retried by the client"
+)
+
+
+PARSE_ERROR = (
+    "a path Python's urlparse cannot parse ('//[x': an unterminated IPv6 host): stock answers 500 (plain text for "
+    "a download, HTML for a list), which the client retries; the proxy answers 400 Invalid path"
+)
+
+
+def D(reason, stock_status, proxy_status, proxy_error_code=None, stock_names=None, proxy_names=None,
+      proxy_body=None, proxy_detail=None):
+    return {
+        "reason": reason,
+        "stock_status": stock_status,
+        "proxy_status": proxy_status,
+        "proxy_error_code": proxy_error_code,
+        "stock_names": stock_names,
+        "proxy_names": proxy_names,
+        "proxy_body": proxy_body,
+        "proxy_detail": proxy_detail,
+    }
+
+
+# The written list of deliberate differences: case id -> what each side answers, and why.
+DELIBERATE: dict[str, dict] = {
+    "get-missing": D(MISSING_404, 500, 404, "RESOURCE_DOES_NOT_EXIST"),
+    "get-missing-unicode": D(MISSING_404, 500, 404, "RESOURCE_DOES_NOT_EXIST"),
+    "get-control-char": D(MISSING_404 + " (the key is the literal text a%01b)", 500, 404, "RESOURCE_DOES_NOT_EXIST"),
+    "get-nul": D(MISSING_404 + " (the key is the literal text a%00b)", 500, 404, "RESOURCE_DOES_NOT_EXIST"),
+    "get-backslash-dotdot": D(
+        MISSING_404 + " (a backslash is a plain character on Linux)", 500, 404, "RESOURCE_DOES_NOT_EXIST"
+    ),
+    "presigned-file": D(MPU_501, 200, 501, "NOT_IMPLEMENTED"),
+    "mpu-create": D(MPU_501, 200, 501, "NOT_IMPLEMENTED"),
+    "mpu-complete": D(MPU_501 + " (stock: HTML 500 for an unknown upload id)", 500, 501, "NOT_IMPLEMENTED"),
+    "mpu-abort": D(MPU_501 + " (stock: HTML 500 for an unknown upload id)", 500, 501, "NOT_IMPLEMENTED"),
+    "list-plus": D(STORE_QUIRK_PLUS, 200, 200, None, ["plus sign.txt"], ["plus+sign.txt"]),
+    "presigned-missing": D(MPU_501, 404, 501, "NOT_IMPLEMENTED"),
+    "get-range": D(RANGE, 200, 206, None, proxy_body=BIG[:100]),
+    "get-directory": D(DIRECTORY, 200, 400, None, proxy_detail="Artifact path refers to a directory, not a file: '{P}/sub'"),
+    "get-directory-slash": D(DIRECTORY, 200, 400, None),
+    "delete-absolute": D(DOUBLE_SLASH_DELETE, 308, 400, "INVALID_PARAMETER_VALUE"),
+    "put-onto-directory": D(S3_WRITE_ERROR, 500, 502, "TEMPORARILY_UNAVAILABLE"),
+    "get-malformed-ipv6": D(PARSE_ERROR, 500, 400, "INVALID_PARAMETER_VALUE"),
+    "list-malformed-ipv6": D(PARSE_ERROR, 500, 400, "INVALID_PARAMETER_VALUE"),
+    "get-scheme-like-missing": D(MISSING_404 + " (the key is 'zq:nope.txt': MLflow lower-cases a scheme-like start)", 500, 404, "RESOURCE_DOES_NOT_EXIST"),
+}
+
+
+def side_prefixes(base: str) -> dict[str, str]:
+    return {"proxy": f"{base}/p", "stock": f"{base}/s"}
+
+
+def key(path: str) -> str:
+    return f"{BUCKET_PREFIX}/{path}" if BUCKET_PREFIX else path
+
+
+def seed(s3, prefix: str, tree: dict[str, bytes]) -> None:
+    for rel, data in tree.items():
+        s3.put_object(Bucket=BUCKET, Key=key(f"{prefix}/{rel}"), Body=data)
+
+
+def seeded_state() -> dict[str, tuple[int, str]]:
+    return dict(sorted((rel, (len(d), sha256_bytes(d))) for rel, d in MUT_TREE.items()))
+
+
+def side_state(s3, prefix: str) -> dict[str, tuple[int, str]]:
+    """Objects under {P}/, and under 'zq:{P}/' or 'Zq:{P}/' (where a scheme-like path would land)."""
+    out = objects_under(s3, prefix)
+    for scheme in ("zq:", "Zq:"):
+        out.update({f"{scheme}{{P}}/{k}": v for k, v in objects_under(s3, scheme + prefix).items()})
+    return out
+
+
+def objects_under(s3, prefix: str) -> dict[str, tuple[int, str]]:
+    """{key relative to prefix: (size, sha256)} of every object under prefix/."""
+    out = {}
+    full = key(prefix) + "/"
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=full):
+        for o in page.get("Contents", []):
+            data = s3.get_object(Bucket=BUCKET, Key=o["Key"])["Body"].read()
+            out[o["Key"][len(full) :]] = (o["Size"], sha256_bytes(data))
+    return dict(sorted(out.items()))
+
+
+def render(case: Case, prefix: str) -> str:
+    return case.path.replace("{PQ}", quote(prefix, safe="")).replace("{P}", prefix)
+
+
+# Headers compared per case (with status, content type and body).
+SHOWN_HEADERS = ("content-disposition", "allow", "content-range")
+# Headers MLflow's security and CORS middleware put on every response. They are compared for every case
+# too, but reported together by test_security_and_cors_headers_match_stock (one list instead of a
+# hundred failures that would hide the per-case differences).
+SECURITY_HEADERS = (
+    "x-content-type-options",
+    "x-frame-options",
+    "access-control-allow-origin",
+    "access-control-allow-credentials",
+    "access-control-allow-methods",
+)
+
+
+def view(resp: Response, prefix: str, method: str) -> dict:
+    """What a user sees, with the side's prefix replaced by {P}."""
+    body = resp.body.replace(prefix.encode(), b"{P}").replace(quote(prefix, safe="").encode(), b"{PQ}")
+    r = Response(resp.status, resp.headers, body)
+    out = r.summary()
+    out["content-type"] = resp.headers.get("content-type")
+    for h in SHOWN_HEADERS:
+        if h in resp.headers:
+            out[h] = resp.headers[h]
+    if "allow" in out:  # Werkzeug's order of methods varies from process to process
+        out["allow"] = sorted(m.strip() for m in out["allow"].split(","))
+    if method == "HEAD":
+        out["content-length"] = resp.headers.get("content-length")
+    return out
+
+
+def listed_names(resp: Response):
+    try:
+        return [f["path"] for f in json.loads(resp.body).get("files", [])]
+    except (ValueError, AttributeError):
+        return None
+
+
+def error_code(resp: Response):
+    try:
+        return json.loads(resp.body).get("error_code")
+    except (ValueError, AttributeError):
+        return None
+
+
+BASE = f"e2e-diff-{uuid.uuid4().hex[:8]}"  # everything this module writes is under it, and removed at the end
+
+
+@pytest.fixture(scope="module")
+def read_prefixes(s3):
+    prefixes = side_prefixes(f"{BASE}/read")
+    for p in prefixes.values():
+        seed(s3, p, TREE)
+    yield prefixes
+    for scheme in ("", "zq:", "Zq:"):
+        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=key(scheme + BASE) + "/"):
+            for o in page.get("Contents", []):
+                s3.delete_object(Bucket=BUCKET, Key=o["Key"])
+
+
+_RESULTS: list[tuple[str, str]] = []
+_SECURITY: dict[str, tuple[dict, dict]] = {}  # case id -> (stock headers, proxy headers)
+
+
+def security_headers(resp: Response) -> dict:
+    return {h: resp.headers[h] for h in SECURITY_HEADERS if h in resp.headers}
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_proxy_matches_stock(case: Case, s3, read_prefixes):
+    if case.mutates:
+        prefixes = side_prefixes(f"{BASE}/{case.id}")
+        for p in prefixes.values():
+            seed(s3, p, MUT_TREE)
+    else:
+        prefixes = read_prefixes
+
+    answers, views, states = {}, {}, {}
+    untouched = None
+    for side, base_url in (("proxy", PROXY_URL), ("stock", MLFLOW_URL)):
+        prefix = prefixes[side]
+        answers[side] = raw_request(base_url, case.method, render(case, prefix), case.body, case.headers)
+        views[side] = view(answers[side], prefix, case.method)
+        if case.mutates:
+            states[side] = side_state(s3, prefix)
+            if side == "proxy":
+                # the proxy's request must not have touched the stock side's copy
+                untouched = side_state(s3, prefixes["stock"]) == seeded_state()
+
+    if case.id == "mpu-create" and answers["stock"].status == 200:
+        # do not leave stock's multipart upload behind
+        upload_id = answers["stock"].json().get("upload_id")
+        raw_request(
+            MLFLOW_URL, "POST", f"{MPU}/abort/{prefixes['stock']}",
+            json.dumps({"path": "x.bin", "upload_id": upload_id}).encode(), JSON_CT,
+        )
+
+    _SECURITY[case.id] = (security_headers(answers["stock"]), security_headers(answers["proxy"]))
+
+    request = f"{case.method} {case.path}" + (f"  headers={case.headers}" if case.headers else "") + (
+        f"  body={case.body!r}" if case.body else ""
+    )
+    if case.id in DELIBERATE:
+        d = DELIBERATE[case.id]
+        reason = d["reason"]
+        got = (answers["stock"].status, answers["proxy"].status, error_code(answers["proxy"]))
+        want = (d["stock_status"], d["proxy_status"], d["proxy_error_code"])
+        if d["stock_names"] is not None:
+            got += (listed_names(answers["stock"]), listed_names(answers["proxy"]))
+            want += (d["stock_names"], d["proxy_names"])
+        if d["proxy_body"] is not None:
+            got += (sha256_bytes(answers["proxy"].body),)
+            want += (sha256_bytes(d["proxy_body"]),)
+        if d["proxy_detail"] is not None:
+            body = views["proxy"]["body"]
+            got += (body.get("detail") if isinstance(body, dict) else body,)
+            want += (d["proxy_detail"],)
+        _RESULTS.append((case.id, "deliberate difference" if got == want else "DIFFERS FROM THE DELIBERATE LIST"))
+        if got != want:
+            raise AssertionError(
+                f"{request}\n  deliberate difference: {reason}\n"
+                f"  expected (stock status, proxy status, proxy error_code[, details]): {want}\n"
+                f"  got:                                                                 {got}\n"
+                f"  stock answer: {fmt(views['stock'])}\n  proxy answer: {fmt(views['proxy'])}"
+            )
+        return
+
+    problems = []
+    if untouched is False:
+        problems.append(f"  the proxy's request changed objects outside its own prefix (under {prefixes['stock']})")
+    if views["proxy"] != views["stock"]:
+        differing = [k for k in {**views["stock"], **views["proxy"]} if views["stock"].get(k) != views["proxy"].get(k)]
+        problems.append(f"  answers differ in: {', '.join(differing)}")
+        problems.append(f"  answer\n    expected (stock): {fmt(views['stock'])}\n    got (proxy):      {fmt(views['proxy'])}")
+    if case.mutates and states["proxy"] != states["stock"]:
+        problems.append(
+            f"  objects under {{P}} afterwards\n    expected (stock): {fmt(states['stock'])}\n"
+            f"    got (proxy):      {fmt(states['proxy'])}"
+        )
+    _RESULTS.append((case.id, "same" if not problems else "DIFFERENT"))
+    if problems:
+        raise AssertionError(f"{request}\n" + "\n".join(problems))
+
+
+def test_security_and_cors_headers_match_stock():
+    """X-Content-Type-Options, X-Frame-Options and CORS headers, as stock MLflow's middleware sets them,
+    on every answer of the cases above (this test runs after them, in file order)."""
+    if len(_SECURITY) < len(CASES):
+        pytest.fail(f"only {len(_SECURITY)} of {len(CASES)} cases ran before this test; run the whole module")
+    # Where stock crashes (a deliberate difference with a stock 5xx), uvicorn's error handler answers
+    # outside MLflow's security middleware, so that answer has no security headers; the proxy's
+    # replacement answer keeps them.
+    crashed = {cid for cid, d in DELIBERATE.items() if d["stock_status"] >= 500}
+    differing = {
+        cid: {"stock": s, "proxy": p} for cid, (s, p) in _SECURITY.items() if s != p and cid not in crashed
+    }
+    if differing:
+        by_kind: dict[str, list[str]] = {}
+        for cid, d in differing.items():
+            kind = ", ".join(
+                f"{h}: stock {d['stock'].get(h)!r} proxy {d['proxy'].get(h)!r}"
+                for h in SECURITY_HEADERS
+                if d["stock"].get(h) != d["proxy"].get(h)
+            )
+            by_kind.setdefault(kind, []).append(cid)
+        lines = [f"{len(differing)} of {len(_SECURITY)} answers differ in security/CORS headers:"]
+        for kind, ids in sorted(by_kind.items(), key=lambda kv: -len(kv[1])):
+            lines.append(f"  {kind}\n    in {len(ids)} case(s): {', '.join(ids)}")
+        raise AssertionError("\n".join(lines))
+
+
+def test_deliberate_differences_are_listed_cases():
+    """The written list only names cases that exist."""
+    ids = {c.id for c in CASES}
+    assert set(DELIBERATE) <= ids, f"unknown ids in DELIBERATE: {sorted(set(DELIBERATE) - ids)}"
