@@ -374,7 +374,8 @@ impl Store {
     }
 }
 
-fn control_bucket(config: &StoreConfig) -> Result<Box<Bucket>, String> {
+/// The endpoint as rust-s3 addresses it, and the static credentials.
+fn region_and_credentials(config: &StoreConfig) -> Result<(Region, Credentials), String> {
     let region = Region::Custom {
         region: config.region.clone(),
         endpoint: config.endpoint.as_str().trim_end_matches('/').to_owned(),
@@ -387,6 +388,11 @@ fn control_bucket(config: &StoreConfig) -> Result<Box<Bucket>, String> {
         None,
     )
     .map_err(|e| format!("S3 credentials: {e}"))?;
+    Ok((region, credentials))
+}
+
+fn control_bucket(config: &StoreConfig) -> Result<Box<Bucket>, String> {
+    let (region, credentials) = region_and_credentials(config)?;
     let bucket = Bucket::new(&config.bucket, region, credentials)
         .map_err(|e| format!("S3 bucket {:?}: {e}", config.bucket))?
         .with_path_style()
@@ -470,18 +476,7 @@ pub async fn ensure_bucket(config: &StoreConfig, wait: Duration) -> Result<&'sta
         tracing::info!("waiting for S3 at {}: {last_error}", config.endpoint);
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
-    let region = Region::Custom {
-        region: config.region.clone(),
-        endpoint: config.endpoint.as_str().trim_end_matches('/').to_owned(),
-    };
-    let credentials = Credentials::new(
-        Some(&config.access_key),
-        Some(&config.secret_key),
-        None,
-        None,
-        None,
-    )
-    .map_err(|e| e.to_string())?;
+    let (region, credentials) = region_and_credentials(config)?;
     match Bucket::create_with_path_style(
         &config.bucket,
         region,
