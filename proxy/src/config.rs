@@ -82,7 +82,7 @@ pub struct ServeArgs {
     pub parts_in_flight: usize,
     /// Memory all uploads together may hold in parts; when it is spent, the proxy stops reading
     /// clients' sockets until parts are stored.
-    #[arg(long, env = "PROXY_UPLOAD_BUDGET_MIB", default_value_t = 128)]
+    #[arg(long, env = "PROXY_UPLOAD_BUDGET_MIB", default_value_t = 64)]
     pub upload_budget_mib: u64,
     /// On SIGTERM/SIGINT, how long transfers in flight may take to finish.
     #[arg(long, env = "PROXY_SHUTDOWN_GRACE_SECS", default_value_t = 30)]

@@ -46,8 +46,10 @@ impl Upstream {
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(Duration::from_secs(5)));
         let client = Client::builder(TokioExecutor::new())
-            // uvicorn closes idle keep-alive connections after 5 s; stay well below.
-            .pool_idle_timeout(Duration::from_secs(2))
+            // A fresh connection per request: on a reused connection uvicorn's second response
+            // segment waits ~40 ms for our delayed ACK (Nagle on its socket); a loopback connect
+            // costs ~0.1 ms. Measured through the proxy, /health p50: 48.8 ms pooled, 1.6 ms not.
+            .pool_max_idle_per_host(0)
             .pool_timer(TokioTimer::new())
             .build(connector);
         Upstream {
