@@ -12,6 +12,7 @@ pub mod config;
 pub mod error;
 pub mod metrics;
 pub mod mlflow;
+mod quickack;
 pub mod router;
 pub mod s3;
 pub mod security;
