@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 use benches::client::{self, Batch, Latencies, MIB, Transfer};
 use benches::procs::{self, Managed, Sampler};
 use benches::servers;
-use benches::stats::{percentile, spread};
+use benches::stats::{Spread, percentile, spread};
 use s3::Bucket;
 use s3::creds::Credentials;
 use s3::region::Region;
@@ -643,33 +643,13 @@ fn run() -> Result<(), String> {
                 "proxy_secs": map["proxy"].iter().map(|t| round(t.secs, 3)).collect::<Vec<_>>(),
                 "direct_secs": map["direct"].iter().map(|t| round(t.secs, 3)).collect::<Vec<_>>()}));
             if dir == "upload" {
-                let wait = spread(
-                    &map["proxy"]
-                        .iter()
-                        .map(|t| t.head_secs * 1000.0)
-                        .collect::<Vec<_>>(),
-                );
+                let wait = spread_ms(&map["proxy"], |t| t.head_secs);
                 scenarios.push(json!({"scenario": format!("upload single stream, {store}: request start to response head (ms)"), "proxy_ms": wait.json()}));
             }
         }
-        let head = spread(
-            &down["proxy"]
-                .iter()
-                .map(|t| t.head_secs * 1000.0)
-                .collect::<Vec<_>>(),
-        );
-        let first = spread(
-            &down["proxy"]
-                .iter()
-                .map(|t| t.first_byte_secs * 1000.0)
-                .collect::<Vec<_>>(),
-        );
-        let dfirst = spread(
-            &down["direct"]
-                .iter()
-                .map(|t| t.first_byte_secs * 1000.0)
-                .collect::<Vec<_>>(),
-        );
+        let head = spread_ms(&down["proxy"], |t| t.head_secs);
+        let first = spread_ms(&down["proxy"], |t| t.first_byte_secs);
+        let dfirst = spread_ms(&down["direct"], |t| t.first_byte_secs);
         report.row(
             &format!(
                 "download {} MiB time to first byte, {store}",
@@ -1080,18 +1060,8 @@ fn run() -> Result<(), String> {
                 scenarios.push(json!({"scenario": format!("{dir} proxy vs stock MLflow"), "size_mib": config.size / MIB,
                     "proxy_mib_s": p.json(), "stock_mib_s": s.json(), "ratio_of_medians": round(p.median / s.median, 3)}));
             }
-            let sf = spread(
-                &down["stock"]
-                    .iter()
-                    .map(|t| t.first_byte_secs * 1000.0)
-                    .collect::<Vec<_>>(),
-            );
-            let pf = spread(
-                &down["proxy"]
-                    .iter()
-                    .map(|t| t.first_byte_secs * 1000.0)
-                    .collect::<Vec<_>>(),
-            );
+            let sf = spread_ms(&down["stock"], |t| t.first_byte_secs);
+            let pf = spread_ms(&down["proxy"], |t| t.first_byte_secs);
             report.row(
                 &format!(
                     "download {} MiB first byte, proxy vs stock",
@@ -1433,4 +1403,14 @@ impl Drop for Cleanup {
             let _ = std::fs::remove_dir_all(&self.0);
         }
     }
+}
+
+/// The spread of one per-transfer time, in milliseconds.
+fn spread_ms(transfers: &[Transfer], secs: impl Fn(&Transfer) -> f64) -> Spread {
+    spread(
+        &transfers
+            .iter()
+            .map(|t| secs(t) * 1000.0)
+            .collect::<Vec<_>>(),
+    )
 }

@@ -279,6 +279,21 @@ impl Batch {
     }
 }
 
+/// Wait for transfers started together; the batch's wall time runs from `started`.
+async fn collect_batch(
+    started: Instant,
+    tasks: Vec<tokio::task::JoinHandle<Result<Transfer, String>>>,
+) -> Result<Batch, String> {
+    let mut batch = Batch::default();
+    for task in tasks {
+        batch
+            .transfers
+            .push(task.await.map_err(|e| e.to_string())??);
+    }
+    batch.wall_secs = started.elapsed().as_secs_f64();
+    Ok(batch)
+}
+
 pub async fn upload_batch(
     urls: Vec<String>,
     len: u64,
@@ -293,14 +308,7 @@ pub async fn upload_batch(
             upload(&url, len, chunk, exact).await
         }));
     }
-    let mut batch = Batch::default();
-    for task in tasks {
-        batch
-            .transfers
-            .push(task.await.map_err(|e| e.to_string())??);
-    }
-    batch.wall_secs = started.elapsed().as_secs_f64();
-    Ok(batch)
+    collect_batch(started, tasks).await
 }
 
 pub async fn download_batch(urls: Vec<String>, expect: u64) -> Result<Batch, String> {
@@ -311,14 +319,7 @@ pub async fn download_batch(urls: Vec<String>, expect: u64) -> Result<Batch, Str
             async move { download(&url, Some(expect)).await },
         ));
     }
-    let mut batch = Batch::default();
-    for task in tasks {
-        batch
-            .transfers
-            .push(task.await.map_err(|e| e.to_string())??);
-    }
-    batch.wall_secs = started.elapsed().as_secs_f64();
-    Ok(batch)
+    collect_batch(started, tasks).await
 }
 
 /// Latencies of small sequential requests.

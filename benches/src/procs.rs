@@ -177,22 +177,25 @@ pub fn cpu_secs(pid: u32) -> f64 {
 }
 
 /// All processes below `root` (children, grandchildren, ...).
+/// Every process id under /proc.
+fn all_pids() -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter_map(|e| e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 pub fn descendants(root: u32) -> Vec<u32> {
     let mut parent_of: HashMap<u32, u32> = HashMap::new();
-    if let Ok(entries) = std::fs::read_dir("/proc") {
-        for entry in entries.flatten() {
-            let Some(pid) = entry
-                .file_name()
-                .to_str()
-                .and_then(|s| s.parse::<u32>().ok())
-            else {
-                continue;
-            };
-            if let Some(ppid) =
-                read_stat_fields(pid).and_then(|f| f.get(1).and_then(|p| p.parse::<u32>().ok()))
-            {
-                parent_of.insert(pid, ppid);
-            }
+    for pid in all_pids() {
+        if let Some(ppid) =
+            read_stat_fields(pid).and_then(|f| f.get(1).and_then(|p| p.parse::<u32>().ok()))
+        {
+            parent_of.insert(pid, ppid);
         }
     }
     let mut found = Vec::new();
@@ -364,14 +367,7 @@ pub fn server_root_for_port(port: u16) -> Option<u32> {
     })?;
     let needle = format!("socket:[{inode}]");
     let mut owner = None;
-    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<u32>().ok())
-        else {
-            continue;
-        };
+    for pid in all_pids() {
         let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
             continue;
         };
