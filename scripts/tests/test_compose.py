@@ -139,9 +139,17 @@ def dockerfile_instructions(path: Path) -> list[tuple[str, str]]:
 
 
 def stages(path: Path) -> list[list[tuple[str, str]]]:
+    """Instructions per stage; FROM lines with the global ARG defaults filled in, as docker builds them
+    when no --build-arg is given."""
     result: list[list[tuple[str, str]]] = []
+    global_args: dict[str, str] = {}
     for keyword, rest in dockerfile_instructions(path):
+        if keyword == "ARG" and not result:
+            name, _, default = rest.partition("=")
+            global_args[name.strip()] = default.strip()
+            continue
         if keyword == "FROM":
+            rest = re.sub(r"\$\{(\w+)\}|\$(\w+)", lambda m: global_args.get(m[1] or m[2], m[0]), rest)
             result.append([])
         assert result, f"{path}: instruction {keyword} before the first FROM"
         result[-1].append((keyword, rest))
@@ -495,6 +503,55 @@ def test_dockerignore_keeps_the_context_small():
     assert lines[0] == "*", "allow-list: ignore everything, then re-include the workspace"
     assert {"!Cargo.toml", "!Cargo.lock", "!proxy/", "!benches/"} <= set(lines), lines
     assert "**/target" in lines, lines
+
+
+# Debian's base-passwd creates these users and groups in every Debian and Ubuntu image
+# (/usr/share/base-passwd/{passwd,group}.master); `groupadd proxy` fails there with exit 9.
+BASE_PASSWD_FALLBACK = {
+    "root", "daemon", "bin", "sys", "sync", "games", "man", "lp", "mail", "news", "uucp", "proxy",
+    "www-data", "backup", "list", "irc", "gnats", "nobody", "adm", "tty", "disk", "kmem", "dialout", "fax",
+    "voice", "cdrom", "floppy", "tape", "sudo", "audio", "dip", "operator", "src", "shadow", "utmp",
+    "video", "sasl", "plugdev", "staff", "users", "nogroup",
+}
+
+
+def base_passwd() -> tuple[set[str], set[int]]:
+    names, ids = set(BASE_PASSWD_FALLBACK), set(range(0, 100)) | {65534}
+    for master in ("passwd.master", "group.master"):
+        path = Path("/usr/share/base-passwd") / master
+        if path.exists():
+            for line in path.read_text().splitlines():
+                fields = line.split(":")
+                names.add(fields[0])
+                ids.add(int(fields[2]))
+    return names, ids
+
+
+@pytest.mark.parametrize("dockerfile", [PROXY_DOCKERFILE, MLFLOW_DOCKERFILE], ids=["proxy", "mlflow-image"])
+def test_image_users_do_not_clash_with_debian_base_passwd(dockerfile):
+    names, ids = base_passwd()
+    runs = " && ".join(rest for keyword, rest in stages(dockerfile)[-1] if keyword == "RUN")
+    created = re.findall(r"\b(groupadd|useradd)\b([^&;|]*)", runs)
+    assert {tool for tool, _ in created} == {"groupadd", "useradd"}, f"expected a groupadd and a useradd: {created}"
+    for tool, command in created:
+        words = command.split()
+        name = words[-1]
+        assert name not in names, f"{tool} {name}: Debian's base-passwd already has {name!r} (the build fails)"
+        for flag in ("--uid", "--gid", "-u", "-g"):
+            if flag in words:
+                value = words[words.index(flag) + 1]
+                if value.isdigit():
+                    assert int(value) not in ids and int(value) >= 1000, f"{tool} {flag} {value}: a system id"
+    user = [rest for keyword, rest in stages(dockerfile)[-1] if keyword == "USER"][-1]
+    assert user == "10001:10001", f"USER {user}: the created uid:gid, numeric (runAsNonRoot can check it)"
+
+
+def test_mlflow_image_defaults_to_ubuntu_and_compose_passes_the_same_base(raw_compose):
+    text = MLFLOW_DOCKERFILE.read_text()
+    assert re.search(r"^ARG BASE_IMAGE=ubuntu:22\.04$", text, re.M), "the default base stays Ubuntu 22.04"
+    assert [s[0][1].split()[0] for s in stages(MLFLOW_DOCKERFILE)] == ["ubuntu:22.04", "ubuntu:22.04"]
+    build = raw_compose["services"]["mlflow"]["build"]
+    assert build["args"] == {"BASE_IMAGE": "${MLFLOW_BASE_IMAGE:-ubuntu:22.04}"}, build
 
 
 # --------------------------------------------------------------------------- a real compose implementation
