@@ -17,7 +17,8 @@
 #                                 permissions, and the proxy applies them to artifacts (docs/security.md)
 #   MLFLOW_AUTH_ADMIN_USERNAME (admin), MLFLOW_AUTH_ADMIN_PASSWORD (required with MLFLOW_AUTH=true;
 #                                 used when the user store is created), MLFLOW_AUTH_DEFAULT_PERMISSION
-#                                 (READ), MLFLOW_AUTH_DATABASE_URI (sqlite:////mlflow-auth/basic_auth.db),
+#                                 (READ), MLFLOW_AUTH_DATABASE_URI (sqlite:////mlflow-auth/basic_auth.db;
+#                                 MLflow's auth migrations fail on MySQL/MariaDB: duplicate constraint names),
 #                                 MLFLOW_AUTH_CACHE_TTL_SECONDS (5: MLflow's own cache of password checks),
 #                                 MLFLOW_FLASK_SERVER_SECRET_KEY (random per start when unset)
 # Extra arguments are appended to `mlflow server` (e.g. --workers 2).
@@ -46,7 +47,6 @@ if [ "${MLFLOW_AUTH:-false}" = true ]; then
         exit 1
     fi
     auth_db="${MLFLOW_AUTH_DATABASE_URI:-sqlite:////mlflow-auth/basic_auth.db}"
-    case $auth_db in sqlite:////*) mkdir -p "$(dirname "${auth_db#sqlite:///}")" ;; esac
     # MLflow reads its auth settings from an ini file; this one is written from the environment.
     MLFLOW_AUTH_CONFIG_PATH="${MLFLOW_AUTH_CONFIG_PATH:-${TMPDIR:-/tmp}/mlflow-basic-auth.ini}"
     cat >"$MLFLOW_AUTH_CONFIG_PATH" <<EOF

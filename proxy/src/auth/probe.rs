@@ -23,9 +23,9 @@ pub const TOKEN: &str = ".mlflow-proxy-authz-probe";
 const RUN_SHAPED: &str = "00000000000000000000000000000000";
 
 /// Percent-encode for a path: uvicorn decodes exactly once, so MLflow sees the text we mean.
+/// `.` is encoded too, so that no HTTP layer on the way can read a `..` segment.
 const PATH_SET: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'-')
-    .remove(b'.')
     .remove(b'_')
     .remove(b'~')
     .remove(b'/');
@@ -269,9 +269,9 @@ mod tests {
         assert_eq!(
             targets,
             [
-                "/api/2.0/mlflow-artifacts/artifacts/1/.mlflow-proxy-authz-probe",
-                "/api/2.0/mlflow-artifacts/artifacts/1/models/.mlflow-proxy-authz-probe",
-                "/api/2.0/mlflow-artifacts/artifacts/1/traces/.mlflow-proxy-authz-probe",
+                "/api/2.0/mlflow-artifacts/artifacts/1/%2Emlflow-proxy-authz-probe",
+                "/api/2.0/mlflow-artifacts/artifacts/1/models/%2Emlflow-proxy-authz-probe",
+                "/api/2.0/mlflow-artifacts/artifacts/1/traces/%2Emlflow-proxy-authz-probe",
             ]
         );
         assert_eq!(
