@@ -13,6 +13,14 @@
 #   MLFLOW_ARTIFACTS_DESTINATION  where proxied artifacts go (s3://default/)
 #   MLFLOW_S3_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_DEFAULT_REGION,
 #   MLFLOW_SERVER_ALLOWED_HOSTS, MLFLOW_DISABLE_TELEMETRY, DO_NOT_TRACK: read by MLflow/boto3 directly.
+#   MLFLOW_AUTH                   true: run MLflow's basic-auth app (`--app-name basic-auth`): users,
+#                                 permissions, and the proxy applies them to artifacts (docs/security.md)
+#   MLFLOW_AUTH_ADMIN_USERNAME (admin), MLFLOW_AUTH_ADMIN_PASSWORD (required with MLFLOW_AUTH=true;
+#                                 used when the user store is created), MLFLOW_AUTH_DEFAULT_PERMISSION
+#                                 (READ), MLFLOW_AUTH_DATABASE_URI (sqlite:////mlflow-auth/basic_auth.db;
+#                                 MLflow's auth migrations fail on MySQL/MariaDB: duplicate constraint names),
+#                                 MLFLOW_AUTH_CACHE_TTL_SECONDS (5: MLflow's own cache of password checks),
+#                                 MLFLOW_FLASK_SERVER_SECRET_KEY (random per start when unset)
 # Extra arguments are appended to `mlflow server` (e.g. --workers 2).
 set -eu
 
@@ -32,6 +40,31 @@ fi
 
 # Idempotent: creates the schema on an empty database, migrates an old one, no-op otherwise.
 mlflow db upgrade "$BACKEND_STORE_URI"
+
+if [ "${MLFLOW_AUTH:-false}" = true ]; then
+    if [ -z "${MLFLOW_AUTH_ADMIN_PASSWORD:-}" ]; then
+        echo "entrypoint: MLFLOW_AUTH=true needs MLFLOW_AUTH_ADMIN_PASSWORD (the admin's password)" >&2
+        exit 1
+    fi
+    auth_db="${MLFLOW_AUTH_DATABASE_URI:-sqlite:////mlflow-auth/basic_auth.db}"
+    # MLflow reads its auth settings from an ini file; this one is written from the environment.
+    MLFLOW_AUTH_CONFIG_PATH="${MLFLOW_AUTH_CONFIG_PATH:-${TMPDIR:-/tmp}/mlflow-basic-auth.ini}"
+    cat >"$MLFLOW_AUTH_CONFIG_PATH" <<EOF
+[mlflow]
+default_permission = ${MLFLOW_AUTH_DEFAULT_PERMISSION:-READ}
+database_uri = $auth_db
+admin_username = ${MLFLOW_AUTH_ADMIN_USERNAME:-admin}
+authorization_function = mlflow.server.auth:authenticate_request_basic_auth
+grant_default_workspace_access = false
+auth_cache_ttl_seconds = ${MLFLOW_AUTH_CACHE_TTL_SECONDS:-5}
+EOF
+    export MLFLOW_AUTH_CONFIG_PATH
+    if [ -z "${MLFLOW_FLASK_SERVER_SECRET_KEY:-}" ]; then
+        MLFLOW_FLASK_SERVER_SECRET_KEY="$("${PYTHON:-python3}" -c 'import secrets; print(secrets.token_hex(32))')"
+        export MLFLOW_FLASK_SERVER_SECRET_KEY
+    fi
+    set -- --app-name basic-auth "$@"
+fi
 
 exec mlflow server \
     --host "$MLFLOW_HOST" \

@@ -69,6 +69,8 @@ pub struct ServeArgs {
     pub store: StoreArgs,
     #[command(flatten)]
     pub security: crate::security::SecurityArgs,
+    #[command(flatten)]
+    pub auth: crate::auth::AuthArgs,
     /// Uploads with a Content-Length up to this size go to S3 as one streamed PutObject (no
     /// memory held, no completion step); larger and chunked uploads use multipart upload.
     #[arg(long, env = "PROXY_SINGLE_PUT_MAX_MIB", default_value_t = 1024)]
@@ -142,6 +144,7 @@ pub struct ServeConfig {
     pub store: StoreConfig,
     pub upload: UploadConfig,
     pub security: crate::security::Security,
+    pub auth: crate::auth::AuthConfig,
     pub shutdown_grace: Duration,
 }
 
@@ -232,6 +235,7 @@ impl ServeArgs {
             upstream,
             store: self.store.build()?,
             security: self.security.build()?,
+            auth: self.auth.build()?,
             upload: UploadConfig {
                 single_put_max: self.single_put_max_mib * MIB,
                 part_size: usize::try_from(self.part_size_mib * MIB).map_err(|e| e.to_string())?,

@@ -7,6 +7,7 @@
 //! `mlflow` (the stock server's observable rules), `state` (what handlers share).
 
 pub mod artifacts;
+pub mod auth;
 pub mod body;
 pub mod config;
 pub mod error;
@@ -39,6 +40,7 @@ pub struct Proxy {
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<()>,
     operations: JoinHandle<()>,
+    auth_recheck: JoinHandle<()>,
 }
 
 impl Proxy {
@@ -47,12 +49,18 @@ impl Proxy {
         let metrics = Metrics::new();
         let store = s3::Store::new(&config.store, metrics.clone())?;
         let upstream = upstream::Upstream::new(config.upstream.clone(), metrics.clone());
+        let auth = Arc::new(auth::Auth::new(
+            config.auth.clone(),
+            config.upstream.clone(),
+            metrics.clone(),
+        )?);
         let app = Arc::new(App::new(
             store,
             upstream,
             config.upload,
             config.security.clone(),
             metrics.clone(),
+            auth.clone(),
         ));
 
         let listener = TcpListener::bind(config.listen)
@@ -69,6 +77,7 @@ impl Proxy {
             metrics,
             Arc::new(Readiness(app.clone())),
         ));
+        let auth_recheck = tokio::spawn(auth.recheck_forever());
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(server::serve(
             listener,
@@ -85,6 +94,7 @@ impl Proxy {
             stop: Some(stop),
             task,
             operations,
+            auth_recheck,
         })
     }
 
@@ -95,6 +105,7 @@ impl Proxy {
         }
         let _ = (&mut self.task).await;
         self.operations.abort();
+        self.auth_recheck.abort();
     }
 }
 

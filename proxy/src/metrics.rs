@@ -68,6 +68,11 @@ pub struct Metrics {
     pub upstream_requests: IntCounterVec,
     pub upstream_duration: HistogramVec,
     pub client_disconnects: IntCounter,
+    // MLflow's auth on the artifact routes (auth module).
+    pub auth_decisions: IntCounterVec,
+    pub auth_mlflow_duration: HistogramVec,
+    pub auth_state: IntGaugeVec,
+    pub auth_cache_entries: IntGauge,
 }
 
 fn opts(name: &str, help: &str) -> Opts {
@@ -170,6 +175,45 @@ impl Metrics {
             "Requests whose client went away before the whole answer was sent.",
         ))
         .expect("static metric definition");
+        // --- MLflow's auth on the artifact routes (auth module)
+        let auth_decisions = IntCounterVec::new(
+            opts(
+                "auth_decisions_total",
+                "Artifact requests checked against MLflow's auth app, by outcome (allowed, 401, 403, error = MLflow could not be asked: refused) and source (mlflow = asked, cache = a recent answer).",
+            ),
+            &["outcome", "source"],
+        )
+        .expect("static metric definition");
+        let auth_mlflow_duration = HistogramVec::new(
+            histogram(
+                "auth_mlflow_request_duration_seconds",
+                "Time asking MLflow's auth app, by question (list, mpu_abort, delete, presigned, users_current: the probes; detect: whether the auth app is on).",
+            ),
+            &["probe"],
+        )
+        .expect("static metric definition");
+        let auth_state = IntGaugeVec::new(
+            opts(
+                "auth_mlflow_state",
+                "1 for what the proxy knows of MLflow's auth app: on, off, or unknown (artifact requests refused).",
+            ),
+            &["state"],
+        )
+        .expect("static metric definition");
+        let auth_cache_entries = IntGauge::with_opts(opts(
+            "auth_cache_entries",
+            "Answers of MLflow's auth app currently remembered (PROXY_MLFLOW_AUTH_CACHE_SIZE bounds it).",
+        ))
+        .expect("static metric definition");
+        for outcome in ["allowed", "401", "403", "error"] {
+            for source in ["mlflow", "cache"] {
+                auth_decisions.with_label_values(&[outcome, source]);
+            }
+        }
+        for state in ["on", "off", "unknown"] {
+            auth_state.with_label_values(&[state]);
+        }
+
         let build_info = IntGaugeVec::new(
             opts(
                 "build_info",
@@ -209,6 +253,10 @@ impl Metrics {
             Box::new(upstream_duration.clone()),
             Box::new(client_disconnects.clone()),
             Box::new(build_info),
+            Box::new(auth_decisions.clone()),
+            Box::new(auth_mlflow_duration.clone()),
+            Box::new(auth_state.clone()),
+            Box::new(auth_cache_entries.clone()),
             #[cfg(target_os = "linux")]
             Box::new(prometheus::process_collector::ProcessCollector::for_self()),
         ];
@@ -231,6 +279,10 @@ impl Metrics {
             upstream_requests,
             upstream_duration,
             client_disconnects,
+            auth_decisions,
+            auth_mlflow_duration,
+            auth_state,
+            auth_cache_entries,
         }
     }
 

@@ -5,6 +5,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use crate::auth::Auth;
 use crate::config::UploadConfig;
 use crate::metrics::Metrics;
 use crate::s3::Store;
@@ -20,6 +21,8 @@ pub struct App {
     pub upload: UploadConfig,
     pub security: Security,
     pub metrics: Metrics,
+    /// MLflow's authentication and permissions on the artifact routes.
+    pub auth: Arc<Auth>,
     budget: Arc<Semaphore>,
     /// Multipart uploads in progress (upload id → key), aborted if shutdown cuts them off.
     active_uploads: Mutex<HashMap<String, String>>,
@@ -47,6 +50,7 @@ impl App {
         upload: UploadConfig,
         security: Security,
         metrics: Metrics,
+        auth: Arc<Auth>,
     ) -> Self {
         let units = usize::try_from(upload.budget / BUDGET_UNIT).unwrap_or(usize::MAX);
         metrics
@@ -58,6 +62,7 @@ impl App {
             upload,
             security,
             metrics,
+            auth,
             budget: Arc::new(Semaphore::new(units)),
             active_uploads: Mutex::new(HashMap::new()),
         }

@@ -125,6 +125,7 @@ async fn mlflow_down_gives_a_quick_502_in_mlflow_shape() {
         store: store_config(&s3.endpoint, ""),
         upload: upload_config(),
         security: mlflow_artifact_proxy::security::Security::default(),
+        auth: mlflow_artifact_proxy::auth::AuthConfig::off(),
         shutdown_grace: Duration::from_secs(1),
     };
     let proxy = mlflow_artifact_proxy::Proxy::start(config).await.unwrap();

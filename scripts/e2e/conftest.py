@@ -39,6 +39,20 @@ _SKIPPED: list[str] = []
 _DURATIONS: list[tuple[float, str]] = []
 
 
+# The stack runs MLflow with its basic-auth app (`scripts/stack up --auth`) or without: the auth
+# suite (test_auth*.py) needs the one, everything else the other. The same pytest command runs
+# the suite that fits the stack; scripts/test runs both, one after the other.
+AUTH_STACK = SETTINGS.get("STACK_AUTH") == "true"
+
+
+def pytest_ignore_collect(collection_path, config):
+    name = collection_path.name
+    if not (name.startswith("test_") and name.endswith(".py")):
+        return None
+    is_auth_test = name.startswith("test_auth")
+    return True if is_auth_test != AUTH_STACK else None
+
+
 def pytest_runtest_logreport(report):
     if report.skipped:
         _SKIPPED.append(report.nodeid)

@@ -438,10 +438,11 @@ def test_requirements_are_exact_pins():
     for line in REQUIREMENTS.read_text().splitlines():
         line = line.split("#", 1)[0].strip()
         if line:
-            match = re.fullmatch(r"([A-Za-z0-9_.-]+)==([0-9][A-Za-z0-9.]*)", line)
+            match = re.fullmatch(r"([A-Za-z0-9_.-]+)(?:\[[a-z,]+\])?==([0-9][A-Za-z0-9.]*)", line)
             assert match, f"requirements.txt: expected name==version, got {line!r}"
             pins[match[1].lower()] = match[2]
-    assert set(pins) == {"mlflow", "mysqlclient", "sqlalchemy", "boto3"}, sorted(pins)
+    # flask-wtf and wtforms: the [auth] extra's requirements (MLflow's basic-auth app).
+    assert set(pins) == {"mlflow", "mysqlclient", "sqlalchemy", "boto3", "flask-wtf", "wtforms"}, sorted(pins)
     assert pins["mlflow"] == "3.17.2", pins
 
 
@@ -586,11 +587,18 @@ def test_real_compose_validates_and_renders_like_env_example(tmp_path, env_examp
 
 # What the entrypoint reads; compose sets each one, so nothing rests on the script's own defaults.
 ENTRYPOINT_VARIABLES = {"MLFLOW_HOST", "MLFLOW_PORT", "MYSQL_HOST", "MYSQL_TCP_PORT", "MYSQL_USER",
-                        "MYSQL_PASSWORD", "MYSQL_DATABASE", "MLFLOW_ARTIFACTS_DESTINATION"}
+                        "MYSQL_PASSWORD", "MYSQL_DATABASE", "MLFLOW_ARTIFACTS_DESTINATION",
+                        # MLflow's basic-auth app (MLFLOW_AUTH=true)
+                        "MLFLOW_AUTH", "MLFLOW_AUTH_ADMIN_USERNAME", "MLFLOW_AUTH_ADMIN_PASSWORD",
+                        "MLFLOW_AUTH_DEFAULT_PERMISSION", "MLFLOW_AUTH_CACHE_TTL_SECONDS",
+                        "MLFLOW_FLASK_SERVER_SECRET_KEY"}
+# Read by the entrypoint with a default compose does not need to change.
+ENTRYPOINT_OPTIONAL = {"MLFLOW_AUTH_DATABASE_URI", "MLFLOW_AUTH_CONFIG_PATH", "TMPDIR"}
 
 
 def test_compose_sets_every_variable_the_entrypoint_reads(compose):
     read = set(re.findall(r"\$\{([A-Z_][A-Z0-9_]*)", ENTRYPOINT.read_text())) - {"BACKEND_STORE_URI", "PYTHON"}
+    read -= ENTRYPOINT_OPTIONAL
     assert read <= ENTRYPOINT_VARIABLES | {"MLFLOW_DISABLE_TELEMETRY", "DO_NOT_TRACK"}, (
         f"entrypoint.sh reads variables this test does not know: {sorted(read - ENTRYPOINT_VARIABLES)}"
     )

@@ -22,7 +22,13 @@ struct Entry {
     size: u64,
 }
 
-pub async fn list(app: &Arc<App>, query: Option<&str>) -> Result<Response<ProxyBody>, ProxyError> {
+/// `hide_run_dirs`: leave out entries named like a run id (32 lowercase hex), as MLflow's auth
+/// app does for a caller who may not read the runs of the listed experiment.
+pub async fn list(
+    app: &Arc<App>,
+    query: Option<&str>,
+    hide_run_dirs: bool,
+) -> Result<Response<ProxyBody>, ProxyError> {
     let requested = query.and_then(|q| {
         url::form_urlencoded::parse(q.as_bytes())
             .find(|(name, _)| name == "path")
@@ -73,6 +79,9 @@ pub async fn list(app: &Arc<App>, query: Option<&str>) -> Result<Response<ProxyB
                 }),
         )
         .collect();
+    if hide_run_dirs {
+        entries.retain(|entry| !is_run_id(&entry.name));
+    }
     entries.sort_by(|a, b| a.name.cmp(&b.name));
 
     let body = if entries.is_empty() {
@@ -96,4 +105,9 @@ pub async fn list(app: &Arc<App>, query: Option<&str>) -> Result<Response<ProxyB
         HeaderValue::from_static("application/json"),
     );
     Ok(response)
+}
+
+/// `[0-9a-f]{32}`, matched in full.
+fn is_run_id(name: &str) -> bool {
+    name.len() == 32 && name.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }

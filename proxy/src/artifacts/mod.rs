@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use http::{Request, Response, StatusCode};
 
+use crate::auth::Operation;
 use crate::body::ProxyBody;
 use crate::error::ProxyError;
 use crate::router::Route;
@@ -25,6 +26,18 @@ pub async fn handle(
         return rejection;
     }
     let facts = app.security.facts(&request);
+    // MLflow's authentication and permissions, before the body is read or S3 is asked.
+    let mut permit = crate::auth::Permit::default();
+    if let Some((operation, path)) = auth_target(&route, &request) {
+        match app.auth.authorize(operation, &path, &request).await {
+            Ok(granted) => permit = granted,
+            Err(refusal) => {
+                let mut refusal = refusal.into_response();
+                app.security.decorate(&facts, &mut refusal);
+                return refusal;
+            }
+        }
+    }
     let result = match route {
         Route::Download { path, head } => {
             download::download(app, &path, request.headers(), head).await
@@ -36,7 +49,7 @@ pub async fn handle(
             let query = (request.method() == http::Method::GET)
                 .then(|| request.uri().query())
                 .flatten();
-            list::list(app, query).await
+            list::list(app, query, permit.hide_run_dirs).await
         }
         // Stock MLflow's own wording: the client falls back to a plain PUT only on this message.
         Route::Multipart => Err(ProxyError::not_implemented(
@@ -52,6 +65,50 @@ pub async fn handle(
     let mut response = result.unwrap_or_else(ProxyError::into_response);
     app.security.decorate(&facts, &mut response);
     response
+}
+
+/// What MLflow's auth app judges for a route: the operation, and the artifact path as the
+/// route gives it (decoded once; for a listing, its `path` argument).
+fn auth_target<B>(route: &Route, request: &Request<B>) -> Option<(Operation, String)> {
+    let target = match route {
+        Route::Download { path, head: false } => (Operation::Download, path.clone()),
+        Route::Download { path, head: true } => (Operation::Head, path.clone()),
+        Route::Upload { path } => (Operation::Upload, path.clone()),
+        Route::Delete { path } => (Operation::Delete, path.clone()),
+        Route::List if request.method() == http::Method::HEAD => (Operation::Head, String::new()),
+        Route::List => {
+            // Flask's `request.args.get("path")`: the first one.
+            let path = request
+                .uri()
+                .query()
+                .and_then(|q| {
+                    url::form_urlencoded::parse(q.as_bytes())
+                        .find(|(name, _)| name == "path")
+                        .map(|(_, value)| value.into_owned())
+                })
+                .unwrap_or_default();
+            (Operation::List, path)
+        }
+        Route::Multipart => (Operation::Multipart, route_tail(request)?),
+        Route::Presigned => (Operation::Presigned, route_tail(request)?),
+        Route::ServerInfo | Route::PassThrough => return None,
+    };
+    Some(target)
+}
+
+/// The artifact path of an mpu or presigned request (until their routes carry it).
+fn route_tail<B>(request: &Request<B>) -> Option<String> {
+    let path = crate::mlflow::path::py_unquote(request.uri().path());
+    let rest = [
+        "/api/2.0/mlflow-artifacts/",
+        "/ajax-api/2.0/mlflow-artifacts/",
+    ]
+    .iter()
+    .find_map(|p| path.strip_prefix(p))?;
+    ["mpu/create/", "mpu/complete/", "mpu/abort/", "presigned/"]
+        .iter()
+        .find_map(|p| rest.strip_prefix(p))
+        .map(str::to_owned)
 }
 
 /// The store failed: unreachable → 503, answered with an error → 502.

@@ -315,6 +315,7 @@ impl Harness {
             store: store_config(&s3.endpoint, prefix),
             upload,
             security: mlflow_artifact_proxy::security::Security::default(),
+            auth: mlflow_artifact_proxy::auth::AuthConfig::off(),
             shutdown_grace: Duration::from_secs(5),
         };
         let proxy = Proxy::start(config).await.unwrap();

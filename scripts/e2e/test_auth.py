@@ -1,0 +1,381 @@
+"""MLflow's authentication and permissions on the artifact routes (issue 10), against a stack whose
+MLflow runs its basic-auth app (`scripts/stack up --auth`).
+
+1. Differential: users × operations × both prefixes × paths; each request goes to the proxy and,
+   unchanged, to stock MLflow's own artifact routes (its internal port, --serve-artifacts, the same
+   S3 store). The decision class (401 / 403 / allowed) must be equal, and so must MLflow's refusal
+   shapes (WWW-Authenticate, the `Permission denied` text). DELIBERATE lists where the proxy is
+   stricter on purpose; each is checked both ways.
+2. Grant and revoke through MLflow's API: the proxy follows within 10 s.
+3. The real MLflow client with MLFLOW_TRACKING_USERNAME/PASSWORD through the proxy: a permitted
+   user logs and downloads artifacts; a refused one gets the error stock MLflow gives.
+"""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import json
+import os
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from urllib.parse import quote
+
+import pytest
+
+from e2e_util import METRICS_URL, MLFLOW_URL, PROXY_URL, SETTINGS, Response, http_get, raw_request
+
+ADMIN = (SETTINGS["MLFLOW_AUTH_ADMIN_USERNAME"], SETTINGS["MLFLOW_AUTH_ADMIN_PASSWORD"])
+SUFFIX = uuid.uuid4().hex[:8]
+RUN_SHAPED = "0123456789abcdef0123456789abcdef"
+NOT_AUTHENTICATED = (
+    b"You are not authenticated. Please see "
+    b"https://www.mlflow.org/docs/latest/auth/index.html#authenticating-to-mlflow on how to authenticate."
+)
+
+
+def basic(user: str, password: str) -> dict[str, str]:
+    token = base64.b64encode(f"{user}:{password}".encode()).decode()
+    return {"Authorization": f"Basic {token}"}
+
+
+def api(method: str, path: str, body: dict | None = None, auth=ADMIN, base: str = MLFLOW_URL) -> dict:
+    """MLflow's REST API as the admin (or another user); fails on anything but 200."""
+    data = json.dumps(body).encode() if body is not None else None
+    headers = {"Host": "localhost", **basic(*auth)}
+    if data is not None:
+        headers["Content-Type"] = "application/json"
+    r = raw_request(base, method, path, body=data, headers=headers)
+    assert r.status == 200, f"{method} {path}: {r.status} {r.body[:300]!r}"
+    return r.json() if r.body else {}
+
+
+# ------------------------------------------------------------------------------- the world
+@dataclass
+class World:
+    exp: str  # the experiment the users have grants on
+    other: str  # an experiment they have no grant on
+    run: str  # a run in `exp`
+    users: dict[str, dict[str, str] | None]  # name -> request headers (None: anonymous)
+
+
+def make_user(name: str, password: str, grants: list[tuple[str, str, str]]):
+    api("POST", "/api/2.0/mlflow/users/create", {"username": name, "password": password})
+    for resource_type, resource_id, permission in grants:
+        api(
+            "POST",
+            "/api/3.0/mlflow/users/permissions/grant",
+            {"username": name, "resource_type": resource_type, "resource_id": resource_id, "permission": permission},
+        )
+
+
+@pytest.fixture(scope="module")
+def world() -> World:
+    exp = api("POST", "/api/2.0/mlflow/experiments/create", {"name": f"auth-{SUFFIX}"})["experiment_id"]
+    other = api("POST", "/api/2.0/mlflow/experiments/create", {"name": f"auth-other-{SUFFIX}"})["experiment_id"]
+    run = api("POST", "/api/2.0/mlflow/runs/create", {"experiment_id": exp})["run"]["info"]["run_id"]
+    spec = {
+        "reader": [("experiment", exp, "READ")],
+        "editor": [("experiment", exp, "EDIT")],
+        "manager": [("experiment", exp, "MANAGE")],
+        "nogrant": [],  # the default permission (READ, as shipped)
+        "denied": [("experiment", exp, "DENY")],  # no permission at all on `exp`
+        "runonly": [("run", "*", "EDIT")],  # a grant on the run tier only (run grants are wildcard-only)
+        "runsdenied": [("run", "*", "DENY")],  # may read `exp` but none of its runs
+        "unicode": [("experiment", exp, "EDIT")],  # a non-ASCII password
+    }
+    users: dict[str, dict[str, str] | None] = {"anonymous": None}
+    for role, grants in spec.items():
+        name = f"{role}-{SUFFIX}"
+        password = f"Pässwörd-{SUFFIX}-1" if role == "unicode" else f"pw-{role}-{SUFFIX}-1"
+        make_user(name, password, grants)
+        users[role] = basic(name, password)
+    users["wrongpw"] = basic(f"reader-{SUFFIX}", "not-the-password")
+    users["admin"] = basic(*ADMIN)
+    # Objects to read (seeded through stock MLflow as the admin, so both sides see them).
+    for p in seed_paths(exp, run, other):
+        r = raw_request(MLFLOW_URL, "PUT", f"/api/2.0/mlflow-artifacts/artifacts/{quote(p)}", body=b"seed",
+                        headers={"Host": "localhost", **basic(*ADMIN)})
+        assert r.status == 200, (p, r.status, r.body[:200])
+    return World(exp, other, run, users)
+
+
+def seed_paths(exp: str, run: str, other: str) -> list[str]:
+    return [
+        f"{exp}/{run}/artifacts/file.txt",
+        f"{exp}/note.txt",
+        f"{exp}/models/m-{RUN_SHAPED}/artifacts/model.pkl",
+        f"{exp}/traces/tr-{RUN_SHAPED}/artifacts/traces.json",
+        f"{other}/x.txt",
+        "misc/x.txt",
+        f"{exp}/{RUN_SHAPED}/artifacts/y.txt",
+    ]
+
+
+def matrix_paths(w: World) -> dict[str, str]:
+    """Name -> artifact path as sent on the wire (already percent-encoded where meant)."""
+    return {
+        "run": f"{w.exp}/{w.run}/artifacts/file.txt",
+        "experiment-level": f"{w.exp}/note.txt",
+        "logged-model": f"{w.exp}/models/m-{RUN_SHAPED}/artifacts/model.pkl",
+        "trace": f"{w.exp}/traces/tr-{RUN_SHAPED}/artifacts/traces.json",
+        "other-experiment": f"{w.other}/x.txt",
+        "no-experiment": "misc/x.txt",
+        "unknown-experiment": "999999999/x.txt",
+        # `%25` decodes to `%`; MLflow's path check decodes again: experiment `exp`.
+        "encoded": "".join(f"%25{ord(c):02X}" for c in w.exp) + "/note.txt",
+        "experiment-root": w.exp,
+        "unparsable": "a/%2E%2E/b.txt",
+    }
+
+
+PREFIXES = {"api": "/api/2.0/mlflow-artifacts", "ajax": "/ajax-api/2.0/mlflow-artifacts"}
+OPERATIONS = ["GET", "HEAD", "LIST", "PUT", "DELETE", "MPU", "PRESIGNED"]
+
+
+def build(op: str, prefix: str, path: str, case_id: str, root: bool) -> tuple[str, str, bytes | None, dict[str, str]]:
+    """(method, target, body, extra headers). Writes go to a fresh name beside `path` (same
+    directory, so the same class in MLflow's eyes; below a root for a root); a DELETE of an
+    experiment root deletes the root (MLflow judges that recursively over every tier)."""
+    if root:
+        fresh = path if op == "DELETE" else f"{path}/{case_id}.txt"
+    else:
+        head, _, name = path.rpartition("/")
+        fresh = f"{head}/{case_id}-{name}"
+    if op == "GET":
+        return "GET", f"{prefix}/artifacts/{path}", None, {}
+    if op == "HEAD":
+        return "HEAD", f"{prefix}/artifacts/{path}", None, {}
+    if op == "LIST":
+        return "GET", f"{prefix}/artifacts?path={path}", None, {}
+    if op == "PUT":
+        return "PUT", f"{prefix}/artifacts/{fresh}", b"written by the auth test", {}
+    if op == "DELETE":
+        return "DELETE", f"{prefix}/artifacts/{fresh}", None, {}
+    if op == "MPU":
+        # An abort without an upload id: MLflow stops at its schema check (400) once authorized.
+        return "POST", f"{prefix}/mpu/abort/{path}", b"{}", {"Content-Type": "application/json"}
+    if op == "PRESIGNED":
+        # The directory: s3s-fs (the test store) answers 500 to a HEAD below a file key, which
+        # MLflow's presigned handler passes on; MinIO and S3 answer 404 (docs/security.md).
+        return "GET", f"{prefix}/presigned/{path.rpartition('/')[0] or path}", None, {}
+    raise ValueError(op)
+
+
+def decision(r: Response) -> str:
+    if r.status == 401:
+        return "401"
+    if r.status == 403:
+        return "403"
+    # A failed check (MLflow could not be asked, or its answer said nothing): never expected here.
+    if r.status in (502, 503) and b"whether" in r.body:
+        return f"error {r.status}"
+    return "allowed"
+
+
+def refusal_shape(r: Response) -> tuple:
+    """What a client sees of a refusal besides the status: MLflow's header and text."""
+    if r.status == 401:
+        return (r.headers.get("www-authenticate"), r.body if r.body else None)
+    if r.status == 403:
+        return (r.body or None,)
+    return ()
+
+
+@dataclass
+class Outcome:
+    case: str
+    stock: str
+    proxy: str
+    stock_shape: tuple
+    proxy_shape: tuple
+
+
+def request_retried(base: str, method: str, target: str, body, headers) -> Response:
+    """One retry when the server drops the connection (a uvicorn worker of stock MLflow restarted
+    under load); the decision is what is compared, and it does not depend on the attempt."""
+    try:
+        return raw_request(base, method, target, body=body, headers=headers)
+    except (ConnectionError, http.client.RemoteDisconnected):
+        time.sleep(1)
+        return raw_request(base, method, target, body=body, headers=headers)
+
+
+def one_case(user: str, headers, op: str, prefix_name: str, path_name: str, path: str) -> Outcome:
+    case_id = f"{user}-{op}-{prefix_name}-{path_name}".lower()
+    method, target, body, extra = build(op, PREFIXES[prefix_name], path, case_id, path_name == "experiment-root")
+    hdrs = {"Host": "localhost", **(headers or {}), **extra}
+    stock = request_retried(MLFLOW_URL, method, target, body, hdrs)
+    proxy = request_retried(PROXY_URL, method, target, body, hdrs)
+    # HEAD answers carry no body; compare the header only.
+    if method == "HEAD":
+        stock.body, proxy.body = b"", b""
+    return Outcome(
+        f"{user:10} {op:9} {prefix_name:4} {path_name}",
+        decision(stock),
+        decision(proxy),
+        refusal_shape(stock),
+        refusal_shape(proxy),
+    )
+
+
+def test_run_directories_hidden_as_mlflow_hides_them(world):
+    """MLflow leaves run directories out of an experiment-root listing for a caller who may not
+    read runs; the proxy's listing is the same, entry for entry."""
+    for user in ("runsdenied", "reader", "admin"):
+        target = f"/api/2.0/mlflow-artifacts/artifacts?path={world.exp}"
+        hdrs = {"Host": "localhost", **world.users[user]}
+        stock = raw_request(MLFLOW_URL, "GET", target, headers=hdrs)
+        proxy = raw_request(PROXY_URL, "GET", target, headers=hdrs)
+        assert stock.status == proxy.status == 200, (user, stock.status, proxy.status)
+        names = lambda r: sorted(f["path"] for f in r.json().get("files", []))  # noqa: E731
+        assert names(proxy) == names(stock), (user, names(stock), names(proxy))
+        assert (world.run in names(proxy)) == (user != "runsdenied"), (user, names(proxy))
+
+
+def test_decisions_equal_stock_mlflow(world):
+    paths = matrix_paths(world)
+    jobs = [
+        (user, headers, op, prefix_name, path_name, path)
+        for user, headers in world.users.items()
+        for op in OPERATIONS
+        for prefix_name in PREFIXES
+        for path_name, path in paths.items()
+        # The root is for listing and (recursive) deleting; its GET is a directory error anyway.
+        if path_name != "experiment-root" or op in ("LIST", "DELETE")
+    ]
+    # Deletes last: a root delete empties the experiment for everyone.
+    jobs.sort(key=lambda j: (j[2] == "DELETE" and j[4] == "experiment-root", j[2] == "DELETE"))
+    with ThreadPoolExecutor(6) as pool:
+        outcomes = list(pool.map(lambda j: one_case(*j), jobs))
+    differ = [o for o in outcomes if (o.stock, o.stock_shape) != (o.proxy, o.proxy_shape)]
+    by_class: dict[str, int] = {}
+    for o in outcomes:
+        by_class[o.stock] = by_class.get(o.stock, 0) + 1
+    print(f"\ndecision matrix: {len(outcomes)} cases, {len(outcomes) - len(differ)} equal; stock decisions {by_class}")
+    assert not differ, f"{len(differ)} of {len(outcomes)} decisions differ from stock MLflow:\n" + "\n".join(
+        f"  {o.case}: stock {o.stock} {o.stock_shape}, proxy {o.proxy} {o.proxy_shape}" for o in differ[:60]
+    )
+    # The matrix is not trivially one-sided: every class occurs.
+    assert {"401", "403", "allowed"} <= set(by_class), by_class
+
+
+def test_deliberate_differences_both_ways(world):
+    """The proxy is stricter than stock MLflow in two places; each shown both ways (the stricter
+    answer, and the same request where both agree)."""
+    exp, run = world.exp, world.run
+    # 1. A PUT whose path contains `mlflow/traces/` (or datasets/jobs/issues): MLflow's Flask
+    #    routes deny every non-admin there; its native PUT does not. The proxy asks through a Flask
+    #    route, so it denies too (for admins both allow).
+    trap = f"/api/2.0/mlflow-artifacts/artifacts/{exp}/{run}/artifacts/mlflow/traces/f-{SUFFIX}.txt"
+    editor = {"Host": "localhost", **world.users["editor"]}
+    assert decision(raw_request(MLFLOW_URL, "PUT", trap, body=b"x", headers=editor)) == "allowed"
+    assert decision(raw_request(PROXY_URL, "PUT", trap, body=b"x", headers=editor)) == "403"
+    admin = {"Host": "localhost", **world.users["admin"]}
+    assert decision(raw_request(MLFLOW_URL, "PUT", trap, body=b"x", headers=admin)) == "allowed"
+    assert decision(raw_request(PROXY_URL, "PUT", trap, body=b"x", headers=admin)) == "allowed"
+    # ... and a PUT next to it, without the substring: both allow the editor.
+    plain = trap.replace("mlflow/traces/", "mlflow-traces/")
+    assert decision(raw_request(MLFLOW_URL, "PUT", plain, body=b"x", headers=editor)) == "allowed"
+    assert decision(raw_request(PROXY_URL, "PUT", plain, body=b"x", headers=editor)) == "allowed"
+
+    # 2. A foreign Host header without credentials on GET/PUT: stock MLflow authenticates first
+    #    (401), the proxy checks the Host first (403). Both refuse.
+    target = f"/api/2.0/mlflow-artifacts/artifacts/{exp}/note.txt"
+    evil = {"Host": "evil.example.com"}
+    assert raw_request(MLFLOW_URL, "GET", target, headers=evil).status == 401
+    assert raw_request(PROXY_URL, "GET", target, headers=evil).status == 403
+    # With credentials both give the Host refusal.
+    for base in (MLFLOW_URL, PROXY_URL):
+        r = raw_request(base, "GET", target, headers={**evil, **world.users["reader"]})
+        assert (r.status, r.body) == (403, b"Invalid Host header - possible DNS rebinding attack detected"), base
+
+
+def test_grant_and_revoke_take_effect_within_10_s(world):
+    name = f"flip-{SUFFIX}"
+    password = f"pw-flip-{SUFFIX}-1"
+    make_user(name, password, [])
+    hdrs = {"Host": "localhost", **basic(name, password)}
+    target = f"/api/2.0/mlflow-artifacts/artifacts/{world.exp}/flip-{SUFFIX}.txt"
+
+    def proxy_put() -> int:
+        return raw_request(PROXY_URL, "PUT", target, body=b"flip", headers=hdrs).status
+
+    assert proxy_put() == 403  # default READ: no writes; this denial is now cached
+    grant = {"username": name, "resource_type": "experiment", "resource_id": world.exp, "permission": "EDIT"}
+    api("POST", "/api/3.0/mlflow/users/permissions/grant", grant)
+    t = time.monotonic()
+    while proxy_put() != 200:
+        assert time.monotonic() - t < 10, "the grant did not take effect through the proxy within 10 s"
+        time.sleep(0.25)
+    granted_after = time.monotonic() - t
+    assert raw_request(MLFLOW_URL, "PUT", target, body=b"flip", headers=hdrs).status == 200
+
+    api("POST", "/api/3.0/mlflow/users/permissions/revoke",
+        {"username": name, "resource_type": "experiment", "resource_id": world.exp})
+    t = time.monotonic()
+    while proxy_put() != 403:
+        assert time.monotonic() - t < 10, "the revocation did not take effect through the proxy within 10 s"
+        time.sleep(0.25)
+    revoked_after = time.monotonic() - t
+    assert raw_request(MLFLOW_URL, "PUT", target, body=b"flip", headers=hdrs).status == 403
+    print(f"\ngrant effective after {granted_after:.1f} s, revocation after {revoked_after:.1f} s")
+
+
+def test_real_client_with_credentials(world, tmp_path, monkeypatch):
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    def as_user(role: str):
+        header = world.users[role]["Authorization"].split()[1]
+        user, password = base64.b64decode(header).decode().split(":", 1)
+        monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", user)
+        monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", password)
+
+    src = tmp_path / "model-notes.txt"
+    payload = os.urandom(200_000)
+    src.write_bytes(payload)
+    mlflow.set_tracking_uri(PROXY_URL)
+    as_user("editor")
+    client = mlflow.MlflowClient(PROXY_URL)
+    run = client.create_run(world.exp)
+    client.log_artifact(run.info.run_id, str(src), "notes")
+    out = client.download_artifacts(run.info.run_id, "notes", str(tmp_path / "down"))
+    assert (tmp_path / "down" / "notes" / "model-notes.txt").read_bytes() == payload, out
+    assert [f.path for f in client.list_artifacts(run.info.run_id, "notes")] == ["notes/model-notes.txt"]
+
+    # A reader may download, not write: the same error as stock MLflow gives.
+    as_user("reader")
+    out = client.download_artifacts(run.info.run_id, "notes/model-notes.txt", str(tmp_path / "r"))
+    assert open(out, "rb").read() == payload
+
+    def refusal(base: str) -> str:
+        with pytest.raises(MlflowException) as caught:
+            mlflow.MlflowClient(base).log_artifact(run.info.run_id, str(src), "reader-notes")
+        return str(caught.value).replace(base, "<server>")
+
+    via_proxy, via_stock = refusal(PROXY_URL), refusal(MLFLOW_URL)
+    assert via_proxy == via_stock, (via_proxy, via_stock)
+    assert "403" in via_proxy and "Permission denied" in via_proxy, via_proxy
+
+    # Wrong password: MLflow's 401, through the proxy as from MLflow.
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "wrong")
+    with pytest.raises(MlflowException) as caught:
+        client.download_artifacts(run.info.run_id, "notes/model-notes.txt", str(tmp_path / "w"))
+    assert "401" in str(caught.value), caught.value
+
+
+def test_metrics_count_decisions(world):
+    text = http_get(f"{METRICS_URL}/metrics").body.decode()
+    values = {}
+    for line in text.splitlines():
+        if line.startswith("mlflow_proxy_auth_decisions_total{"):
+            labels, value = line.rsplit(" ", 1)
+            values[labels] = float(value)
+    for outcome in ("allowed", "401", "403"):
+        assert values.get(f'mlflow_proxy_auth_decisions_total{{outcome="{outcome}",source="mlflow"}}', 0) > 0, values
+    assert values.get('mlflow_proxy_auth_decisions_total{outcome="allowed",source="cache"}', 0) > 0, values
+    assert 'mlflow_proxy_auth_mlflow_state{state="on"} 1' in text
+    assert "mlflow_proxy_auth_mlflow_request_duration_seconds_count" in text
