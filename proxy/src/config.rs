@@ -71,6 +71,14 @@ pub struct ServeArgs {
     pub security: crate::security::SecurityArgs,
     #[command(flatten)]
     pub auth: crate::auth::AuthArgs,
+    #[command(flatten)]
+    pub timeouts: crate::timeouts::TimeoutArgs,
+    #[command(flatten)]
+    pub forwarding: crate::forwarding::ForwardingArgs,
+    /// A transfer whose other end makes no progress for this long is ended: an upload body
+    /// that stops arriving, a download the client stops reading. Counted in the metrics.
+    #[arg(long, env = "PROXY_BODY_IDLE_TIMEOUT_SECS", default_value_t = 60)]
+    pub body_idle_timeout_secs: u64,
     /// Uploads with a Content-Length up to this size go to S3 as one streamed PutObject (no
     /// memory held, no completion step); larger and chunked uploads use multipart upload.
     #[arg(long, env = "PROXY_SINGLE_PUT_MAX_MIB", default_value_t = 1024)]
@@ -146,6 +154,9 @@ pub struct ServeConfig {
     pub security: crate::security::Security,
     pub auth: crate::auth::AuthConfig,
     pub shutdown_grace: Duration,
+    pub timeouts: crate::timeouts::Timeouts,
+    pub trusted_proxies: crate::forwarding::TrustedProxies,
+    pub body_idle_timeout: Duration,
 }
 
 impl StoreArgs {
@@ -243,6 +254,9 @@ impl ServeArgs {
                 budget: self.upload_budget_mib * MIB,
             },
             shutdown_grace: Duration::from_secs(self.shutdown_grace_secs),
+            timeouts: self.timeouts.build()?,
+            trusted_proxies: self.forwarding.build()?,
+            body_idle_timeout: Duration::from_secs(self.body_idle_timeout_secs.max(1)),
         })
     }
 }

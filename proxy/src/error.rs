@@ -107,6 +107,16 @@ impl ProxyError {
         Self::mlflow(Side::Store, status, "TEMPORARILY_UNAVAILABLE", message)
     }
 
+    /// S3 or MLflow did not answer within its timeout: MLflow's own code for a 504.
+    pub fn timed_out(side: Side, message: impl Into<String>) -> Self {
+        Self::mlflow(
+            side,
+            StatusCode::GATEWAY_TIMEOUT,
+            "DEADLINE_EXCEEDED",
+            message,
+        )
+    }
+
     pub fn upstream(message: impl Into<String>) -> Self {
         Self::mlflow(
             Side::Upstream,

@@ -11,6 +11,7 @@ pub mod auth;
 pub mod body;
 pub mod config;
 pub mod error;
+pub mod forwarding;
 pub mod metrics;
 pub mod mlflow;
 mod quickack;
@@ -19,6 +20,7 @@ pub mod s3;
 pub mod security;
 pub mod server;
 pub mod state;
+pub mod timeouts;
 pub mod upstream;
 
 use std::net::SocketAddr;
@@ -47,8 +49,13 @@ impl Proxy {
     /// Bind both listeners and start serving.
     pub async fn start(config: ServeConfig) -> Result<Proxy, String> {
         let metrics = Metrics::new();
-        let store = s3::Store::new(&config.store, metrics.clone())?;
-        let upstream = upstream::Upstream::new(config.upstream.clone(), metrics.clone());
+        let store = s3::Store::new(&config.store, metrics.clone(), config.timeouts.s3)?;
+        let upstream = upstream::Upstream::new(
+            config.upstream.clone(),
+            metrics.clone(),
+            config.timeouts.upstream,
+            config.trusted_proxies.clone(),
+        );
         let auth = Arc::new(auth::Auth::new(
             config.auth.clone(),
             config.upstream.clone(),

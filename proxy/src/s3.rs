@@ -24,12 +24,13 @@ use s3::serde_types::Part;
 use crate::body::{ProxyBody, empty, from_frames};
 use crate::config::StoreConfig;
 use crate::metrics::Metrics;
+use crate::timeouts::SendError;
 
 /// Presigned part and object URLs are used at once; an hour covers a slow part upload.
 const PUT_URL_TTL_SECS: u32 = 3600;
 const GET_URL_TTL_SECS: u32 = 300;
-/// Control-plane calls; completing a multipart upload can take the store a while.
-const CONTROL_TIMEOUT: Duration = Duration::from_secs(300);
+/// Completing a multipart upload can take the store a while.
+const COMPLETE_TIMEOUT: Duration = Duration::from_secs(300);
 /// Error bodies from S3 are small XML documents; we read at most this much of one.
 const ERROR_BODY_LIMIT: usize = 64 * 1024;
 
@@ -41,6 +42,8 @@ pub enum StoreError {
     Status { status: u16, message: String },
     #[error("S3 request failed: {0}")]
     Other(String),
+    #[error("S3 gave no answer within the time limit (PROXY_S3_TIMEOUT_SECS)")]
+    TimedOut,
 }
 
 impl StoreError {
@@ -56,9 +59,9 @@ impl From<S3Error> for StoreError {
                 status,
                 message: summarize_error_xml(&body),
             },
-            S3Error::Reqwest(e) if e.is_connect() || e.is_timeout() => {
-                StoreError::Unreachable(e.to_string())
-            }
+            S3Error::Reqwest(e) if e.is_connect() => StoreError::Unreachable(e.to_string()),
+            // rust-s3 does not say which limit it applied; the control calls use one of ours.
+            S3Error::Reqwest(e) if e.is_timeout() => StoreError::TimedOut,
             other => StoreError::Other(other.to_string()),
         }
     }
@@ -86,14 +89,20 @@ type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
 
 pub struct Store {
     bucket: Box<Bucket>,
+    /// The same bucket with a longer limit, for CompleteMultipartUpload (S3 may take minutes
+    /// to assemble a large object).
+    slow_bucket: Box<Bucket>,
+    /// How long S3 may take to answer (see `timeouts::send`).
+    timeout: Duration,
     prefix: String,
     http: Client<Connector, ProxyBody>,
     metrics: Metrics,
 }
 
 impl Store {
-    pub fn new(config: &StoreConfig, metrics: Metrics) -> Result<Self, String> {
-        let bucket = control_bucket(config)?;
+    pub fn new(config: &StoreConfig, metrics: Metrics, timeout: Duration) -> Result<Self, String> {
+        let bucket = control_bucket(config, timeout)?;
+        let slow_bucket = control_bucket(config, timeout.max(COMPLETE_TIMEOUT))?;
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(Duration::from_secs(5)));
@@ -109,6 +118,8 @@ impl Store {
             .build(connector);
         Ok(Store {
             bucket,
+            slow_bucket,
+            timeout,
             prefix: config.prefix.clone(),
             http,
             metrics,
@@ -148,13 +159,13 @@ impl Store {
     }
 
     async fn send(&self, request: Request<ProxyBody>) -> Result<Response<Incoming>, StoreError> {
-        self.http.request(request).await.map_err(|e| {
-            if e.is_connect() {
-                StoreError::Unreachable(e.to_string())
-            } else {
-                StoreError::Other(e.to_string())
-            }
-        })
+        crate::timeouts::send(&self.http, request, self.timeout)
+            .await
+            .map_err(|e| match e {
+                SendError::Http(e) if e.is_connect() => StoreError::Unreachable(e.to_string()),
+                SendError::Http(e) => StoreError::Other(e.to_string()),
+                SendError::TimedOut(_) => StoreError::TimedOut,
+            })
     }
 
     /// GET the object, forwarding the conditional and range headers given. The response body is
@@ -283,7 +294,7 @@ impl Store {
             .map(|(part_number, etag)| Part { part_number, etag })
             .collect();
         self.timed("complete_multipart_upload", async {
-            self.bucket
+            self.slow_bucket
                 .complete_multipart_upload(key, upload_id, parts)
                 .await?;
             Ok(())
@@ -391,12 +402,12 @@ fn region_and_credentials(config: &StoreConfig) -> Result<(Region, Credentials),
     Ok((region, credentials))
 }
 
-fn control_bucket(config: &StoreConfig) -> Result<Box<Bucket>, String> {
+fn control_bucket(config: &StoreConfig, timeout: Duration) -> Result<Box<Bucket>, String> {
     let (region, credentials) = region_and_credentials(config)?;
     let bucket = Bucket::new(&config.bucket, region, credentials)
         .map_err(|e| format!("S3 bucket {:?}: {e}", config.bucket))?
         .with_path_style()
-        .with_request_timeout(CONTROL_TIMEOUT)
+        .with_request_timeout(timeout)
         .map_err(|e| format!("S3 client: {e}"))?;
     Ok(bucket)
 }
@@ -453,7 +464,7 @@ fn summarize_error_xml(xml: &str) -> String {
 
 /// Create the destination bucket unless it exists, waiting up to `wait` for the endpoint.
 pub async fn ensure_bucket(config: &StoreConfig, wait: Duration) -> Result<&'static str, String> {
-    let bucket = control_bucket(config)?;
+    let bucket = control_bucket(config, Duration::from_secs(10))?;
     let deadline = Instant::now() + wait;
     let mut last_error;
     loop {

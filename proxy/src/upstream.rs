@@ -16,8 +16,10 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::body::{ProxyBody, boxed, full};
 use crate::error::{ProxyError, Side};
+use crate::forwarding::TrustedProxies;
 use crate::metrics::Metrics;
 use crate::quickack::QuickAckConnector;
+use crate::timeouts::SendError;
 
 /// server-info is a small JSON document; anything larger is passed on untouched.
 const SERVER_INFO_LIMIT: usize = 1024 * 1024;
@@ -35,14 +37,21 @@ const HOP_BY_HOP: &[&str] = &[
     "upgrade",
 ];
 
+/// Headers a client's `Connection` list may not remove: MLflow's Host and Origin checks must see
+/// them, and the body's framing must stay as sent.
+const NEVER_HOP_BY_HOP: &[HeaderName] = &[header::HOST, header::ORIGIN, header::CONTENT_LENGTH];
+
 pub struct Upstream {
     base: Uri,
     client: Client<QuickAckConnector, ProxyBody>,
     metrics: Metrics,
+    /// How long MLflow may take to answer (see `timeouts::send`).
+    timeout: Duration,
+    trusted: TrustedProxies,
 }
 
 impl Upstream {
-    pub fn new(base: Uri, metrics: Metrics) -> Self {
+    pub fn new(base: Uri, metrics: Metrics, timeout: Duration, trusted: TrustedProxies) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(Duration::from_secs(5)));
@@ -56,6 +65,8 @@ impl Upstream {
             base,
             client,
             metrics,
+            timeout,
+            trusted,
         }
     }
 
@@ -76,8 +87,7 @@ impl Upstream {
         strip_hop_by_hop(headers);
         // hyper answers the client's 100-continue itself; the upstream need not see it.
         headers.remove(header::EXPECT);
-        append_forwarded_for(headers, client);
-        headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+        self.trusted.apply(headers, client);
         // One request per upstream connection (see `new`).
         headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
 
@@ -93,7 +103,7 @@ impl Upstream {
         });
 
         let started = Instant::now();
-        let result = self.client.request(request).await;
+        let result = crate::timeouts::send(&self.client, request, self.timeout).await;
         if client_failed.load(Ordering::Relaxed) {
             return Err(ProxyError::mlflow(
                 Side::Client,
@@ -104,12 +114,16 @@ impl Upstream {
         }
         self.metrics
             .record_upstream(result.is_ok(), started.elapsed());
+        // MLflow's address stays in the log; the client learns only what happened.
         let response = result.map_err(|e| {
             tracing::warn!("MLflow upstream {}: {e}", self.base);
-            ProxyError::upstream(format!(
-                "The MLflow server at {} did not answer: {e}",
-                self.base
-            ))
+            match e {
+                SendError::TimedOut(_) => ProxyError::timed_out(
+                    Side::Upstream,
+                    "The MLflow server did not answer in time",
+                ),
+                SendError::Http(_) => ProxyError::upstream("The MLflow server did not answer"),
+            }
         })?;
         let (mut parts, body) = response.into_parts();
         strip_hop_by_hop(&mut parts.headers);
@@ -187,21 +201,12 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
         .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
         .collect();
     for name in named {
-        headers.remove(name);
+        if !NEVER_HOP_BY_HOP.contains(&name) {
+            headers.remove(name);
+        }
     }
     for name in HOP_BY_HOP {
         headers.remove(*name);
-    }
-}
-
-fn append_forwarded_for(headers: &mut HeaderMap, client: SocketAddr) {
-    let ip = client.ip().to_string();
-    let value = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-        Some(previous) => format!("{previous}, {ip}"),
-        None => ip,
-    };
-    if let Ok(value) = HeaderValue::from_str(&value) {
-        headers.insert("x-forwarded-for", value);
     }
 }
 
@@ -237,5 +242,19 @@ mod tests {
         strip_hop_by_hop(&mut headers);
         assert_eq!(headers.len(), 1);
         assert_eq!(headers[header::HOST], "example:5000");
+    }
+
+    #[test]
+    fn connection_cannot_remove_host_origin_or_length() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("host, Origin, content-length"),
+        );
+        headers.insert(header::HOST, HeaderValue::from_static("example:5000"));
+        headers.insert(header::ORIGIN, HeaderValue::from_static("http://evil"));
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from_static("3"));
+        strip_hop_by_hop(&mut headers);
+        assert_eq!(headers.len(), 3);
     }
 }

@@ -1,35 +1,42 @@
 //! `GET|HEAD artifacts/<path>`: the object streamed from S3 as it arrives, with MLflow's
-//! labels, Range (206/416) and If-None-Match (304).
+//! labels. Conditional requests and ranges are decided here from the object's validators
+//! (`conditional`), whatever the store makes of them; what is sent (`Answer`) is decided apart
+//! from how its body is produced (`object_body`).
 
+use std::ops::RangeInclusive;
 use std::sync::Arc;
 
 use http::{HeaderMap, HeaderValue, Response, StatusCode, header};
 use hyper::body::Incoming;
 
+use super::conditional::{Conditions, Precondition, Selection, Validators};
 use super::store_error;
 use crate::body::{ProxyBody, boxed, empty};
 use crate::error::ProxyError;
 use crate::mlflow::content::{basename, content_disposition_attachment, guess_mime_type};
 use crate::mlflow::path::validate_path_is_safe;
-use crate::s3::{ObjectMeta, header_value, read_error_body};
+use crate::s3::{ObjectMeta, StoreError, header_value, read_error_body};
 use crate::state::App;
 
-/// Request headers that S3 evaluates the same way HTTP does.
+/// Request headers that S3 evaluates as HTTP does: passed on so that a store that honours them
+/// answers 304/412 without sending the body. The proxy checks them again either way.
 const FORWARDED_CONDITIONS: &[header::HeaderName] = &[
     header::IF_NONE_MATCH,
     header::IF_MATCH,
     header::IF_MODIFIED_SINCE,
     header::IF_UNMODIFIED_SINCE,
-    header::IF_RANGE,
 ];
 
-/// Response headers taken from S3 as they are.
-const KEPT_FROM_STORE: &[header::HeaderName] = &[
-    header::CONTENT_LENGTH,
-    header::CONTENT_RANGE,
-    header::ETAG,
-    header::LAST_MODIFIED,
-];
+/// What a GET answers with 200 or 206, decided from the object's metadata.
+pub struct Answer {
+    pub status: StatusCode,
+    /// The object's full size.
+    pub size: u64,
+    /// The bytes sent (inclusive); the whole object for a 200.
+    pub bytes: RangeInclusive<u64>,
+    /// ETag and Last-Modified exactly as the store gave them.
+    pub validators: HeaderMap,
+}
 
 pub async fn download(
     app: &Arc<App>,
@@ -42,11 +49,21 @@ pub async fn download(
         return Err(directory_error(&path));
     }
     let key = app.store.key(&path);
+    let conditions = Conditions::parse(request_headers);
     if head_only {
-        return match app.store.head_object(&key).await.map_err(store_error)? {
-            Some(meta) => Ok(head_response(&path, &meta)),
-            None => Err(missing(app, &path, &key).await),
+        let meta = match app.store.head_object(&key).await {
+            Ok(Some(meta)) => meta,
+            Ok(None) => return Err(missing(app, &path, &key).await),
+            Err(e) => return Err(failed_or_directory(app, &path, &key, e).await),
         };
+        let validators = meta_validators(&meta);
+        return Ok(
+            match conditions.preconditions(&Validators::from_headers(&validators)) {
+                Precondition::Pass => head_response(&path, &meta, &validators),
+                Precondition::NotModified => not_modified(&path, &validators),
+                Precondition::Failed => precondition_failed(),
+            },
+        );
     }
 
     let mut forwarded = HeaderMap::new();
@@ -55,14 +72,9 @@ pub async fn download(
             forwarded.insert(name, value.clone());
         }
     }
-    // S3 serves one range; for a multi-range request we answer 200 with the whole object,
-    // which HTTP allows.
-    if let Some(range) = request_headers.get(header::RANGE)
-        && !range.as_bytes().contains(&b',')
-    {
-        forwarded.insert(header::RANGE, range.clone());
+    if let Some(range) = conditions.store_range() {
+        forwarded.insert(header::RANGE, range);
     }
-
     let response = app
         .store
         .get_object(&key, forwarded)
@@ -71,57 +83,210 @@ pub async fn download(
     let status = response.status();
     match status {
         StatusCode::OK | StatusCode::PARTIAL_CONTENT => {
-            // Some stores ignore If-None-Match; answer 304 ourselves when the ETag matches.
-            if status == StatusCode::OK
-                && let Some(condition) = request_headers.get(header::IF_NONE_MATCH)
-                && etag_matches(condition, response.headers().get(header::ETAG))
+            let validators = kept_validators(response.headers());
+            let object = Validators::from_headers(&validators);
+            match conditions.preconditions(&object) {
+                Precondition::NotModified => return Ok(not_modified(&path, &validators)),
+                Precondition::Failed => return Ok(precondition_failed()),
+                Precondition::Pass => {}
+            }
+            let Some((size, sent)) = store_extent(status, response.headers()) else {
+                // A store that sends no length: pass its whole answer on as it is.
+                return Ok(unsized_response(&path, response));
+            };
+            let wanted = match conditions.selection(&object, size) {
+                Selection::Unsatisfiable => return Ok(unsatisfiable(size)),
+                Selection::Whole => None,
+                Selection::Part(range) => Some(range),
+            };
+            let answer = Answer {
+                status: if wanted.is_some() {
+                    StatusCode::PARTIAL_CONTENT
+                } else {
+                    StatusCode::OK
+                },
+                size,
+                bytes: wanted.clone().unwrap_or(whole(size)),
+                validators,
+            };
+            if wanted.as_ref() == sent.as_ref()
+                || (wanted.is_none() && sent.as_ref() == Some(&whole(size)))
             {
-                return Ok(not_modified(&path, response.headers()));
+                return Ok(object_response(&path, answer, boxed(response.into_body())));
             }
-            Ok(object_response(&path, status, response))
+            // The store sent other bytes than HTTP asks for (it ignored If-Range, or read a
+            // range its own way): ask again for exactly those.
+            drop(response);
+            refetch(app, &path, &key, answer).await
         }
-        StatusCode::NOT_MODIFIED => Ok(not_modified(&path, response.headers())),
-        StatusCode::PRECONDITION_FAILED => {
-            let mut answer = Response::new(empty());
-            *answer.status_mut() = status;
-            Ok(answer)
-        }
+        StatusCode::NOT_MODIFIED => Ok(not_modified(&path, &kept_validators(response.headers()))),
+        StatusCode::PRECONDITION_FAILED => Ok(precondition_failed()),
         StatusCode::RANGE_NOT_SATISFIABLE => {
-            let size = app
-                .store
-                .head_object(&key)
-                .await
-                .map_err(store_error)?
-                .map(|m| m.size);
-            let mut answer = Response::new(empty());
-            *answer.status_mut() = status;
-            if let Some(size) = size {
-                answer.headers_mut().insert(
-                    header::CONTENT_RANGE,
-                    header_value(&format!("bytes */{size}")),
-                );
+            drop(response);
+            let Some(meta) = app.store.head_object(&key).await.map_err(store_error)? else {
+                return Err(missing(app, &path, &key).await);
+            };
+            let validators = meta_validators(&meta);
+            let object = Validators::from_headers(&validators);
+            match conditions.preconditions(&object) {
+                Precondition::NotModified => return Ok(not_modified(&path, &validators)),
+                Precondition::Failed => return Ok(precondition_failed()),
+                Precondition::Pass => {}
             }
-            Ok(answer)
+            let (status, bytes) = match conditions.selection(&object, meta.size) {
+                Selection::Unsatisfiable => return Ok(unsatisfiable(meta.size)),
+                Selection::Whole => (StatusCode::OK, whole(meta.size)),
+                Selection::Part(range) => (StatusCode::PARTIAL_CONTENT, range),
+            };
+            let answer = Answer {
+                status,
+                size: meta.size,
+                bytes,
+                validators,
+            };
+            refetch(app, &path, &key, answer).await
         }
         StatusCode::NOT_FOUND => Err(missing(app, &path, &key).await),
-        // A store that keeps keys as files (s3s-fs) fails a GET on a "folder" with a 500.
-        _ if status.is_server_error()
-            && app
-                .store
-                .any_under(&format!("{key}/"))
-                .await
-                .unwrap_or(false) =>
-        {
-            Err(directory_error(&path))
-        }
         _ => {
             let message = read_error_body(response.into_body()).await;
-            Err(store_error(crate::s3::StoreError::Status {
+            let error = StoreError::Status {
+                status: status.as_u16(),
+                message,
+            };
+            Err(failed_or_directory(app, &path, &key, error).await)
+        }
+    }
+}
+
+/// GET exactly the bytes of `answer` (the same version of the object, by its ETag).
+async fn refetch(
+    app: &Arc<App>,
+    path: &str,
+    key: &str,
+    answer: Answer,
+) -> Result<Response<ProxyBody>, ProxyError> {
+    let mut headers = HeaderMap::new();
+    if let Some(etag) = answer.validators.get(header::ETAG) {
+        headers.insert(header::IF_MATCH, etag.clone());
+    }
+    if answer.status == StatusCode::PARTIAL_CONTENT {
+        let (start, end) = (answer.bytes.start(), answer.bytes.end());
+        headers.insert(header::RANGE, header_value(&format!("bytes={start}-{end}")));
+    }
+    let response = app
+        .store
+        .get_object(key, headers)
+        .await
+        .map_err(store_error)?;
+    let status = response.status();
+    let sent = store_extent(status, response.headers());
+    let same_version = kept_validators(response.headers()).get(header::ETAG)
+        == answer.validators.get(header::ETAG);
+    match sent {
+        Some((size, sent)) if size == answer.size && same_version => {
+            if sent.as_ref().unwrap_or(&whole(size)) == &answer.bytes {
+                Ok(object_response(path, answer, boxed(response.into_body())))
+            } else if sent.is_none() {
+                // A store that ignores Range altogether: the whole object is a valid answer.
+                let answer = Answer {
+                    status: StatusCode::OK,
+                    bytes: whole(size),
+                    ..answer
+                };
+                Ok(object_response(path, answer, boxed(response.into_body())))
+            } else {
+                Err(store_error(StoreError::Other(format!(
+                    "asked for bytes {:?}, got {sent:?}",
+                    answer.bytes
+                ))))
+            }
+        }
+        // The object changed in between: let the client ask again.
+        _ if status.is_success() || status == StatusCode::PRECONDITION_FAILED => Err(store_error(
+            StoreError::Other("the object changed during the request".into()),
+        )),
+        _ => {
+            let message = read_error_body(response.into_body()).await;
+            Err(store_error(StoreError::Status {
                 status: status.as_u16(),
                 message,
             }))
         }
     }
+}
+
+/// The object's size and, for a 206, the bytes the store sent.
+fn store_extent(
+    status: StatusCode,
+    headers: &HeaderMap,
+) -> Option<(u64, Option<RangeInclusive<u64>>)> {
+    if status == StatusCode::PARTIAL_CONTENT {
+        // `bytes 0-9/100`
+        let value = headers.get(header::CONTENT_RANGE)?.to_str().ok()?;
+        let (range, size) = value.strip_prefix("bytes ")?.split_once('/')?;
+        let (start, end) = range.split_once('-')?;
+        let size: u64 = size.trim().parse().ok()?;
+        Some((
+            size,
+            Some(start.trim().parse().ok()?..=end.trim().parse().ok()?),
+        ))
+    } else {
+        let size = headers
+            .get(header::CONTENT_LENGTH)?
+            .to_str()
+            .ok()?
+            .parse()
+            .ok()?;
+        Some((size, None))
+    }
+}
+
+fn whole(size: u64) -> RangeInclusive<u64> {
+    // An empty object's "whole" is the empty range 0..=u64::MAX, never equal to a real slice.
+    0..=size.checked_sub(1).unwrap_or(u64::MAX)
+}
+
+/// ETag and Last-Modified as the store gave them.
+fn kept_validators(store_headers: &HeaderMap) -> HeaderMap {
+    let mut kept = HeaderMap::new();
+    for name in [header::ETAG, header::LAST_MODIFIED] {
+        if let Some(value) = store_headers.get(&name) {
+            kept.insert(name, value.clone());
+        }
+    }
+    kept
+}
+
+fn meta_validators(meta: &ObjectMeta) -> HeaderMap {
+    let mut kept = HeaderMap::new();
+    if let Some(etag) = &meta.etag {
+        kept.insert(header::ETAG, header_value(etag));
+    }
+    if let Some(modified) = &meta.last_modified {
+        kept.insert(header::LAST_MODIFIED, header_value(modified));
+    }
+    kept
+}
+
+/// The store failed on the key: a "directory" (keys below it), or a real failure. A store that
+/// keeps keys as files (s3s-fs) fails GET and HEAD of a "folder" with a 500.
+async fn failed_or_directory(
+    app: &Arc<App>,
+    path: &str,
+    key: &str,
+    error: StoreError,
+) -> ProxyError {
+    let server_side = matches!(&error, StoreError::Status { status, .. } if *status >= 500);
+    if server_side
+        && app
+            .store
+            .any_under(&format!("{key}/"))
+            .await
+            .unwrap_or(false)
+    {
+        return directory_error(path);
+    }
+    store_error(error)
 }
 
 /// Nothing at the key: a "directory" (keys below it) or truly missing.
@@ -163,77 +328,73 @@ fn labelled(path: &str, status: StatusCode, body: ProxyBody) -> Response<ProxyBo
     response
 }
 
-fn object_response(
-    path: &str,
-    status: StatusCode,
-    store: Response<Incoming>,
-) -> Response<ProxyBody> {
+/// A 200 or 206: status and headers from `answer`, the bytes from `body`.
+fn object_response(path: &str, answer: Answer, body: ProxyBody) -> Response<ProxyBody> {
+    let body = object_body(&answer, body);
+    let mut response = labelled(path, answer.status, body);
+    let headers = response.headers_mut();
+    let length = if answer.size == 0 {
+        0
+    } else {
+        answer.bytes.end() - answer.bytes.start() + 1
+    };
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
+    if answer.status == StatusCode::PARTIAL_CONTENT {
+        headers.insert(
+            header::CONTENT_RANGE,
+            header_value(&format!(
+                "bytes {}-{}/{}",
+                answer.bytes.start(),
+                answer.bytes.end(),
+                answer.size
+            )),
+        );
+    }
+    headers.extend(answer.validators);
+    response
+}
+
+/// How the bytes of a decided answer are produced: here, the store's own response body.
+fn object_body(_answer: &Answer, store_body: ProxyBody) -> ProxyBody {
+    store_body
+}
+
+/// A store answer without a length (never from S3 proper): passed on as a whole.
+fn unsized_response(path: &str, store: Response<Incoming>) -> Response<ProxyBody> {
     let (parts, body) = store.into_parts();
-    let mut response = labelled(path, status, boxed(body));
-    for name in KEPT_FROM_STORE {
-        if let Some(value) = parts.headers.get(name) {
-            response.headers_mut().insert(name, value.clone());
-        }
-    }
+    let mut response = labelled(path, StatusCode::OK, boxed(body));
+    response
+        .headers_mut()
+        .extend(kept_validators(&parts.headers));
     response
 }
 
-fn not_modified(path: &str, store_headers: &HeaderMap) -> Response<ProxyBody> {
+fn not_modified(path: &str, validators: &HeaderMap) -> Response<ProxyBody> {
     let mut response = labelled(path, StatusCode::NOT_MODIFIED, empty());
-    for name in [header::ETAG, header::LAST_MODIFIED] {
-        if let Some(value) = store_headers.get(&name) {
-            response.headers_mut().insert(name, value.clone());
-        }
-    }
+    response.headers_mut().extend(validators.clone());
     response
 }
 
-fn head_response(path: &str, meta: &ObjectMeta) -> Response<ProxyBody> {
+fn precondition_failed() -> Response<ProxyBody> {
+    let mut answer = Response::new(empty());
+    *answer.status_mut() = StatusCode::PRECONDITION_FAILED;
+    answer
+}
+
+fn unsatisfiable(size: u64) -> Response<ProxyBody> {
+    let mut answer = Response::new(empty());
+    *answer.status_mut() = StatusCode::RANGE_NOT_SATISFIABLE;
+    answer.headers_mut().insert(
+        header::CONTENT_RANGE,
+        header_value(&format!("bytes */{size}")),
+    );
+    answer
+}
+
+fn head_response(path: &str, meta: &ObjectMeta, validators: &HeaderMap) -> Response<ProxyBody> {
     let mut response = labelled(path, StatusCode::OK, empty());
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_LENGTH, HeaderValue::from(meta.size));
-    if let Some(etag) = &meta.etag {
-        headers.insert(header::ETAG, header_value(etag));
-    }
-    if let Some(modified) = &meta.last_modified {
-        headers.insert(header::LAST_MODIFIED, header_value(modified));
-    }
+    headers.extend(validators.clone());
     response
-}
-
-/// `If-None-Match` against an ETag (weak comparison, as RFC 9110 asks for this header).
-fn etag_matches(condition: &HeaderValue, etag: Option<&HeaderValue>) -> bool {
-    let Ok(condition) = condition.to_str() else {
-        return false;
-    };
-    let Some(etag) = etag.and_then(|e| e.to_str().ok()) else {
-        return false;
-    };
-    let opaque = |tag: &str| tag.trim().trim_start_matches("W/").to_owned();
-    condition
-        .split(',')
-        .any(|candidate| candidate.trim() == "*" || opaque(candidate) == opaque(etag))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn if_none_match_comparison() {
-        let etag = HeaderValue::from_static("\"abc\"");
-        for (condition, expected) in [
-            ("\"abc\"", true),
-            ("W/\"abc\"", true),
-            ("\"x\", \"abc\"", true),
-            ("*", true),
-            ("\"abd\"", false),
-        ] {
-            assert_eq!(
-                etag_matches(&HeaderValue::from_static(condition), Some(&etag)),
-                expected,
-                "{condition}"
-            );
-        }
-    }
 }

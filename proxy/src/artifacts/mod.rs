@@ -1,5 +1,6 @@
 //! The artifact routes MLflow's clients and UI use, answered from S3 directly.
 
+mod conditional;
 mod delete;
 mod download;
 mod list;
@@ -111,12 +112,53 @@ fn route_tail<B>(request: &Request<B>) -> Option<String> {
         .map(str::to_owned)
 }
 
-/// The store failed: unreachable → 503, answered with an error → 502.
+/// The store failed. The answer names what went wrong in general terms only: the endpoint,
+/// bucket and key prefix stay in the log.
 pub fn store_error(error: StoreError) -> ProxyError {
     tracing::warn!("S3: {error}");
-    let status = match error {
-        StoreError::Unreachable(_) => StatusCode::SERVICE_UNAVAILABLE,
-        _ => StatusCode::BAD_GATEWAY,
-    };
-    ProxyError::store(status, format!("Artifact store error: {error}"))
+    match &error {
+        StoreError::Unreachable(_) => ProxyError::store(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "The artifact store cannot be reached",
+        ),
+        StoreError::TimedOut => ProxyError::timed_out(
+            crate::error::Side::Store,
+            "The artifact store did not answer in time",
+        ),
+        StoreError::Status { status, message } => match refused_request(*status, message) {
+            // The request itself is at fault (a key S3 cannot hold...): retrying cannot help.
+            Some(code) => ProxyError::mlflow(
+                crate::error::Side::Client,
+                StatusCode::BAD_REQUEST,
+                "INVALID_PARAMETER_VALUE",
+                format!("The artifact store refused the request: {code}"),
+            ),
+            None => ProxyError::store(
+                StatusCode::BAD_GATEWAY,
+                format!("The artifact store answered {status}"),
+            ),
+        },
+        StoreError::Other(_) => {
+            ProxyError::store(StatusCode::BAD_GATEWAY, "The artifact store request failed")
+        }
+    }
+}
+
+/// S3 error codes that blame the request (its key or an argument), not the store.
+const CLIENT_CAUSED: &[&str] = &[
+    "KeyTooLongError",
+    "InvalidArgument",
+    "InvalidRequest",
+    "InvalidObjectName",
+    "InvalidURI",
+    "MetadataTooLarge",
+];
+
+/// The S3 error code, when it is one the client caused.
+fn refused_request(status: u16, message: &str) -> Option<&'static str> {
+    if !(400..500).contains(&status) || matches!(status, 401 | 403 | 404) {
+        return None;
+    }
+    let code = message.split(':').next().unwrap_or_default().trim();
+    CLIENT_CAUSED.iter().find(|c| **c == code).copied()
 }

@@ -289,6 +289,23 @@ pub fn upload_config() -> UploadConfig {
     }
 }
 
+/// The proxy's configuration for tests: loopback, ephemeral ports, small parts.
+pub fn serve_config(s3_endpoint: &str, upstream: &str) -> ServeConfig {
+    ServeConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        metrics_listen: "127.0.0.1:0".parse().unwrap(),
+        upstream: upstream.parse().unwrap(),
+        store: store_config(s3_endpoint, ""),
+        upload: upload_config(),
+        security: mlflow_artifact_proxy::security::Security::default(),
+        auth: mlflow_artifact_proxy::auth::AuthConfig::off(),
+        shutdown_grace: Duration::from_secs(5),
+        timeouts: mlflow_artifact_proxy::timeouts::Timeouts::default(),
+        trusted_proxies: Default::default(),
+        body_idle_timeout: Duration::from_secs(60),
+    }
+}
+
 pub fn store_config(endpoint: &str, prefix: &str) -> StoreConfig {
     StoreConfig {
         endpoint: url::Url::parse(endpoint).unwrap(),
@@ -306,18 +323,19 @@ impl Harness {
     }
 
     pub async fn start_with(upload: UploadConfig, prefix: &str) -> Harness {
+        Self::start_configured(|config| {
+            config.upload = upload;
+            config.store.prefix = prefix.into();
+        })
+        .await
+    }
+
+    /// Start with the test defaults, changed by `adjust` (timeouts, trusted proxies...).
+    pub async fn start_configured(adjust: impl FnOnce(&mut ServeConfig)) -> Harness {
         let s3 = S3Server::start().await;
         let mlflow = FakeMlflow::start().await;
-        let config = ServeConfig {
-            listen: "127.0.0.1:0".parse().unwrap(),
-            metrics_listen: "127.0.0.1:0".parse().unwrap(),
-            upstream: format!("http://{}", mlflow.addr).parse().unwrap(),
-            store: store_config(&s3.endpoint, prefix),
-            upload,
-            security: mlflow_artifact_proxy::security::Security::default(),
-            auth: mlflow_artifact_proxy::auth::AuthConfig::off(),
-            shutdown_grace: Duration::from_secs(5),
-        };
+        let mut config = serve_config(&s3.endpoint, &format!("http://{}", mlflow.addr));
+        adjust(&mut config);
         let proxy = Proxy::start(config).await.unwrap();
         let base = format!("http://{}", proxy.addr);
         let http = reqwest::Client::builder().no_proxy().build().unwrap();
