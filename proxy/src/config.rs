@@ -69,6 +69,8 @@ pub struct ServeArgs {
     pub store: StoreArgs,
     #[command(flatten)]
     pub security: crate::security::SecurityArgs,
+    #[command(flatten)]
+    pub download: crate::artifacts::ranged::DownloadArgs,
     /// Uploads with a Content-Length up to this size go to S3 as one streamed PutObject (no
     /// memory held, no completion step); larger and chunked uploads use multipart upload.
     #[arg(long, env = "PROXY_SINGLE_PUT_MAX_MIB", default_value_t = 1024)]
@@ -141,6 +143,7 @@ pub struct ServeConfig {
     pub upstream: http::Uri,
     pub store: StoreConfig,
     pub upload: UploadConfig,
+    pub download: crate::artifacts::ranged::DownloadConfig,
     pub security: crate::security::Security,
     pub shutdown_grace: Duration,
 }
@@ -238,6 +241,7 @@ impl ServeArgs {
                 parts_in_flight: self.parts_in_flight,
                 budget: self.upload_budget_mib * MIB,
             },
+            download: self.download.build()?,
             shutdown_grace: Duration::from_secs(self.shutdown_grace_secs),
         })
     }

@@ -53,6 +53,7 @@ impl Proxy {
             config.upload,
             config.security.clone(),
             metrics.clone(),
+            config.download,
         ));
 
         let listener = TcpListener::bind(config.listen)

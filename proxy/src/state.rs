@@ -5,6 +5,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use crate::artifacts::ranged::{DownloadConfig, Downloads};
 use crate::config::UploadConfig;
 use crate::metrics::Metrics;
 use crate::s3::Store;
@@ -20,6 +21,8 @@ pub struct App {
     pub upload: UploadConfig,
     pub security: Security,
     pub metrics: Metrics,
+    /// The download budget and settings of large (parallel) downloads.
+    pub downloads: Downloads,
     budget: Arc<Semaphore>,
     /// Multipart uploads in progress (upload id → key), aborted if shutdown cuts them off.
     active_uploads: Mutex<HashMap<String, String>>,
@@ -47,6 +50,7 @@ impl App {
         upload: UploadConfig,
         security: Security,
         metrics: Metrics,
+        download: DownloadConfig,
     ) -> Self {
         let units = usize::try_from(upload.budget / BUDGET_UNIT).unwrap_or(usize::MAX);
         metrics
@@ -57,6 +61,7 @@ impl App {
             upstream,
             upload,
             security,
+            downloads: Downloads::new(download, &metrics.registry),
             metrics,
             budget: Arc::new(Semaphore::new(units)),
             active_uploads: Mutex::new(HashMap::new()),

@@ -124,6 +124,7 @@ async fn mlflow_down_gives_a_quick_502_in_mlflow_shape() {
         upstream: format!("http://{closed}").parse().unwrap(),
         store: store_config(&s3.endpoint, ""),
         upload: upload_config(),
+        download: Default::default(),
         security: mlflow_artifact_proxy::security::Security::default(),
         shutdown_grace: Duration::from_secs(1),
     };

@@ -78,7 +78,9 @@ pub async fn download(
             {
                 return Ok(not_modified(&path, response.headers()));
             }
-            Ok(object_response(&path, status, response))
+            let response = object_response(&path, status, response);
+            // Large answers: the same status and headers, the body read as parallel ranges.
+            Ok(super::ranged::parallelize(app, &key, response))
         }
         StatusCode::NOT_MODIFIED => Ok(not_modified(&path, response.headers())),
         StatusCode::PRECONDITION_FAILED => {

@@ -3,6 +3,7 @@
 mod delete;
 mod download;
 mod list;
+pub mod ranged;
 mod upload;
 
 use std::sync::Arc;

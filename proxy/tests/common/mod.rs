@@ -16,6 +16,7 @@ use hyper::body::{Frame, Incoming};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use mlflow_artifact_proxy::Proxy;
+use mlflow_artifact_proxy::artifacts::ranged::DownloadConfig;
 use mlflow_artifact_proxy::config::{ServeConfig, StoreConfig, UploadConfig};
 use sha2::{Digest, Sha256};
 use tokio::net::TcpListener;
@@ -306,6 +307,19 @@ impl Harness {
     }
 
     pub async fn start_with(upload: UploadConfig, prefix: &str) -> Harness {
+        Self::start_full(upload, DownloadConfig::default(), prefix).await
+    }
+
+    /// With the given settings for large (parallel) downloads.
+    pub async fn start_with_download(download: DownloadConfig) -> Harness {
+        Self::start_full(upload_config(), download, "").await
+    }
+
+    pub async fn start_full(
+        upload: UploadConfig,
+        download: DownloadConfig,
+        prefix: &str,
+    ) -> Harness {
         let s3 = S3Server::start().await;
         let mlflow = FakeMlflow::start().await;
         let config = ServeConfig {
@@ -314,6 +328,7 @@ impl Harness {
             upstream: format!("http://{}", mlflow.addr).parse().unwrap(),
             store: store_config(&s3.endpoint, prefix),
             upload,
+            download,
             security: mlflow_artifact_proxy::security::Security::default(),
             shutdown_grace: Duration::from_secs(5),
         };
