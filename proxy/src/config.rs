@@ -79,6 +79,8 @@ pub struct ServeArgs {
     /// that stops arriving, a download the client stops reading. Counted in the metrics.
     #[arg(long, env = "PROXY_BODY_IDLE_TIMEOUT_SECS", default_value_t = 60)]
     pub body_idle_timeout_secs: u64,
+    #[command(flatten)]
+    pub download: crate::artifacts::ranged::DownloadArgs,
     /// Uploads with a Content-Length up to this size go to S3 as one streamed PutObject (no
     /// memory held, no completion step); larger and chunked uploads use multipart upload.
     #[arg(long, env = "PROXY_SINGLE_PUT_MAX_MIB", default_value_t = 1024)]
@@ -151,6 +153,7 @@ pub struct ServeConfig {
     pub upstream: http::Uri,
     pub store: StoreConfig,
     pub upload: UploadConfig,
+    pub download: crate::artifacts::ranged::DownloadConfig,
     pub security: crate::security::Security,
     pub auth: crate::auth::AuthConfig,
     pub shutdown_grace: Duration,
@@ -253,6 +256,7 @@ impl ServeArgs {
                 parts_in_flight: self.parts_in_flight,
                 budget: self.upload_budget_mib * MIB,
             },
+            download: self.download.build()?,
             shutdown_grace: Duration::from_secs(self.shutdown_grace_secs),
             timeouts: self.timeouts.build()?,
             trusted_proxies: self.forwarding.build()?,

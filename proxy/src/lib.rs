@@ -68,6 +68,7 @@ impl Proxy {
             config.security.clone(),
             metrics.clone(),
             auth.clone(),
+            config.download,
         ));
 
         let listener = TcpListener::bind(config.listen)

@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::auth::Auth;
+use crate::artifacts::ranged::{DownloadConfig, Downloads};
 use crate::config::UploadConfig;
 use crate::metrics::Metrics;
 use crate::s3::Store;
@@ -23,6 +24,8 @@ pub struct App {
     pub metrics: Metrics,
     /// MLflow's authentication and permissions on the artifact routes.
     pub auth: Arc<Auth>,
+    /// The download budget and settings of large (parallel) downloads.
+    pub downloads: Downloads,
     budget: Arc<Semaphore>,
     /// Multipart uploads in progress (upload id → key), aborted if shutdown cuts them off.
     active_uploads: Mutex<HashMap<String, String>>,
@@ -51,6 +54,7 @@ impl App {
         security: Security,
         metrics: Metrics,
         auth: Arc<Auth>,
+        download: DownloadConfig,
     ) -> Self {
         let units = usize::try_from(upload.budget / BUDGET_UNIT).unwrap_or(usize::MAX);
         metrics
@@ -61,6 +65,7 @@ impl App {
             upstream,
             upload,
             security,
+            downloads: Downloads::new(download, &metrics.registry),
             metrics,
             auth,
             budget: Arc::new(Semaphore::new(units)),

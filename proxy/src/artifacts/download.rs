@@ -112,7 +112,9 @@ pub async fn download(
             if wanted.as_ref() == sent.as_ref()
                 || (wanted.is_none() && sent.as_ref() == Some(&whole(size)))
             {
-                return Ok(object_response(&path, answer, boxed(response.into_body())));
+                // Large answers: the same status and headers, the body read as parallel ranges.
+                let response = object_response(&path, answer, boxed(response.into_body()));
+                return Ok(super::ranged::parallelize(app, &key, response));
             }
             // The store sent other bytes than HTTP asks for (it ignored If-Range, or read a
             // range its own way): ask again for exactly those.

@@ -4,6 +4,7 @@ mod conditional;
 mod delete;
 mod download;
 mod list;
+pub mod ranged;
 mod upload;
 
 use std::sync::Arc;

@@ -16,6 +16,7 @@ use hyper::body::{Frame, Incoming};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use mlflow_artifact_proxy::Proxy;
+use mlflow_artifact_proxy::artifacts::ranged::DownloadConfig;
 use mlflow_artifact_proxy::config::{ServeConfig, StoreConfig, UploadConfig};
 use sha2::{Digest, Sha256};
 use tokio::net::TcpListener;
@@ -297,6 +298,7 @@ pub fn serve_config(s3_endpoint: &str, upstream: &str) -> ServeConfig {
         upstream: upstream.parse().unwrap(),
         store: store_config(s3_endpoint, ""),
         upload: upload_config(),
+        download: Default::default(),
         security: mlflow_artifact_proxy::security::Security::default(),
         auth: mlflow_artifact_proxy::auth::AuthConfig::off(),
         shutdown_grace: Duration::from_secs(5),
@@ -323,8 +325,22 @@ impl Harness {
     }
 
     pub async fn start_with(upload: UploadConfig, prefix: &str) -> Harness {
+        Self::start_full(upload, DownloadConfig::default(), prefix).await
+    }
+
+    /// With the given settings for large (parallel) downloads.
+    pub async fn start_with_download(download: DownloadConfig) -> Harness {
+        Self::start_full(upload_config(), download, "").await
+    }
+
+    pub async fn start_full(
+        upload: UploadConfig,
+        download: DownloadConfig,
+        prefix: &str,
+    ) -> Harness {
         Self::start_configured(|config| {
             config.upload = upload;
+            config.download = download;
             config.store.prefix = prefix.into();
         })
         .await
