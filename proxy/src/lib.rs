@@ -12,12 +12,16 @@ pub mod config;
 pub mod error;
 pub mod metrics;
 pub mod mlflow;
+pub mod public_url;
 mod quickack;
 pub mod router;
 pub mod s3;
 pub mod security;
 pub mod server;
+pub mod signing;
+pub mod stale_uploads;
 pub mod state;
+pub mod transfers;
 pub mod upstream;
 
 use std::net::SocketAddr;
@@ -39,6 +43,8 @@ pub struct Proxy {
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<()>,
     operations: JoinHandle<()>,
+    /// The stale-upload sweep; stopping it mid-abort is harmless (the next sweep redoes it).
+    sweeper: Option<JoinHandle<std::convert::Infallible>>,
 }
 
 impl Proxy {
@@ -47,13 +53,16 @@ impl Proxy {
         let metrics = Metrics::new();
         let store = s3::Store::new(&config.store, metrics.clone())?;
         let upstream = upstream::Upstream::new(config.upstream.clone(), metrics.clone());
-        let app = Arc::new(App::new(
-            store,
-            upstream,
-            config.upload,
-            config.security.clone(),
-            metrics.clone(),
-        ));
+        let app = Arc::new(
+            App::new(
+                store,
+                upstream,
+                config.upload,
+                config.security.clone(),
+                metrics.clone(),
+            )
+            .with_transfers(config.transfers.clone()),
+        );
 
         let listener = TcpListener::bind(config.listen)
             .await
@@ -69,6 +78,15 @@ impl Proxy {
             metrics,
             Arc::new(Readiness(app.clone())),
         ));
+        let sweeper = app
+            .transfers
+            .config
+            .stale_after
+            .filter(|_| app.transfers.config.uploads)
+            .map(|age| {
+                let interval = app.transfers.config.sweep_interval;
+                tokio::spawn(stale_uploads::run(app.clone(), age, interval))
+            });
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(server::serve(
             listener,
@@ -85,6 +103,7 @@ impl Proxy {
             stop: Some(stop),
             task,
             operations,
+            sweeper,
         })
     }
 
@@ -95,6 +114,9 @@ impl Proxy {
         }
         let _ = (&mut self.task).await;
         self.operations.abort();
+        if let Some(sweeper) = &self.sweeper {
+            sweeper.abort();
+        }
     }
 }
 

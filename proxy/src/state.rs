@@ -9,6 +9,7 @@ use crate::config::UploadConfig;
 use crate::metrics::Metrics;
 use crate::s3::Store;
 use crate::security::Security;
+use crate::transfers::{TransferConfig, Transfers};
 use crate::upstream::Upstream;
 
 /// The budget is counted in KiB so that one part's permits fit the semaphore's `u32`.
@@ -20,6 +21,8 @@ pub struct App {
     pub upload: UploadConfig,
     pub security: Security,
     pub metrics: Metrics,
+    /// Client-driven multipart uploads and presigned downloads (see `App::with_transfers`).
+    pub transfers: Transfers,
     budget: Arc<Semaphore>,
     /// Multipart uploads in progress (upload id → key), aborted if shutdown cuts them off.
     active_uploads: Mutex<HashMap<String, String>>,
@@ -58,9 +61,17 @@ impl App {
             upload,
             security,
             metrics,
+            transfers: Transfers::disabled(),
             budget: Arc::new(Semaphore::new(units)),
             active_uploads: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Offer the client-driven transfers, their counters in the proxy's registry.
+    #[must_use]
+    pub fn with_transfers(mut self, config: TransferConfig) -> Self {
+        self.transfers = Transfers::new(config, Some(&self.metrics.registry));
+        self
     }
 
     /// Wait until `bytes` of the budget are free. While a handler waits here it does not read

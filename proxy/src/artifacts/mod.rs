@@ -3,6 +3,8 @@
 mod delete;
 mod download;
 mod list;
+mod multipart;
+mod presigned;
 mod upload;
 
 use std::sync::Arc;
@@ -25,6 +27,12 @@ pub async fn handle(
         return rejection;
     }
     let facts = app.security.facts(&request);
+    // AUTH (issue 10): the one permission check point for these routes. Helper "auth" provides
+    // `(Read|Write, path, headers) -> Result<(), ProxyError>`; the lead wires it here:
+    // mpu create/complete/abort need Write, presigned needs Read, signed part/object URLs are
+    // authorized by their token alone (`needs` says None). Until then no MLflow permission is
+    // consulted on this branch, as for every other artifact route.
+    let _needs = needs(&route);
     let result = match route {
         Route::Download { path, head } => {
             download::download(app, &path, request.headers(), head).await
@@ -38,13 +46,11 @@ pub async fn handle(
                 .flatten();
             list::list(app, query).await
         }
-        // Stock MLflow's own wording: the client falls back to a plain PUT only on this message.
-        Route::Multipart => Err(ProxyError::not_implemented(
-            "Multipart upload is not supported for the current artifact repository",
-        )),
-        Route::Presigned => Err(ProxyError::not_implemented(
-            "Multipart download is not supported for the current artifact repository",
-        )),
+        Route::Multipart { action, path } => multipart::handle(app, action, &path, request).await,
+        Route::Presigned { path } => presigned::presign(app, &path, &request).await,
+        // Authorized by the token `mpu/create` or `presigned/` handed out, not by MLflow.
+        Route::SignedPart => multipart::upload_part(app, request).await,
+        Route::SignedObject { head } => presigned::serve(app, &request, head).await,
         Route::ServerInfo | Route::PassThrough => {
             Err(ProxyError::internal("route is not an artifact route"))
         }
@@ -52,6 +58,27 @@ pub async fn handle(
     let mut response = result.unwrap_or_else(ProxyError::into_response);
     app.security.decorate(&facts, &mut response);
     response
+}
+
+/// What a route needs from MLflow's permissions before it touches the store (issue 10 decides
+/// how that is checked; this only names it). None: no MLflow check (a token, or not ours).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Needs {
+    Read,
+    Write,
+}
+
+pub fn needs(route: &Route) -> Option<(Needs, &str)> {
+    match route {
+        Route::Download { path, .. } | Route::Presigned { path } => Some((Needs::Read, path)),
+        Route::List => Some((Needs::Read, "")),
+        Route::Upload { path } | Route::Delete { path } | Route::Multipart { path, .. } => {
+            Some((Needs::Write, path))
+        }
+        Route::SignedPart | Route::SignedObject { .. } | Route::ServerInfo | Route::PassThrough => {
+            None
+        }
+    }
 }
 
 /// The store failed: unreachable → 503, answered with an error → 502.

@@ -289,6 +289,13 @@ pub fn upload_config() -> UploadConfig {
     }
 }
 
+/// Multipart uploads and presigned downloads on, signed with a fixed test key.
+pub fn test_transfers() -> mlflow_artifact_proxy::transfers::TransferConfig {
+    mlflow_artifact_proxy::transfers::TransferConfig::with_key(TEST_SIGNING_KEY)
+}
+
+pub const TEST_SIGNING_KEY: &[u8] = &[7; 32];
+
 pub fn store_config(endpoint: &str, prefix: &str) -> StoreConfig {
     StoreConfig {
         endpoint: url::Url::parse(endpoint).unwrap(),
@@ -306,6 +313,14 @@ impl Harness {
     }
 
     pub async fn start_with(upload: UploadConfig, prefix: &str) -> Harness {
+        Self::start_configured(upload, prefix, test_transfers()).await
+    }
+
+    pub async fn start_configured(
+        upload: UploadConfig,
+        prefix: &str,
+        transfers: mlflow_artifact_proxy::transfers::TransferConfig,
+    ) -> Harness {
         let s3 = S3Server::start().await;
         let mlflow = FakeMlflow::start().await;
         let config = ServeConfig {
@@ -315,6 +330,7 @@ impl Harness {
             store: store_config(&s3.endpoint, prefix),
             upload,
             security: mlflow_artifact_proxy::security::Security::default(),
+            transfers,
             shutdown_grace: Duration::from_secs(5),
         };
         let proxy = Proxy::start(config).await.unwrap();
