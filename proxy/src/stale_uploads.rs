@@ -20,7 +20,13 @@ pub struct SweepReport {
 
 /// Abort every upload under the store's prefix initiated more than `age` ago.
 pub async fn sweep(store: &Store, age: Duration) -> Result<SweepReport, StoreError> {
-    let open = store.open_multipart_uploads(store.root()).await?;
+    // `prefix/`, not `prefix`: a destination `s3://b/mlflow` must not sweep `mlflow-other/`.
+    let root = match store.root() {
+        "" => String::new(),
+        root if root.ends_with('/') => root.to_owned(),
+        root => format!("{root}/"),
+    };
+    let open = store.open_multipart_uploads(&root).await?;
     let cutoff = now_secs().saturating_sub(age.as_secs());
     let mut report = SweepReport {
         open: open.len(),
