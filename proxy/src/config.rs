@@ -32,6 +32,18 @@ pub enum Command {
     EnsureBucket(EnsureBucketArgs),
     /// Exit 0 when the given URL answers 200 (for container healthchecks without curl).
     Healthcheck(HealthcheckArgs),
+    /// Abort multipart uploads older than --older-than-hours under the destination, once (for a
+    /// cron job; the serving proxy also sweeps by itself). Safe to run anywhere, any time.
+    SweepUploads(SweepUploadsArgs),
+}
+
+#[derive(Clone, Debug, Args)]
+pub struct SweepUploadsArgs {
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// Age above which an open upload counts as abandoned.
+    #[arg(long, env = "PROXY_MPU_STALE_HOURS", default_value_t = 24)]
+    pub older_than_hours: u64,
 }
 
 #[derive(Clone, Debug, Args)]
@@ -81,6 +93,8 @@ pub struct ServeArgs {
     pub body_idle_timeout_secs: u64,
     #[command(flatten)]
     pub download: crate::artifacts::ranged::DownloadArgs,
+    #[command(flatten)]
+    pub transfers: crate::transfers::TransferArgs,
     /// Uploads with a Content-Length up to this size go to S3 as one streamed PutObject (no
     /// memory held, no completion step); larger and chunked uploads use multipart upload.
     #[arg(long, env = "PROXY_SINGLE_PUT_MAX_MIB", default_value_t = 1024)]
@@ -156,6 +170,7 @@ pub struct ServeConfig {
     pub download: crate::artifacts::ranged::DownloadConfig,
     pub security: crate::security::Security,
     pub auth: crate::auth::AuthConfig,
+    pub transfers: crate::transfers::TransferConfig,
     pub shutdown_grace: Duration,
     pub timeouts: crate::timeouts::Timeouts,
     pub trusted_proxies: crate::forwarding::TrustedProxies,
@@ -250,6 +265,7 @@ impl ServeArgs {
             store: self.store.build()?,
             security: self.security.build()?,
             auth: self.auth.build()?,
+            transfers: self.transfers.build()?,
             upload: UploadConfig {
                 single_put_max: self.single_put_max_mib * MIB,
                 part_size: usize::try_from(self.part_size_mib * MIB).map_err(|e| e.to_string())?,

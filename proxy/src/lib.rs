@@ -14,13 +14,17 @@ pub mod error;
 pub mod forwarding;
 pub mod metrics;
 pub mod mlflow;
+pub mod public_url;
 mod quickack;
 pub mod router;
 pub mod s3;
 pub mod security;
 pub mod server;
+pub mod signing;
+pub mod stale_uploads;
 pub mod state;
 pub mod timeouts;
+pub mod transfers;
 pub mod upstream;
 
 use std::net::SocketAddr;
@@ -43,6 +47,8 @@ pub struct Proxy {
     task: JoinHandle<()>,
     operations: JoinHandle<()>,
     auth_recheck: JoinHandle<()>,
+    /// The stale-upload sweep; stopping it mid-abort is harmless (the next sweep redoes it).
+    sweeper: Option<JoinHandle<std::convert::Infallible>>,
 }
 
 impl Proxy {
@@ -61,15 +67,18 @@ impl Proxy {
             config.upstream.clone(),
             metrics.clone(),
         )?);
-        let app = Arc::new(App::new(
-            store,
-            upstream,
-            config.upload,
-            config.security.clone(),
-            metrics.clone(),
-            auth.clone(),
-            config.download,
-        ));
+        let app = Arc::new(
+            App::new(
+                store,
+                upstream,
+                config.upload,
+                config.security.clone(),
+                metrics.clone(),
+                auth.clone(),
+                config.download,
+            )
+            .with_transfers(config.transfers.clone()),
+        );
 
         let listener = TcpListener::bind(config.listen)
             .await
@@ -86,6 +95,15 @@ impl Proxy {
             Arc::new(Readiness(app.clone())),
         ));
         let auth_recheck = tokio::spawn(auth.recheck_forever());
+        let sweeper = app
+            .transfers
+            .config
+            .stale_after
+            .filter(|_| app.transfers.config.uploads)
+            .map(|age| {
+                let interval = app.transfers.config.sweep_interval;
+                tokio::spawn(stale_uploads::run(app.clone(), age, interval))
+            });
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(server::serve(
             listener,
@@ -103,6 +121,7 @@ impl Proxy {
             task,
             operations,
             auth_recheck,
+            sweeper,
         })
     }
 
@@ -114,6 +133,9 @@ impl Proxy {
         let _ = (&mut self.task).await;
         self.operations.abort();
         self.auth_recheck.abort();
+        if let Some(sweeper) = &self.sweeper {
+            sweeper.abort();
+        }
     }
 }
 

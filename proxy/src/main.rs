@@ -37,6 +37,26 @@ fn main() -> ExitCode {
                 Ok(())
             }
             Command::Healthcheck(args) => healthcheck(&args.url).await,
+            Command::SweepUploads(args) => {
+                let config = args.store.build()?;
+                let store = s3::Store::new(
+                    &config,
+                    mlflow_artifact_proxy::metrics::Metrics::new(),
+                    mlflow_artifact_proxy::timeouts::Timeouts::default().s3,
+                )?;
+                let age = Duration::from_secs(args.older_than_hours.saturating_mul(3600));
+                let report = mlflow_artifact_proxy::stale_uploads::sweep(&store, age)
+                    .await
+                    .map_err(|e| format!("sweep failed: {e}"))?;
+                println!(
+                    "open uploads: {}, aborted: {}, failed: {}",
+                    report.open, report.aborted, report.failed
+                );
+                if report.failed > 0 {
+                    return Err(format!("{} uploads could not be aborted", report.failed));
+                }
+                Ok(())
+            }
         }
     });
     match result {

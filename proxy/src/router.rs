@@ -14,6 +14,17 @@ const SERVER_INFO_PATHS: &[&str] = &[
     "/ajax-api/3.0/mlflow/server-info",
 ];
 
+/// Where the URLs the proxy hands out point, after the artifact prefix the client used.
+pub const SIGNED_PART_PATH: &str = "signed/part";
+pub const SIGNED_OBJECT_PATH: &str = "signed/object";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MpuAction {
+    Create,
+    Complete,
+    Abort,
+}
+
 #[derive(Debug, PartialEq, Eq)]
 pub enum Route {
     /// GET (or HEAD) `artifacts/<path>`; the path as the server sees it (decoded once).
@@ -30,9 +41,21 @@ pub enum Route {
     /// GET/HEAD `artifacts?path=`.
     List,
     /// POST `mpu/{create,complete,abort}/<path>`.
-    Multipart,
+    Multipart {
+        action: MpuAction,
+        path: String,
+    },
     /// GET `presigned/<path>`.
-    Presigned,
+    Presigned {
+        path: String,
+    },
+    /// PUT `signed/part?token=`: one part of a multipart upload, authorized by the token the
+    /// proxy handed out at `mpu/create` (no MLflow credentials, as the client sends none).
+    SignedPart,
+    /// GET/HEAD `signed/object?token=`: an object, authorized by a `presigned/` token.
+    SignedObject {
+        head: bool,
+    },
     /// Passed through, with the capability flags rewritten.
     ServerInfo,
     PassThrough,
@@ -46,8 +69,10 @@ impl Route {
             Route::Upload { .. } => "upload",
             Route::Delete { .. } => "delete",
             Route::List => "list",
-            Route::Multipart => "mpu",
-            Route::Presigned => "presigned",
+            Route::Multipart { .. } => "mpu",
+            Route::Presigned { .. } => "presigned",
+            Route::SignedPart => "signed_part",
+            Route::SignedObject { .. } => "signed_object",
             Route::ServerInfo => "server_info",
             Route::PassThrough => "passthrough",
         }
@@ -89,19 +114,30 @@ pub fn classify<B>(request: &Request<B>) -> Route {
             _ => Route::PassThrough,
         };
     }
-    for action in ["mpu/create/", "mpu/complete/", "mpu/abort/"] {
-        if rest.strip_prefix(action).is_some_and(|p| !p.is_empty()) && method == Method::POST {
-            return Route::Multipart;
+    for (prefix, action) in [
+        ("mpu/create/", MpuAction::Create),
+        ("mpu/complete/", MpuAction::Complete),
+        ("mpu/abort/", MpuAction::Abort),
+    ] {
+        if let Some(path) = rest.strip_prefix(prefix).filter(|p| !p.is_empty())
+            && method == Method::POST
+        {
+            let path = path.to_owned();
+            return Route::Multipart { action, path };
         }
     }
-    if rest
-        .strip_prefix("presigned/")
-        .is_some_and(|p| !p.is_empty())
+    if let Some(path) = rest.strip_prefix("presigned/").filter(|p| !p.is_empty())
         && method == Method::GET
     {
-        return Route::Presigned;
+        let path = path.to_owned();
+        return Route::Presigned { path };
     }
-    Route::PassThrough
+    match (rest, method) {
+        (SIGNED_PART_PATH, &Method::PUT) => Route::SignedPart,
+        (SIGNED_OBJECT_PATH, &Method::GET) => Route::SignedObject { head: false },
+        (SIGNED_OBJECT_PATH, &Method::HEAD) => Route::SignedObject { head: true },
+        _ => Route::PassThrough,
+    }
 }
 
 #[cfg(test)]
@@ -155,11 +191,40 @@ mod tests {
         );
         assert_eq!(
             route(Method::POST, "/api/2.0/mlflow-artifacts/mpu/create/1/x"),
-            Route::Multipart
+            Route::Multipart {
+                action: MpuAction::Create,
+                path: "1/x".into()
+            }
+        );
+        assert_eq!(
+            route(Method::POST, "/ajax-api/2.0/mlflow-artifacts/mpu/abort/1/x"),
+            Route::Multipart {
+                action: MpuAction::Abort,
+                path: "1/x".into()
+            }
+        );
+        assert_eq!(
+            route(Method::POST, "/api/2.0/mlflow-artifacts/mpu/create/"),
+            Route::PassThrough
         );
         assert_eq!(
             route(Method::GET, "/api/2.0/mlflow-artifacts/presigned/1/x"),
-            Route::Presigned
+            Route::Presigned { path: "1/x".into() }
+        );
+        assert_eq!(
+            route(Method::PUT, "/api/2.0/mlflow-artifacts/signed/part?token=t"),
+            Route::SignedPart
+        );
+        assert_eq!(
+            route(
+                Method::HEAD,
+                "/ajax-api/2.0/mlflow-artifacts/signed/object?token=t"
+            ),
+            Route::SignedObject { head: true }
+        );
+        assert_eq!(
+            route(Method::GET, "/api/2.0/mlflow-artifacts/signed/part"),
+            Route::PassThrough
         );
         assert_eq!(
             route(Method::GET, "/api/3.0/mlflow/server-info"),

@@ -99,7 +99,7 @@ async fn handle(
     let request_broke = record.request_broke.clone();
     let upload_bytes = (record.direction == Some(UPLOAD))
         .then(|| app.metrics.artifact_bytes.with_label_values(&[UPLOAD]));
-    let request = request.map(move |body| {
+    let mut request = request.map(move |body| {
         body.map_frame(move |frame| {
             if let Some(data) = frame.data_ref() {
                 let n = data.len() as u64;
@@ -117,6 +117,11 @@ async fn handle(
         .boxed()
     });
 
+    // The peer, for the handlers that trust forwarded headers only from known front proxies.
+    request
+        .extensions_mut()
+        .insert(crate::public_url::ClientAddr(remote));
+
     let response = match route {
         Route::PassThrough => app
             .upstream
@@ -125,7 +130,7 @@ async fn handle(
             .unwrap_or_else(ProxyError::into_response),
         Route::ServerInfo => app
             .upstream
-            .server_info(request, remote)
+            .server_info(request, remote, app.transfers.capabilities())
             .await
             .unwrap_or_else(ProxyError::into_response),
         route => artifacts::handle(&app, route, request).await,
@@ -191,8 +196,10 @@ const CLIENT_CLOSED_REQUEST: u16 = 499;
 impl Record {
     fn start(app: Arc<App>, route: &Route, request: &Request<Incoming>) -> Record {
         let direction = match route {
-            Route::Upload { .. } => Some(UPLOAD),
-            Route::Download { head: false, .. } => Some(DOWNLOAD),
+            Route::Upload { .. } | Route::SignedPart => Some(UPLOAD),
+            Route::Download { head: false, .. } | Route::SignedObject { head: false } => {
+                Some(DOWNLOAD)
+            }
             _ => None,
         };
         if let Some(direction) = direction {

@@ -5,12 +5,13 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::auth::Auth;
 use crate::artifacts::ranged::{DownloadConfig, Downloads};
+use crate::auth::Auth;
 use crate::config::UploadConfig;
 use crate::metrics::Metrics;
 use crate::s3::Store;
 use crate::security::Security;
+use crate::transfers::{TransferConfig, Transfers};
 use crate::upstream::Upstream;
 
 /// The budget is counted in KiB so that one part's permits fit the semaphore's `u32`.
@@ -26,6 +27,8 @@ pub struct App {
     pub auth: Arc<Auth>,
     /// The download budget and settings of large (parallel) downloads.
     pub downloads: Downloads,
+    /// Client-driven multipart uploads and presigned downloads (see `App::with_transfers`).
+    pub transfers: Transfers,
     budget: Arc<Semaphore>,
     /// Multipart uploads in progress (upload id → key), aborted if shutdown cuts them off.
     active_uploads: Mutex<HashMap<String, String>>,
@@ -68,9 +71,17 @@ impl App {
             downloads: Downloads::new(download, &metrics.registry),
             metrics,
             auth,
+            transfers: Transfers::disabled(),
             budget: Arc::new(Semaphore::new(units)),
             active_uploads: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Offer the client-driven transfers, their counters in the proxy's registry.
+    #[must_use]
+    pub fn with_transfers(mut self, config: TransferConfig) -> Self {
+        self.transfers = Transfers::new(config, Some(&self.metrics.registry));
+        self
     }
 
     /// Wait until `bytes` of the budget are free. While a handler waits here it does not read

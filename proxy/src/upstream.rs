@@ -130,13 +130,14 @@ impl Upstream {
         Ok(Response::from_parts(parts, boxed(body)))
     }
 
-    /// Pass server-info through, but say that multipart and presigned transfers are off: the
-    /// proxy serves every artifact byte itself, and clients outside the compose network could not
-    /// reach the S3 endpoint anyway.
+    /// Pass server-info through, with the multipart flags saying what the proxy offers (MLflow's
+    /// own would send clients straight to S3, which they may not reach). `capabilities`:
+    /// (multipart uploads, multipart downloads).
     pub async fn server_info(
         &self,
         request: Request<ProxyBody>,
         client: SocketAddr,
+        capabilities: (bool, bool),
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let response = self.forward(request, client).await?;
         let is_json = response
@@ -153,7 +154,7 @@ impl Upstream {
             .await
             .map_err(|e| ProxyError::upstream(format!("reading server-info: {e}")))?
             .to_bytes();
-        let rewritten = rewrite_server_info(&bytes).unwrap_or(bytes);
+        let rewritten = rewrite_server_info(&bytes, capabilities).unwrap_or(bytes);
         parts
             .headers
             .insert(header::CONTENT_LENGTH, rewritten.len().into());
@@ -181,12 +182,15 @@ impl Upstream {
     }
 }
 
-fn rewrite_server_info(bytes: &Bytes) -> Option<Bytes> {
+fn rewrite_server_info(bytes: &Bytes, (uploads, downloads): (bool, bool)) -> Option<Bytes> {
     let mut info: serde_json::Value = serde_json::from_slice(bytes).ok()?;
     let object = info.as_object_mut()?;
-    for flag in ["multipart_uploads_enabled", "multipart_downloads_enabled"] {
+    for (flag, on) in [
+        ("multipart_uploads_enabled", uploads),
+        ("multipart_downloads_enabled", downloads),
+    ] {
         if object.contains_key(flag) {
-            object.insert(flag.to_owned(), false.into());
+            object.insert(flag.to_owned(), on.into());
         }
     }
     serde_json::to_vec(&info).ok().map(Bytes::from)
@@ -215,14 +219,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn server_info_flags_are_turned_off() {
+    fn server_info_flags_say_what_the_proxy_offers() {
         let input = Bytes::from_static(
-            br#"{"store_type":"SqlStore","multipart_uploads_enabled":true,"multipart_downloads_enabled":true,"artifact_serving_enabled":true}"#,
+            br#"{"store_type":"SqlStore","multipart_uploads_enabled":false,"multipart_downloads_enabled":true,"artifact_serving_enabled":true}"#,
         );
-        let output = rewrite_server_info(&input).unwrap();
+        let output = rewrite_server_info(&input, (true, false)).unwrap();
         assert_eq!(
             std::str::from_utf8(&output).unwrap(),
-            r#"{"store_type":"SqlStore","multipart_uploads_enabled":false,"multipart_downloads_enabled":false,"artifact_serving_enabled":true}"#
+            r#"{"store_type":"SqlStore","multipart_uploads_enabled":true,"multipart_downloads_enabled":false,"artifact_serving_enabled":true}"#
         );
     }
 

@@ -409,8 +409,11 @@ async fn missing_objects_and_directories() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn multipart_and_presigned_routes_send_clients_back_to_plain_transfers() {
-    let h = Harness::start().await;
+async fn multipart_and_presigned_routes_switched_off_send_clients_back_to_plain_transfers() {
+    let mut transfers = test_transfers();
+    transfers.uploads = false;
+    transfers.downloads = false;
+    let h = Harness::start_with_transfers(upload_config(), "", transfers).await;
     let mpu = raw_request(
         h.proxy.addr,
         "POST",
@@ -430,7 +433,19 @@ async fn multipart_and_presigned_routes_send_clients_back_to_plain_transfers() {
     )
     .await;
     assert_eq!(presigned.status, 501);
-    assert_eq!(h.mlflow.count(), 0, "artifact routes never reach MLflow");
+    let info = h
+        .http
+        .get(h.url("/api/3.0/mlflow/server-info"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        info.contains(r#""multipart_uploads_enabled":false,"multipart_downloads_enabled":false"#),
+        "{info}"
+    );
 }
 
 /// Send the headers and part of the body, then drop the connection.

@@ -77,7 +77,7 @@ async fn a_streamed_answer_of_unknown_length_arrives_intact() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn server_info_reports_no_presigned_transfers() {
+async fn server_info_offers_multipart_through_the_proxy() {
     let h = Harness::start().await;
     for path in [
         "/api/3.0/mlflow/server-info",
@@ -87,7 +87,7 @@ async fn server_info_reports_no_presigned_transfers() {
         assert_eq!(response.status(), 200);
         assert_eq!(
             response.text().await.unwrap(),
-            r#"{"store_type":"SqlStore","workspaces_enabled":false,"multipart_uploads_enabled":false,"multipart_downloads_enabled":false,"artifact_serving_enabled":true}"#
+            r#"{"store_type":"SqlStore","workspaces_enabled":false,"multipart_uploads_enabled":true,"multipart_downloads_enabled":true,"artifact_serving_enabled":true}"#
         );
     }
 }

@@ -99,12 +99,14 @@ def test_log_list_download_delete(small_files, nested_dir, tmp_path):
     check_equal("list_artifacts(run, 'tree') after deleting it", {}, list_tree(client, run_id, "tree"))
 
 
-def test_600mib_bypasses_python_and_client_stays_on_proxy(big_file, tmp_path):
-    """600 MiB up and down with the client in its default mode:
-    - the client sees multipart/presigned transfers as disabled (server-info through the proxy);
+def test_600mib_bypasses_python_and_client_stays_on_proxy(big_file, tmp_path, monkeypatch):
+    """600 MiB up and down with the client in its default mode, then with its multipart switches off:
+    - server-info through the proxy offers multipart upload and download, so the default client
+      (600 MiB is over its 500 MiB threshold) sends 10 MiB parts and reads 100 MiB ranges, all on
+      URLs of the proxy; with MLFLOW_ENABLE_PROXY_MULTIPART_*=false it sends one PUT and one GET;
     - MLflow's access log shows no artifact-route request, and its TMPDIR does not grow;
     - the S3 server sees the object's requests from the proxy only: none from the client
-      (python-requests, which is what presigned/multipart transfers would use) and none from MLflow (boto3)."""
+      (python-requests, which is what presigned S3 URLs would make it use) and none from MLflow (boto3)."""
     path, digest = big_file
     size = path.stat().st_size
     client = MlflowClient()
@@ -118,14 +120,22 @@ def test_600mib_bypasses_python_and_client_stays_on_proxy(big_file, tmp_path):
     info = http_get(f"{PROXY_URL}/api/3.0/mlflow/server-info").json()
     check_equal(
         "server-info multipart flags, through the proxy",
-        {"multipart_uploads_enabled": False, "multipart_downloads_enabled": False},
+        {"multipart_uploads_enabled": True, "multipart_downloads_enabled": True},
         {k: info.get(k) for k in ("multipart_uploads_enabled", "multipart_downloads_enabled")},
     )
     check_equal(
         "the client's own view (MlflowArtifactsRepository): multipart upload, multipart download",
-        (False, False),
+        (True, True),
         (repo._is_multipart_upload_enabled(), repo._is_multipart_download_enabled()),
     )
+    for mode in ("default (multipart)", "switched off (single stream)"):
+        if mode.startswith("switched off"):
+            monkeypatch.setenv("MLFLOW_ENABLE_PROXY_MULTIPART_UPLOAD", "false")
+            monkeypatch.setenv("MLFLOW_ENABLE_PROXY_MULTIPART_DOWNLOAD", "false")
+        round_trip(client, repo, run_id, path, digest, size, tmp_path / mode.split()[0], mode)
+
+
+def round_trip(client, repo, run_id, path, digest, size, tmp_path, mode):
 
     mlflow_log = LogWatch(LOGS / "mlflow.log")
     s3_log = LogWatch(LOGS / "s3.log")
@@ -140,7 +150,7 @@ def test_600mib_bypasses_python_and_client_stays_on_proxy(big_file, tmp_path):
         )
         t2 = time.monotonic()
     mib = size / 2**20
-    print(f"600 MiB: upload {t1 - t0:.2f}s ({mib / (t1 - t0):.0f} MiB/s), download {t2 - t1:.2f}s ({mib / (t2 - t1):.0f} MiB/s)")
+    print(f"600 MiB, {mode}: upload {t1 - t0:.2f}s ({mib / (t1 - t0):.0f} MiB/s), download {t2 - t1:.2f}s ({mib / (t2 - t1):.0f} MiB/s)")
     print(f"MLflow TMPDIR: {tmp_watch.samples} samples, baseline {tmp_watch.baseline} B, peak {tmp_watch.peak} B")
 
     check_equal("SHA-256 of the 600 MiB file after upload and download", digest, sha256_file(Path(local)))
@@ -179,12 +189,19 @@ def test_600mib_bypasses_python_and_client_stays_on_proxy(big_file, tmp_path):
         from_python,
     )
 
-    # the client never asked for presigned URLs or a multipart upload
+    # which transfer the client chose, from the proxy's access log (route=...)
     proxy_text = proxy_log.text()
+    routes = [m.group(1) for m in re.finditer(r' route="?(\w+)"? ', proxy_text)]
+    counts = {r: routes.count(r) for r in ("mpu", "signed_part", "presigned", "signed_object", "upload", "download")}
+    expected = (
+        {"mpu": 2, "signed_part": 60, "presigned": 1, "signed_object": 6, "upload": 0, "download": 0}
+        if mode.startswith("default")
+        else {"mpu": 0, "signed_part": 0, "presigned": 0, "signed_object": 0, "upload": 1, "download": 1}
+    )
     check_equal(
-        "proxy log lines for presigned/ or mpu/ during the 600 MiB up/down",
-        [],
-        [l for l in proxy_text.splitlines() if "/mlflow-artifacts/presigned/" in l or "/mlflow-artifacts/mpu/" in l],
+        f"artifact requests by route in the proxy's access log, {mode} (600 MiB: 10 MiB parts, 100 MiB ranges)",
+        expected,
+        counts,
     )
     check(
         path.name in proxy_text,

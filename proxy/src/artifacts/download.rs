@@ -45,6 +45,18 @@ pub async fn download(
     head_only: bool,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let path = validate_path_is_safe(raw_path).map_err(|_| ProxyError::invalid_path().fastapi())?;
+    download_validated(app, &path, request_headers, head_only).await
+}
+
+/// The download of a path already through `validate_path_is_safe` (the presigned-object route
+/// has it from its token; validating twice would decode twice).
+pub async fn download_validated(
+    app: &Arc<App>,
+    path: &str,
+    request_headers: &HeaderMap,
+    head_only: bool,
+) -> Result<Response<ProxyBody>, ProxyError> {
+    let path = path.to_owned();
     if path.is_empty() || path.ends_with('/') {
         return Err(directory_error(&path));
     }

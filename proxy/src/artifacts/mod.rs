@@ -4,6 +4,8 @@ mod conditional;
 mod delete;
 mod download;
 mod list;
+mod multipart;
+mod presigned;
 pub mod ranged;
 mod upload;
 
@@ -53,13 +55,11 @@ pub async fn handle(
                 .flatten();
             list::list(app, query, permit.hide_run_dirs).await
         }
-        // Stock MLflow's own wording: the client falls back to a plain PUT only on this message.
-        Route::Multipart => Err(ProxyError::not_implemented(
-            "Multipart upload is not supported for the current artifact repository",
-        )),
-        Route::Presigned => Err(ProxyError::not_implemented(
-            "Multipart download is not supported for the current artifact repository",
-        )),
+        Route::Multipart { action, path } => multipart::handle(app, action, &path, request).await,
+        Route::Presigned { path } => presigned::presign(app, &path, &request).await,
+        // Authorized by the token `mpu/create` or `presigned/` handed out, not by MLflow.
+        Route::SignedPart => multipart::upload_part(app, request).await,
+        Route::SignedObject { head } => presigned::serve(app, &request, head).await,
         Route::ServerInfo | Route::PassThrough => {
             Err(ProxyError::internal("route is not an artifact route"))
         }
@@ -91,26 +91,13 @@ fn auth_target<B>(route: &Route, request: &Request<B>) -> Option<(Operation, Str
                 .unwrap_or_default();
             (Operation::List, path)
         }
-        Route::Multipart => (Operation::Multipart, route_tail(request)?),
-        Route::Presigned => (Operation::Presigned, route_tail(request)?),
+        Route::Multipart { path, .. } => (Operation::Multipart, path.clone()),
+        Route::Presigned { path } => (Operation::Presigned, path.clone()),
+        // Authorized by the token `mpu/create` or `presigned/` handed out, not by MLflow.
+        Route::SignedPart | Route::SignedObject { .. } => return None,
         Route::ServerInfo | Route::PassThrough => return None,
     };
     Some(target)
-}
-
-/// The artifact path of an mpu or presigned request (until their routes carry it).
-fn route_tail<B>(request: &Request<B>) -> Option<String> {
-    let path = crate::mlflow::path::py_unquote(request.uri().path());
-    let rest = [
-        "/api/2.0/mlflow-artifacts/",
-        "/ajax-api/2.0/mlflow-artifacts/",
-    ]
-    .iter()
-    .find_map(|p| path.strip_prefix(p))?;
-    ["mpu/create/", "mpu/complete/", "mpu/abort/", "presigned/"]
-        .iter()
-        .find_map(|p| rest.strip_prefix(p))
-        .map(str::to_owned)
 }
 
 /// The store failed. The answer names what went wrong in general terms only: the endpoint,

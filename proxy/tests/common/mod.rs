@@ -301,12 +301,20 @@ pub fn serve_config(s3_endpoint: &str, upstream: &str) -> ServeConfig {
         download: Default::default(),
         security: mlflow_artifact_proxy::security::Security::default(),
         auth: mlflow_artifact_proxy::auth::AuthConfig::off(),
+        transfers: test_transfers(),
         shutdown_grace: Duration::from_secs(5),
         timeouts: mlflow_artifact_proxy::timeouts::Timeouts::default(),
         trusted_proxies: Default::default(),
         body_idle_timeout: Duration::from_secs(60),
     }
 }
+
+/// Multipart uploads and presigned downloads on, signed with a fixed test key.
+pub fn test_transfers() -> mlflow_artifact_proxy::transfers::TransferConfig {
+    mlflow_artifact_proxy::transfers::TransferConfig::with_key(TEST_SIGNING_KEY)
+}
+
+pub const TEST_SIGNING_KEY: &[u8] = &[7; 32];
 
 pub fn store_config(endpoint: &str, prefix: &str) -> StoreConfig {
     StoreConfig {
@@ -326,6 +334,20 @@ impl Harness {
 
     pub async fn start_with(upload: UploadConfig, prefix: &str) -> Harness {
         Self::start_full(upload, DownloadConfig::default(), prefix).await
+    }
+
+    /// With the given settings for client-driven multipart uploads and presigned downloads.
+    pub async fn start_with_transfers(
+        upload: UploadConfig,
+        prefix: &str,
+        transfers: mlflow_artifact_proxy::transfers::TransferConfig,
+    ) -> Harness {
+        Self::start_configured(|config| {
+            config.upload = upload;
+            config.store.prefix = prefix.into();
+            config.transfers = transfers;
+        })
+        .await
     }
 
     /// With the given settings for large (parallel) downloads.

@@ -1,0 +1,648 @@
+//! `cargo bench --bench multipart` (harness = false): MLflow's client-driven multipart upload and
+//! presigned ranged download through the proxy (issue 13), against one stream through the proxy
+//! and against the same parallel transfer straight to S3, in one run, as ratios; then the same
+//! on a WAN-like link (a per-connection rate limit) where parallel connections should win.
+//!
+//! The client does what MLflow's does: mpu/create, PUT of 10 MiB parts by 4 workers
+//! (`min(2 x CPUs, 20)` on this 2-core machine), mpu/complete; presigned/ then 100 MiB ranges by
+//! 4 workers. Processes: the release proxy (built first, or BENCH_PROXY_BIN), the s3s-fs 0.14.1
+//! binary (MLFLOW_STACK_TOOLS/bin), a stand-in for MLflow (server-info etc.) in this process.
+//! BENCH_QUICK=1: 256 MiB instead of 1 GiB; BENCH_WAN_MIBS: the link's rate per connection.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use benches::client::{self, GenBody, MIB, Target};
+use benches::procs::{self, Managed};
+use benches::servers;
+use bytes::Bytes;
+use http::header;
+use http_body_util::BodyExt;
+use s3::Bucket;
+use s3::creds::Credentials;
+use s3::region::Region;
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+const ACCESS_KEY: &str = "benchkey";
+const SECRET_KEY: &str = "benchsecret123";
+const BUCKET: &str = "bench";
+const PART: u64 = 10 * MIB;
+const RANGE: u64 = 100 * MIB;
+const WORKERS: usize = 4;
+
+fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    if let Err(e) = runtime.block_on(run()) {
+        eprintln!("\nbench failed: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn env_u64(name: &str) -> Option<u64> {
+    std::env::var(name).ok().and_then(|v| v.trim().parse().ok())
+}
+
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
+
+fn proxy_binary(root: &Path) -> Result<PathBuf, String> {
+    if let Some(bin) = std::env::var_os("BENCH_PROXY_BIN") {
+        return Ok(PathBuf::from(bin));
+    }
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut command = Command::new(cargo);
+    command
+        .args(["build", "--release", "-p", "mlflow-artifact-proxy"])
+        .current_dir(root);
+    // As in load.rs: build in a shell's environment, not cargo bench's per-package one.
+    for (name, _) in std::env::vars_os() {
+        let name = name.to_string_lossy();
+        if name.starts_with("CARGO_PKG_")
+            || name.starts_with("CARGO_CRATE_")
+            || name.starts_with("CARGO_BIN_")
+            || matches!(
+                name.as_ref(),
+                "CARGO_MANIFEST_DIR"
+                    | "CARGO_MANIFEST_PATH"
+                    | "CARGO_PRIMARY_PACKAGE"
+                    | "CARGO_TARGET_TMPDIR"
+                    | "OUT_DIR"
+            )
+        {
+            command.env_remove(name.as_ref());
+        }
+    }
+    let status = command.status().map_err(|e| format!("cargo: {e}"))?;
+    if !status.success() {
+        return Err(format!("building the proxy failed: {status}"));
+    }
+    let target =
+        std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
+    Ok(target.join("release").join("mlflow-artifact-proxy"))
+}
+
+/// CPU seconds of the proxy and of s3s-fs over one scenario.
+struct Cpu {
+    pids: [u32; 2],
+    before: [f64; 2],
+    started: Instant,
+}
+
+impl Cpu {
+    fn start(pids: [u32; 2]) -> Cpu {
+        Cpu {
+            pids,
+            before: pids.map(procs::cpu_secs),
+            started: Instant::now(),
+        }
+    }
+    fn finish(self) -> (f64, [f64; 2]) {
+        let after = self.pids.map(procs::cpu_secs);
+        (
+            self.started.elapsed().as_secs_f64(),
+            [after[0] - self.before[0], after[1] - self.before[1]],
+        )
+    }
+}
+
+struct Row {
+    name: &'static str,
+    secs: f64,
+    cpu: [f64; 2],
+    bytes: u64,
+}
+
+impl Row {
+    fn mib_s(&self) -> f64 {
+        self.bytes as f64 / MIB as f64 / self.secs
+    }
+    fn print(&self) {
+        let gib = self.bytes as f64 / (1024.0 * MIB as f64);
+        println!(
+            "  {:<44} {:>7.2} s {:>7.0} MiB/s   CPU s/GiB: proxy {:>5.2}  s3s-fs {:>5.2}",
+            self.name,
+            self.secs,
+            self.mib_s(),
+            self.cpu[0] / gib,
+            self.cpu[1] / gib
+        );
+    }
+}
+
+async fn run() -> Result<(), String> {
+    let quick = std::env::var("BENCH_QUICK").is_ok_and(|v| v == "1");
+    let size = env_u64("BENCH_MPU_MIB").unwrap_or(if quick { 256 } else { 1024 }) * MIB;
+    let wan_rate = env_u64("BENCH_WAN_MIBS").unwrap_or(16) * MIB;
+    let wan_size = if quick { 64 * MIB } else { 128 * MIB };
+    println!(
+        "multipart bench: {} MiB, {} MiB parts and {} MiB ranges by {WORKERS} workers; load average {}",
+        size / MIB,
+        PART / MIB,
+        RANGE / MIB,
+        load_average()
+    );
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .ok_or("no workspace root")?
+        .to_path_buf();
+    let proxy_bin = proxy_binary(&root)?;
+    let work = std::env::temp_dir().join(format!("mlflow-mpu-bench-{}", std::process::id()));
+    std::fs::create_dir_all(work.join("s3").join(BUCKET)).map_err(|e| e.to_string())?;
+    let result = scenarios(&proxy_bin, &work, size, wan_rate, wan_size).await;
+    let _ = std::fs::remove_dir_all(&work);
+    println!("load average at the end: {}", load_average());
+    result
+}
+
+async fn scenarios(
+    proxy_bin: &Path,
+    work: &Path,
+    size: u64,
+    wan_rate: u64,
+    wan_size: u64,
+) -> Result<(), String> {
+    let tools = std::env::var_os("MLFLOW_STACK_TOOLS").map_or_else(
+        || {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
+                .join(".cache/mlflow-stack/tools")
+        },
+        PathBuf::from,
+    );
+    let s3s_bin = tools.join("bin").join("s3s-fs");
+    if !s3s_bin.is_file() {
+        return Err(format!(
+            "{} is missing (scripts/stack setup installs it)",
+            s3s_bin.display()
+        ));
+    }
+    let s3_port = procs::free_port().map_err(|e| e.to_string())?;
+    let mut s3_process = Managed::spawn(
+        "s3s-fs",
+        Command::new(&s3s_bin)
+            .args(["--host", "127.0.0.1", "--port", &s3_port.to_string()])
+            .args(["--access-key", ACCESS_KEY, "--secret-key", SECRET_KEY])
+            .arg(work.join("s3")),
+        None,
+    )?;
+    let s3_url = format!("http://127.0.0.1:{s3_port}");
+    client::wait_ok(&format!("{s3_url}/"), Duration::from_secs(20))
+        .await
+        .ok();
+
+    // MLflow's other routes (server-info) answered by the bench's stand-in.
+    let upstream = TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(|e| e.to_string())?;
+    let upstream_url = format!(
+        "http://{}",
+        upstream.local_addr().map_err(|e| e.to_string())?
+    );
+    tokio::spawn(servers::serve(upstream, servers::upstream_stand_in()));
+
+    let port = procs::free_port().map_err(|e| e.to_string())?;
+    let metrics_port = procs::free_port().map_err(|e| e.to_string())?;
+    let mut proxy = Managed::spawn(
+        "proxy",
+        Command::new(proxy_bin)
+            .arg("serve")
+            .env("PROXY_LISTEN", format!("127.0.0.1:{port}"))
+            .env("PROXY_METRICS_LISTEN", format!("127.0.0.1:{metrics_port}"))
+            .env("PROXY_UPSTREAM", &upstream_url)
+            .env(
+                "PROXY_SIGNING_KEY",
+                "bench-signing-key-0123456789abcdef0123",
+            )
+            .env("MLFLOW_ARTIFACTS_DESTINATION", format!("s3://{BUCKET}/"))
+            .env("MLFLOW_S3_ENDPOINT_URL", &s3_url)
+            .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+            .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+            .env_remove("RUST_LOG"),
+        None,
+    )?;
+    let proxy_url = format!("http://127.0.0.1:{port}");
+    client::wait_ok(
+        &format!("http://127.0.0.1:{metrics_port}/readyz"),
+        Duration::from_secs(30),
+    )
+    .await?;
+    let pids = [proxy.pid(), s3_process.pid()];
+    let bucket = bucket_for(&s3_url)?;
+    let chunk = client::pattern();
+
+    println!("\n1. on loopback ({} MiB)", size / MIB);
+    let mut rows = Vec::new();
+    let cpu = Cpu::start(pids);
+    client::upload(
+        &artifact_url(&proxy_url, "single.bin"),
+        size,
+        chunk.clone(),
+        true,
+    )
+    .await?;
+    rows.push(row("upload: one PUT through the proxy", cpu, size));
+    let cpu = Cpu::start(pids);
+    mpu_via_proxy(&proxy_url, "0/r/artifacts", "multi.bin", size, &chunk).await?;
+    rows.push(row("upload: MLflow multipart through the proxy", cpu, size));
+    let cpu = Cpu::start(pids);
+    mpu_direct(&bucket, "direct.bin", size, &chunk).await?;
+    rows.push(row("upload: the same multipart straight to S3", cpu, size));
+    let cpu = Cpu::start(pids);
+    client::download(&artifact_url(&proxy_url, "single.bin"), Some(size)).await?;
+    rows.push(row("download: one GET through the proxy", cpu, size));
+    let cpu = Cpu::start(pids);
+    presigned_via_proxy(&proxy_url, "single.bin", size).await?;
+    rows.push(row(
+        "download: presigned ranges through the proxy",
+        cpu,
+        size,
+    ));
+    let cpu = Cpu::start(pids);
+    let url = bucket
+        .presign_get("single.bin", 600, None)
+        .await
+        .map_err(|e| e.to_string())?;
+    ranges(url, size, size).await?;
+    rows.push(row("download: the same ranges straight from S3", cpu, size));
+    for r in &rows {
+        r.print();
+    }
+    let ratio = |a: usize, b: usize| rows[b].secs / rows[a].secs;
+    println!(
+        "  ratios (throughput, higher = first is faster): multipart/one-PUT {:.2}, \
+         multipart proxy/direct {:.2}, ranges/one-GET {:.2}, ranges proxy/direct {:.2}",
+        ratio(1, 0),
+        ratio(1, 2),
+        ratio(4, 3),
+        ratio(4, 5)
+    );
+
+    println!(
+        "\n2. WAN-like link: {} MiB/s per connection each way (a relay in this process), {} MiB",
+        wan_rate / MIB,
+        wan_size / MIB
+    );
+    let relay = TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(|e| e.to_string())?;
+    let relay_url = format!("http://{}", relay.local_addr().map_err(|e| e.to_string())?);
+    tokio::spawn(relay_loop(relay, format!("127.0.0.1:{port}"), wan_rate));
+    let mut wan = Vec::new();
+    let cpu = Cpu::start(pids);
+    client::upload(
+        &artifact_url(&relay_url, "wan-single.bin"),
+        wan_size,
+        chunk.clone(),
+        true,
+    )
+    .await?;
+    wan.push(row("upload: one PUT", cpu, wan_size));
+    let cpu = Cpu::start(pids);
+    mpu_via_proxy(
+        &relay_url,
+        "0/r/artifacts",
+        "wan-multi.bin",
+        wan_size,
+        &chunk,
+    )
+    .await?;
+    wan.push(row(
+        "upload: MLflow multipart (4 connections)",
+        cpu,
+        wan_size,
+    ));
+    let cpu = Cpu::start(pids);
+    client::download(&artifact_url(&relay_url, "wan-single.bin"), Some(wan_size)).await?;
+    wan.push(row("download: one GET", cpu, wan_size));
+    let cpu = Cpu::start(pids);
+    presigned_via_proxy_chunked(&relay_url, "wan-single.bin", wan_size, 16 * MIB).await?;
+    wan.push(row(
+        "download: presigned 16 MiB ranges (4 connections)",
+        cpu,
+        wan_size,
+    ));
+    for r in &wan {
+        r.print();
+    }
+    println!(
+        "  ratios (throughput): multipart/one-PUT {:.2}, ranges/one-GET {:.2}",
+        wan[0].secs / wan[1].secs,
+        wan[2].secs / wan[3].secs
+    );
+    proxy.stop();
+    s3_process.stop();
+    Ok(())
+}
+
+fn row(name: &'static str, cpu: Cpu, bytes: u64) -> Row {
+    let (secs, cpu) = cpu.finish();
+    Row {
+        name,
+        secs,
+        cpu,
+        bytes,
+    }
+}
+
+fn bucket_for(endpoint: &str) -> Result<Box<Bucket>, String> {
+    let region = Region::Custom {
+        region: "us-east-1".to_owned(),
+        endpoint: endpoint.to_owned(),
+    };
+    let credentials = Credentials::new(Some(ACCESS_KEY), Some(SECRET_KEY), None, None, None)
+        .map_err(|e| e.to_string())?;
+    Ok(Bucket::new(BUCKET, region, credentials)
+        .map_err(|e| e.to_string())?
+        .with_path_style())
+}
+
+fn artifact_url(base: &str, path: &str) -> String {
+    format!("{base}/api/2.0/mlflow-artifacts/artifacts/{path}")
+}
+
+/// A small JSON request (create, complete, presigned).
+async fn json_call(method: http::Method, url: &str, body: Option<Value>) -> Result<Value, String> {
+    let target = Target::parse(url)?;
+    let mut sender = client::connect(target.addr).await?;
+    let payload = body.map(|b| b.to_string()).unwrap_or_default();
+    let mut request = target.request(
+        method,
+        http_body_util::Full::new(Bytes::from(payload))
+            .map_err(|never| match never {})
+            .boxed(),
+    )?;
+    request.headers_mut().insert(
+        header::CONTENT_TYPE,
+        "application/json".parse().map_err(|_| "header")?,
+    );
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(|e| e.to_string())?;
+    let status = response.status();
+    let bytes = response
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    if !status.is_success() {
+        return Err(format!(
+            "{url}: {status} {}",
+            String::from_utf8_lossy(&bytes)
+        ));
+    }
+    serde_json::from_slice(&bytes).map_err(|e| format!("{url}: {e}"))
+}
+
+/// PUT `len` generated bytes; returns the ETag.
+async fn put_part(url: String, len: u64, chunk: Bytes) -> Result<String, String> {
+    let target = Target::parse(&url)?;
+    let mut sender = client::connect(target.addr).await?;
+    let mut request = target.request(http::Method::PUT, GenBody::new(len, chunk, true).boxed())?;
+    request
+        .headers_mut()
+        .insert(header::CONTENT_LENGTH, len.into());
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(|e| e.to_string())?;
+    let status = response.status();
+    let etag = response
+        .headers()
+        .get(header::ETAG)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    let _ = response.into_body().collect().await;
+    if !status.is_success() {
+        return Err(format!("part PUT answered {status}"));
+    }
+    Ok(etag)
+}
+
+/// Parts 1..=n of `size` bytes by WORKERS workers (MLflow's thread pool): [(number, etag)].
+async fn put_parts(urls: Vec<String>, size: u64, chunk: &Bytes) -> Result<Vec<Value>, String> {
+    let queue = Arc::new(std::sync::Mutex::new(
+        urls.into_iter().enumerate().collect::<Vec<_>>(),
+    ));
+    let mut workers = Vec::new();
+    for _ in 0..WORKERS {
+        let (queue, chunk) = (queue.clone(), chunk.clone());
+        workers.push(tokio::spawn(async move {
+            let mut done = Vec::new();
+            loop {
+                let next = queue.lock().map_err(|e| e.to_string())?.pop();
+                let Some((i, url)) = next else { break };
+                let start = i as u64 * PART;
+                let len = PART.min(size - start);
+                let etag = put_part(url, len, chunk.clone()).await?;
+                done.push(json!({"part_number": i + 1, "etag": etag}));
+            }
+            Ok::<_, String>(done)
+        }));
+    }
+    let mut parts = Vec::new();
+    for worker in workers {
+        parts.extend(worker.await.map_err(|e| e.to_string())??);
+    }
+    parts.sort_by_key(|p| p["part_number"].as_u64());
+    Ok(parts)
+}
+
+async fn mpu_via_proxy(
+    base: &str,
+    dir: &str,
+    name: &str,
+    size: u64,
+    chunk: &Bytes,
+) -> Result<(), String> {
+    let num_parts = size.div_ceil(PART);
+    let mpu = format!("{base}/api/2.0/mlflow-artifacts/mpu");
+    let created = json_call(
+        http::Method::POST,
+        &format!("{mpu}/create/{dir}"),
+        Some(json!({"path": name, "num_parts": num_parts})),
+    )
+    .await?;
+    let urls = created["credentials"]
+        .as_array()
+        .ok_or("no credentials")?
+        .iter()
+        .map(|c| c["url"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    let parts = put_parts(urls, size, chunk).await?;
+    json_call(
+        http::Method::POST,
+        &format!("{mpu}/complete/{dir}"),
+        Some(json!({"path": name, "upload_id": created["upload_id"], "parts": parts})),
+    )
+    .await?;
+    Ok(())
+}
+
+async fn mpu_direct(bucket: &Bucket, key: &str, size: u64, chunk: &Bytes) -> Result<(), String> {
+    let upload = bucket
+        .initiate_multipart_upload(key, "application/octet-stream")
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut urls = Vec::new();
+    for n in 1..=size.div_ceil(PART) {
+        let queries = std::collections::HashMap::from([
+            ("partNumber".to_owned(), n.to_string()),
+            ("uploadId".to_owned(), upload.upload_id.clone()),
+        ]);
+        urls.push(
+            bucket
+                .presign_put(key, 3600, None, Some(queries))
+                .await
+                .map_err(|e| e.to_string())?,
+        );
+    }
+    let parts = put_parts(urls, size, chunk).await?;
+    let parts = parts
+        .iter()
+        .map(|p| s3::serde_types::Part {
+            part_number: p["part_number"].as_u64().unwrap_or(0) as u32,
+            etag: p["etag"].as_str().unwrap_or_default().to_owned(),
+        })
+        .collect();
+    bucket
+        .complete_multipart_upload(key, &upload.upload_id, parts)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+async fn presigned_via_proxy(base: &str, path: &str, size: u64) -> Result<(), String> {
+    presigned_via_proxy_chunked(base, path, size, RANGE).await
+}
+
+async fn presigned_via_proxy_chunked(
+    base: &str,
+    path: &str,
+    size: u64,
+    range: u64,
+) -> Result<(), String> {
+    let answer = json_call(
+        http::Method::GET,
+        &format!("{base}/api/2.0/mlflow-artifacts/presigned/{path}"),
+        None,
+    )
+    .await?;
+    if answer["file_size"].as_u64() != Some(size) {
+        return Err(format!("presigned answered {answer}"));
+    }
+    ranges(
+        answer["url"].as_str().unwrap_or_default().to_owned(),
+        size,
+        range,
+    )
+    .await
+}
+
+/// GET [i·range, (i+1)·range) by WORKERS workers, counting bytes.
+async fn ranges(url: String, size: u64, range: u64) -> Result<(), String> {
+    let starts = Arc::new(std::sync::Mutex::new(
+        (0..size.div_ceil(range))
+            .map(|i| i * range)
+            .collect::<Vec<_>>(),
+    ));
+    let mut workers = Vec::new();
+    for _ in 0..WORKERS {
+        let (starts, url) = (starts.clone(), url.clone());
+        workers.push(tokio::spawn(async move {
+            loop {
+                let next = starts.lock().map_err(|e| e.to_string())?.pop();
+                let Some(start) = next else { break };
+                let end = (start + range).min(size) - 1;
+                let target = Target::parse(&url)?;
+                let mut sender = client::connect(target.addr).await?;
+                let mut request = target.request(http::Method::GET, client::empty())?;
+                request.headers_mut().insert(
+                    header::RANGE,
+                    format!("bytes={start}-{end}")
+                        .parse()
+                        .map_err(|_| "range")?,
+                );
+                let response = sender
+                    .send_request(request)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                if response.status() != http::StatusCode::PARTIAL_CONTENT {
+                    return Err(format!("range GET answered {}", response.status()));
+                }
+                let mut body = response.into_body();
+                let mut got = 0u64;
+                while let Some(frame) = body.frame().await {
+                    if let Ok(data) = frame.map_err(|e| e.to_string())?.into_data() {
+                        got += data.len() as u64;
+                    }
+                }
+                if got != end - start + 1 {
+                    return Err(format!("range {start}-{end}: {got} bytes"));
+                }
+            }
+            Ok::<_, String>(())
+        }));
+    }
+    for worker in workers {
+        worker.await.map_err(|e| e.to_string())??;
+    }
+    Ok(())
+}
+
+/// A TCP relay with a per-connection rate limit in each direction (a WAN link as one TCP flow
+/// sees it); its Host is what the proxy builds part URLs from, so parts come through it too.
+async fn relay_loop(listener: TcpListener, upstream: String, rate: u64) {
+    while let Ok((inbound, _)) = listener.accept().await {
+        let upstream = upstream.clone();
+        tokio::spawn(async move {
+            let Ok(outbound) = TcpStream::connect(&upstream).await else {
+                return;
+            };
+            let _ = inbound.set_nodelay(true);
+            let _ = outbound.set_nodelay(true);
+            let (ri, wi) = inbound.into_split();
+            let (ro, wo) = outbound.into_split();
+            tokio::join!(limited_copy(ri, wo, rate), limited_copy(ro, wi, rate));
+        });
+    }
+}
+
+async fn limited_copy(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    rate: u64,
+) {
+    let mut buf = vec![0u8; 64 * 1024];
+    let started = Instant::now();
+    let mut sent = 0u64;
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        if to.write_all(&buf[..n]).await.is_err() {
+            break;
+        }
+        sent += n as u64;
+        let due = Duration::from_secs_f64(sent as f64 / rate as f64);
+        if let Some(wait) = due.checked_sub(started.elapsed()) {
+            tokio::time::sleep(wait).await;
+        }
+    }
+    let _ = to.shutdown().await;
+}

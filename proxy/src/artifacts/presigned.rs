@@ -1,0 +1,79 @@
+//! MLflow's presigned download, through the proxy: `presigned/<path>` answers with a URL on this
+//! proxy whose token names the artifact and an expiry; `signed/object?token=` serves it as the
+//! download route does (Range, conditional requests, MLflow's headers). The MLflow client fetches
+//! large files in parallel ranges this way; the UI uses it when server-info offers it.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{HeaderValue, Request, Response, header};
+use serde_json::json;
+
+use super::download;
+use super::multipart::{api_prefix, public_base, verify_token};
+use super::store_error;
+use crate::body::{ProxyBody, full};
+use crate::error::ProxyError;
+use crate::mlflow::json::{Dialect, dumps};
+use crate::mlflow::path::validate_path_is_safe;
+use crate::router::SIGNED_OBJECT_PATH;
+use crate::signing::{Claims, Grant, now_secs};
+use crate::state::App;
+
+/// Stock MLflow's words for a store without presigned downloads.
+pub const DOWNLOADS_OFF: &str =
+    "Multipart download is not supported for the current artifact repository";
+
+pub async fn presign(
+    app: &Arc<App>,
+    raw_path: &str,
+    request: &Request<ProxyBody>,
+) -> Result<Response<ProxyBody>, ProxyError> {
+    let config = &app.transfers.config;
+    if !config.downloads {
+        return Err(ProxyError::not_implemented(DOWNLOADS_OFF));
+    }
+    let path = validate_path_is_safe(raw_path).map_err(|_| ProxyError::invalid_path())?;
+    let base = public_base(app, request)?;
+    // Stock MLflow asks S3 for the object's size first (HeadObject), and so do we: a missing
+    // object is a 404 here, which the UI and client take as "fall back" or "not found".
+    let meta = app
+        .store
+        .head_object(&app.store.key(&path))
+        .await
+        .map_err(store_error)?
+        .ok_or_else(|| ProxyError::not_found(format!("No such artifact: '{path}'")))?;
+    let token = config
+        .signer
+        .sign(&Claims {
+            grant: Grant::Object,
+            expires: now_secs() + config.object_url_ttl.as_secs(),
+            part_number: 0,
+            upload_id: String::new(),
+            target: path,
+        })
+        .map_err(|_| ProxyError::invalid_path())?;
+    let prefix = api_prefix(request.uri().path());
+    let url = format!("{base}{prefix}/mlflow-artifacts/{SIGNED_OBJECT_PATH}?token={token}");
+    // `json.dumps(PresignedDownloadUrlResponse.to_dict())`: Flask spacing, headers always there.
+    let answer = json!({ "url": url, "headers": {}, "file_size": meta.size });
+    let mut response = Response::new(full(Bytes::from(dumps(&answer, Dialect::Flask))));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    Ok(response)
+}
+
+/// `GET|HEAD signed/object?token=`: the object the token names, as the download route serves it.
+pub async fn serve(
+    app: &Arc<App>,
+    request: &Request<ProxyBody>,
+    head: bool,
+) -> Result<Response<ProxyBody>, ProxyError> {
+    if !app.transfers.config.downloads {
+        return Err(ProxyError::not_implemented(DOWNLOADS_OFF));
+    }
+    let claims = verify_token(app, request.uri().query(), Grant::Object)?;
+    download::download_validated(app, &claims.target, request.headers(), head).await
+}

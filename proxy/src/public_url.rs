@@ -1,0 +1,210 @@
+//! The address clients reach the proxy at, for the URLs it hands out: configured, or taken from
+//! the request (its Host; X-Forwarded-Proto/-Host only when a trusted front proxy sent them).
+
+use std::net::{IpAddr, SocketAddr};
+use std::str::FromStr;
+
+use clap::Args;
+use http::HeaderMap;
+use http::uri::Authority;
+
+/// The TCP peer of a request, put into its extensions by the listener.
+#[derive(Clone, Copy, Debug)]
+pub struct ClientAddr(pub SocketAddr);
+
+#[derive(Clone, Debug, Args)]
+pub struct PublicUrlArgs {
+    /// The URL clients reach this proxy at (scheme, host and any path prefix), used in the
+    /// multipart-upload and download URLs the proxy hands out. Unset: taken from each request.
+    #[arg(long, env = "PROXY_PUBLIC_URL")]
+    pub public_url: Option<String>,
+    /// Front proxies (comma-separated addresses or CIDRs) whose X-Forwarded-Proto and
+    /// X-Forwarded-Host are believed when PROXY_PUBLIC_URL is not set.
+    #[arg(long, env = "PROXY_TRUSTED_PROXIES", default_value = "")]
+    pub trusted_proxies: String,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct PublicUrl {
+    /// `scheme://host[:port][/prefix]`, no trailing slash.
+    fixed: Option<String>,
+    trusted: Vec<(IpAddr, u8)>,
+}
+
+impl PublicUrlArgs {
+    pub fn build(&self) -> Result<PublicUrl, String> {
+        let fixed = match self.public_url.as_deref().filter(|u| !u.is_empty()) {
+            None => None,
+            Some(raw) => {
+                let url = url::Url::parse(raw)
+                    .map_err(|e| format!("PROXY_PUBLIC_URL={raw:?} is not a URL: {e}"))?;
+                if !matches!(url.scheme(), "http" | "https")
+                    || url.host_str().is_none()
+                    || url.query().is_some()
+                {
+                    return Err(format!(
+                        "PROXY_PUBLIC_URL={raw:?} must be http(s)://host[:port][/prefix]"
+                    ));
+                }
+                Some(url.as_str().trim_end_matches('/').to_owned())
+            }
+        };
+        let trusted = parse_trusted(&self.trusted_proxies)?;
+        Ok(PublicUrl { fixed, trusted })
+    }
+}
+
+/// `10.0.0.1, 10.1.0.0/16, ::1` → networks.
+fn parse_trusted(list: &str) -> Result<Vec<(IpAddr, u8)>, String> {
+    list.split(',')
+        .map(str::trim)
+        .filter(|item| !item.is_empty())
+        .map(|item| {
+            let bad = || format!("PROXY_TRUSTED_PROXIES: {item:?} is not an address or CIDR");
+            let (ip, bits) = item.split_once('/').unwrap_or((item, ""));
+            let ip = IpAddr::from_str(ip).map_err(|_| bad())?.to_canonical();
+            let max = if ip.is_ipv4() { 32 } else { 128 };
+            let bits = if bits.is_empty() {
+                max
+            } else {
+                bits.parse::<u8>()
+                    .ok()
+                    .filter(|b| *b <= max)
+                    .ok_or_else(bad)?
+            };
+            Ok((ip, bits))
+        })
+        .collect()
+}
+
+fn in_network(ip: IpAddr, (net, bits): (IpAddr, u8)) -> bool {
+    match (ip.to_canonical(), net) {
+        (IpAddr::V4(a), IpAddr::V4(n)) => {
+            let mask = u32::MAX.checked_shl(32 - u32::from(bits)).unwrap_or(0);
+            u32::from(a) & mask == u32::from(n) & mask
+        }
+        (IpAddr::V6(a), IpAddr::V6(n)) => {
+            let mask = u128::MAX.checked_shl(128 - u32::from(bits)).unwrap_or(0);
+            u128::from(a) & mask == u128::from(n) & mask
+        }
+        _ => false,
+    }
+}
+
+/// The first value of a possibly comma-separated forwarded header.
+fn first_forwarded<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get(name)?
+        .to_str()
+        .ok()?
+        .split(',')
+        .next()
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+}
+
+impl PublicUrl {
+    /// Configured base URL (tests, benches).
+    pub fn fixed(url: &str) -> PublicUrl {
+        PublicUrl {
+            fixed: Some(url.trim_end_matches('/').to_owned()),
+            trusted: Vec::new(),
+        }
+    }
+
+    /// Whether the peer is a configured front proxy.
+    pub fn is_trusted(&self, peer: Option<SocketAddr>) -> bool {
+        peer.is_some_and(|peer| self.trusted.iter().any(|net| in_network(peer.ip(), *net)))
+    }
+
+    /// `scheme://authority[/prefix]` for a request, or None when it names no usable host.
+    pub fn base(&self, headers: &HeaderMap, peer: Option<SocketAddr>) -> Option<String> {
+        if let Some(fixed) = &self.fixed {
+            return Some(fixed.clone());
+        }
+        let trusted = self.is_trusted(peer);
+        let forwarded = |name| trusted.then(|| first_forwarded(headers, name)).flatten();
+        let scheme = match forwarded("x-forwarded-proto") {
+            Some(proto) if proto.eq_ignore_ascii_case("https") => "https",
+            _ => "http",
+        };
+        let host = forwarded("x-forwarded-host")
+            .or_else(|| headers.get(http::header::HOST)?.to_str().ok())?;
+        // Only a plain host[:port] goes into a URL: no user info, path or spaces.
+        let authority = Authority::from_str(host.trim()).ok()?;
+        if authority.as_str().contains('@') {
+            return None;
+        }
+        Some(format!("{scheme}://{authority}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (k, v) in pairs {
+            map.insert(*k, HeaderValue::from_static(v));
+        }
+        map
+    }
+
+    #[test]
+    fn forwarded_headers_only_from_trusted_proxies() {
+        let public = PublicUrlArgs {
+            public_url: None,
+            trusted_proxies: "10.0.0.0/8, ::1".into(),
+        }
+        .build()
+        .unwrap();
+        let h = headers(&[
+            ("host", "internal:5000"),
+            ("x-forwarded-proto", "https"),
+            ("x-forwarded-host", "mlflow.example.com, other"),
+        ]);
+        let front = Some("10.2.3.4:1234".parse().unwrap());
+        let stranger = Some("192.168.1.1:1234".parse().unwrap());
+        assert_eq!(
+            public.base(&h, front).as_deref(),
+            Some("https://mlflow.example.com")
+        );
+        assert_eq!(
+            public.base(&h, stranger).as_deref(),
+            Some("http://internal:5000")
+        );
+        assert_eq!(
+            public.base(&h, Some("[::1]:9".parse().unwrap())).as_deref(),
+            Some("https://mlflow.example.com")
+        );
+        assert_eq!(public.base(&headers(&[("host", "a b")]), None), None);
+        assert_eq!(public.base(&headers(&[("host", "u@h")]), None), None);
+        assert_eq!(public.base(&HeaderMap::new(), None), None);
+    }
+
+    #[test]
+    fn configured_url_wins() {
+        let public = PublicUrlArgs {
+            public_url: Some("https://ml.example.com/mlflow/".into()),
+            trusted_proxies: String::new(),
+        }
+        .build()
+        .unwrap();
+        assert_eq!(
+            public.base(&headers(&[("host", "x")]), None).as_deref(),
+            Some("https://ml.example.com/mlflow")
+        );
+        assert!(
+            PublicUrlArgs {
+                public_url: Some("ftp://x".into()),
+                trusted_proxies: String::new()
+            }
+            .build()
+            .is_err()
+        );
+        assert!(parse_trusted("10.0.0.0/33").is_err());
+        assert!(parse_trusted("nope").is_err());
+    }
+}

@@ -1,0 +1,134 @@
+//! Abandoned multipart uploads (created, never completed or aborted: the client died) keep their
+//! parts in the store, billed and invisible. This sweep aborts those older than a set age.
+//!
+//! Safe from every replica at once and from a cron job: it reads its work from S3
+//! (ListMultipartUploads) and aborting an upload twice is harmless. It never touches an upload
+//! younger than the age, so uploads in progress on any replica are left alone; a replica that
+//! shuts down aborts nothing (other replicas may be serving the same upload).
+
+use std::time::Duration;
+
+use crate::s3::{Store, StoreError};
+use crate::signing::now_secs;
+
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct SweepReport {
+    pub open: usize,
+    pub aborted: usize,
+    pub failed: usize,
+}
+
+/// Abort every upload under the store's prefix initiated more than `age` ago.
+pub async fn sweep(store: &Store, age: Duration) -> Result<SweepReport, StoreError> {
+    // `prefix/`, not `prefix`: a destination `s3://b/mlflow` must not sweep `mlflow-other/`.
+    let root = match store.root() {
+        "" => String::new(),
+        root if root.ends_with('/') => root.to_owned(),
+        root => format!("{root}/"),
+    };
+    let open = store.open_multipart_uploads(&root).await?;
+    let cutoff = now_secs().saturating_sub(age.as_secs());
+    let mut report = SweepReport {
+        open: open.len(),
+        ..SweepReport::default()
+    };
+    for (key, upload_id, initiated) in open {
+        let Some(started) = parse_timestamp(&initiated) else {
+            tracing::warn!(
+                key,
+                "upload with an unreadable Initiated time {initiated:?}: left"
+            );
+            continue;
+        };
+        if started > cutoff {
+            continue;
+        }
+        match store.abort_multipart(&key, &upload_id).await {
+            Ok(()) => {
+                report.aborted += 1;
+                tracing::info!(key, initiated, "aborted a stale multipart upload");
+            }
+            // Another replica got there first.
+            Err(e) if e.is_not_found() => {}
+            Err(e) => {
+                report.failed += 1;
+                tracing::warn!(key, "could not abort stale upload {upload_id}: {e}");
+            }
+        }
+    }
+    Ok(report)
+}
+
+/// Sweep every `interval` (first after a random part of it, so that replicas started together
+/// do not all list at once), for as long as the task lives.
+pub async fn run(
+    store: std::sync::Arc<crate::state::App>,
+    age: Duration,
+    interval: Duration,
+) -> std::convert::Infallible {
+    let mut jitter = [0u8; 2];
+    let _ = getrandom::fill(&mut jitter);
+    let first = interval.mul_f64(f64::from(u16::from_le_bytes(jitter)) / f64::from(u16::MAX));
+    tokio::time::sleep(first).await;
+    loop {
+        match sweep(&store.store, age).await {
+            Ok(report) => {
+                store
+                    .transfers
+                    .uploads_total
+                    .with_label_values(&["swept"])
+                    .inc_by(report.aborted as u64);
+                tracing::info!(
+                    open = report.open,
+                    aborted = report.aborted,
+                    failed = report.failed,
+                    "stale multipart sweep"
+                );
+            }
+            Err(e) => tracing::warn!("stale multipart sweep failed: {e}"),
+        }
+        tokio::time::sleep(interval).await;
+    }
+}
+
+/// `2026-11-30T19:00:00.000Z` (S3's Initiated) → Unix seconds.
+fn parse_timestamp(text: &str) -> Option<u64> {
+    let text = text.trim();
+    let (date, time) = text.split_once('T')?;
+    let mut date = date.split('-').map(|p| p.parse::<i64>().ok());
+    let (year, month, day) = (date.next()??, date.next()??, date.next()??);
+    let time = time.trim_end_matches('Z');
+    let time = time.split(['+']).next()?;
+    let mut clock = time.split(':');
+    let hour: i64 = clock.next()?.parse().ok()?;
+    let minute: i64 = clock.next()?.parse().ok()?;
+    let second: i64 = clock.next()?.split('.').next()?.parse().ok()?;
+    if !(1..=12).contains(&month) || !(1..=31).contains(&day) {
+        return None;
+    }
+    // Howard Hinnant's days_from_civil.
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    u64::try_from(days * 86_400 + hour * 3600 + minute * 60 + second).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_timestamp;
+
+    #[test]
+    fn s3_timestamps() {
+        assert_eq!(parse_timestamp("1970-01-01T00:00:00.000Z"), Some(0));
+        assert_eq!(
+            parse_timestamp("2026-11-30T19:00:00.000Z"),
+            Some(1_796_065_200)
+        );
+        assert_eq!(parse_timestamp("2000-02-29T12:30:15Z"), Some(951_827_415));
+        assert_eq!(parse_timestamp("nonsense"), None);
+    }
+}
