@@ -12,12 +12,12 @@ use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, Ur
 use http_body_util::{BodyExt, Limited};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::body::{ProxyBody, boxed, full};
 use crate::error::{ProxyError, Side};
 use crate::metrics::Metrics;
 use crate::quickack::QuickAckConnector;
+use crate::upstream_pool;
 
 /// server-info is a small JSON document; anything larger is passed on untouched.
 const SERVER_INFO_LIMIT: usize = 1024 * 1024;
@@ -46,12 +46,7 @@ impl Upstream {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(Duration::from_secs(5)));
-        let client = Client::builder(TokioExecutor::new())
-            // A fresh connection per request: no race with uvicorn closing idle keep-alive
-            // connections, at the cost of a loopback connect (~0.1 ms).
-            .pool_max_idle_per_host(0)
-            .pool_timer(TokioTimer::new())
-            .build(QuickAckConnector(connector));
+        let client = upstream_pool::client(connector);
         Upstream {
             base,
             client,
@@ -78,13 +73,11 @@ impl Upstream {
         headers.remove(header::EXPECT);
         append_forwarded_for(headers, client);
         headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
-        // One request per upstream connection (see `new`).
-        headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
 
         // Tells a client whose body broke off from an upstream that failed.
         let client_failed = Arc::new(AtomicBool::new(false));
         let flag = client_failed.clone();
-        let request = request.map(|body| {
+        let mut request = request.map(|body| {
             body.map_err(move |e| {
                 flag.store(true, Ordering::Relaxed);
                 e
@@ -93,7 +86,11 @@ impl Upstream {
         });
 
         let started = Instant::now();
+        let retire = upstream_pool::Retire::watch(&mut request);
         let result = self.client.request(request).await;
+        if let Ok(response) = &result {
+            retire.after(response);
+        }
         if client_failed.load(Ordering::Relaxed) {
             return Err(ProxyError::mlflow(
                 Side::Client,
