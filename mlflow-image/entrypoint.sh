@@ -11,6 +11,8 @@
 #   MLFLOW_HOST                   listen address (0.0.0.0)
 #   MLFLOW_PORT                   listen port, internal: the proxy's upstream (5001)
 #   MLFLOW_ARTIFACTS_DESTINATION  where proxied artifacts go (s3://default/)
+#   MLFLOW_DB_UPGRADE             true (default): run `mlflow db upgrade` before serving; false: skip
+#                                 it (Kubernetes runs it once, as a hook Job, not in every replica)
 #   MLFLOW_S3_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_DEFAULT_REGION,
 #   MLFLOW_SERVER_ALLOWED_HOSTS, MLFLOW_DISABLE_TELEMETRY, DO_NOT_TRACK: read by MLflow/boto3 directly.
 #   MLFLOW_AUTH                   true: run MLflow's basic-auth app (`--app-name basic-auth`): users,
@@ -39,7 +41,11 @@ if [ -z "${BACKEND_STORE_URI:-}" ]; then
 fi
 
 # Idempotent: creates the schema on an empty database, migrates an old one, no-op otherwise.
-mlflow db upgrade "$BACKEND_STORE_URI"
+case "${MLFLOW_DB_UPGRADE:-true}" in
+    true) mlflow db upgrade "$BACKEND_STORE_URI" ;;
+    false) ;;
+    *) echo "entrypoint.sh: MLFLOW_DB_UPGRADE must be true or false, not '$MLFLOW_DB_UPGRADE'" >&2; exit 2 ;;
+esac
 
 if [ "${MLFLOW_AUTH:-false}" = true ]; then
     if [ -z "${MLFLOW_AUTH_ADMIN_PASSWORD:-}" ]; then

@@ -3,7 +3,7 @@
 //!
 //! One module per job: `config` (flags and environment), `server` (listener, access log),
 //! `router` (which requests are ours), `artifacts` (the artifact handlers), `s3` (the store),
-//! `upstream` (pass-through to MLflow), `metrics` (Prometheus, health), `error` (one error type),
+//! `upstream` (pass-through to MLflow), `upstream_pool` (its kept-alive connections), `metrics` (Prometheus, health), `error` (one error type),
 //! `mlflow` (the stock server's observable rules), `state` (what handlers share).
 
 pub mod artifacts;
@@ -26,9 +26,11 @@ pub mod state;
 pub mod timeouts;
 pub mod transfers;
 pub mod upstream;
+mod upstream_pool;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -43,6 +45,8 @@ pub struct Proxy {
     pub addr: SocketAddr,
     pub metrics_addr: SocketAddr,
     pub app: Arc<App>,
+    /// Set when shutdown begins; /readyz answers 503 from then on.
+    draining: Arc<AtomicBool>,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<()>,
     operations: JoinHandle<()>,
@@ -89,10 +93,14 @@ impl Proxy {
         let addr = listener.local_addr().map_err(|e| e.to_string())?;
         let metrics_addr = ops_listener.local_addr().map_err(|e| e.to_string())?;
 
+        let draining = Arc::new(AtomicBool::new(false));
         let operations = tokio::spawn(metrics::serve_operations(
             ops_listener,
             metrics,
-            Arc::new(Readiness(app.clone())),
+            Arc::new(Readiness {
+                app: app.clone(),
+                draining: draining.clone(),
+            }),
         ));
         let auth_recheck = tokio::spawn(auth.recheck_forever());
         let sweeper = app
@@ -117,6 +125,7 @@ impl Proxy {
             addr,
             metrics_addr,
             app,
+            draining,
             stop: Some(stop),
             task,
             operations,
@@ -125,11 +134,18 @@ impl Proxy {
         })
     }
 
-    /// Stop accepting, let requests in flight finish (within the grace period), return.
-    pub async fn shutdown(mut self) {
+    /// Begin shutdown without waiting: /readyz turns 503, the listener closes, idle
+    /// keep-alive connections close, requests in flight go on (within the grace period).
+    pub fn start_draining(&mut self) {
+        self.draining.store(true, Ordering::SeqCst);
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
+    }
+
+    /// Stop accepting, let requests in flight finish (within the grace period), return.
+    pub async fn shutdown(mut self) {
+        self.start_draining();
         let _ = (&mut self.task).await;
         self.operations.abort();
         self.auth_recheck.abort();
@@ -139,12 +155,19 @@ impl Proxy {
     }
 }
 
-struct Readiness(Arc<App>);
+struct Readiness {
+    app: Arc<App>,
+    draining: Arc<AtomicBool>,
+}
 
 impl ReadinessProbe for Readiness {
+    fn draining(&self) -> bool {
+        self.draining.load(Ordering::SeqCst)
+    }
+
     async fn probe(&self) -> Vec<(&'static str, Result<(), String>)> {
-        let store = tokio::time::timeout(std::time::Duration::from_secs(3), self.0.store.check());
-        let (store, upstream) = tokio::join!(store, self.0.upstream.check());
+        let store = tokio::time::timeout(std::time::Duration::from_secs(3), self.app.store.check());
+        let (store, upstream) = tokio::join!(store, self.app.upstream.check());
         let store = match store {
             Ok(result) => result.map_err(|e| e.to_string()),
             Err(_) => Err("no answer within 3 s".to_owned()),

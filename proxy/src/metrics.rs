@@ -320,8 +320,12 @@ impl Default for Metrics {
     }
 }
 
-/// Answers /readyz: a one-line JSON verdict on each dependency.
+/// Answers /readyz. Plain `/readyz` depends on the proxy alone (started, not draining), so that
+/// an MLflow or S3 outage does not pull every proxy out of a load balancer (artifact reads and
+/// writes need no MLflow); `/readyz?deep=1` also checks each dependency, as a one-line JSON verdict.
 pub trait ReadinessProbe: Send + Sync + 'static {
+    /// True once shutdown has begun: the load balancer must stop sending new requests.
+    fn draining(&self) -> bool;
     fn probe(&self) -> impl Future<Output = Vec<(&'static str, Result<(), String>)>> + Send;
 }
 
@@ -374,29 +378,7 @@ async fn operations_response<P: ReadinessProbe>(
             "application/json",
             "{\"status\":\"ok\"}\n".to_owned(),
         ),
-        "/readyz" => {
-            let checks = probe.probe().await;
-            let ready = checks.iter().all(|(_, result)| result.is_ok());
-            let mut verdict = serde_json::Map::new();
-            verdict.insert("ready".into(), ready.into());
-            for (name, result) in checks {
-                let text = match result {
-                    Ok(()) => "ok".to_owned(),
-                    Err(e) => format!("error: {e}"),
-                };
-                verdict.insert(name.into(), text.into());
-            }
-            let status = if ready {
-                StatusCode::OK
-            } else {
-                StatusCode::SERVICE_UNAVAILABLE
-            };
-            (
-                status,
-                "application/json",
-                format!("{}\n", serde_json::Value::Object(verdict)),
-            )
-        }
+        "/readyz" => readiness(request, probe).await,
         _ => (
             StatusCode::NOT_FOUND,
             "text/plain",
@@ -410,4 +392,45 @@ async fn operations_response<P: ReadinessProbe>(
         http::HeaderValue::from_static(content_type),
     );
     response
+}
+
+/// `/readyz` (local) or `/readyz?deep=1` (S3 and MLflow too): status and one line of JSON.
+async fn readiness<P: ReadinessProbe>(
+    request: &Request<Incoming>,
+    probe: &P,
+) -> (StatusCode, &'static str, String) {
+    let deep = request.uri().query().is_some_and(|q| {
+        q.split('&')
+            .any(|pair| pair == "deep=1" || pair == "deep=true")
+    });
+    let draining = probe.draining();
+    let mut verdict = serde_json::Map::new();
+    let mut ready = !draining;
+    verdict.insert("ready".into(), ready.into());
+    if draining {
+        verdict.insert("draining".into(), true.into());
+    }
+    if deep {
+        for (name, result) in probe.probe().await {
+            let text = match result {
+                Ok(()) => "ok".to_owned(),
+                Err(e) => {
+                    ready = false;
+                    format!("error: {e}")
+                }
+            };
+            verdict.insert(name.into(), text.into());
+        }
+        verdict.insert("ready".into(), ready.into());
+    }
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        status,
+        "application/json",
+        format!("{}\n", serde_json::Value::Object(verdict)),
+    )
 }

@@ -8,6 +8,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Instant;
 
 use http::Uri;
 use hyper::rt::{Read, ReadBufCursor, Write};
@@ -19,7 +20,8 @@ use tokio::net::TcpStream;
 #[derive(Clone)]
 pub struct QuickAckConnector(pub HttpConnector);
 
-pub struct QuickAckStream(TokioIo<TcpStream>);
+/// The stream, and when it was opened (for `upstream_pool`'s lifetime bound).
+pub struct QuickAckStream(TokioIo<TcpStream>, Instant);
 
 impl QuickAckStream {
     fn ack_now(&self) {
@@ -40,7 +42,7 @@ impl tower_service::Service<Uri> for QuickAckConnector {
     fn call(&mut self, uri: Uri) -> Self::Future {
         let connecting = self.0.call(uri);
         Box::pin(async move {
-            let stream = QuickAckStream(connecting.await?);
+            let stream = QuickAckStream(connecting.await?, Instant::now());
             stream.ack_now();
             Ok(stream)
         })
@@ -93,6 +95,8 @@ impl Write for QuickAckStream {
 
 impl Connection for QuickAckStream {
     fn connected(&self) -> Connected {
-        self.0.connected()
+        self.0
+            .connected()
+            .extra(crate::upstream_pool::OpenedAt(self.1))
     }
 }

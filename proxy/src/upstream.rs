@@ -8,11 +8,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, Uri, header};
+use http::{HeaderMap, HeaderName, Request, Response, StatusCode, Uri, header};
 use http_body_util::{BodyExt, Limited};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::body::{ProxyBody, boxed, full};
 use crate::error::{ProxyError, Side};
@@ -20,6 +19,7 @@ use crate::forwarding::TrustedProxies;
 use crate::metrics::Metrics;
 use crate::quickack::QuickAckConnector;
 use crate::timeouts::SendError;
+use crate::upstream_pool;
 
 /// server-info is a small JSON document; anything larger is passed on untouched.
 const SERVER_INFO_LIMIT: usize = 1024 * 1024;
@@ -55,12 +55,7 @@ impl Upstream {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(Duration::from_secs(5)));
-        let client = Client::builder(TokioExecutor::new())
-            // A fresh connection per request: no race with uvicorn closing idle keep-alive
-            // connections, at the cost of a loopback connect (~0.1 ms).
-            .pool_max_idle_per_host(0)
-            .pool_timer(TokioTimer::new())
-            .build(QuickAckConnector(connector));
+        let client = upstream_pool::client(connector);
         Upstream {
             base,
             client,
@@ -88,13 +83,11 @@ impl Upstream {
         // hyper answers the client's 100-continue itself; the upstream need not see it.
         headers.remove(header::EXPECT);
         self.trusted.apply(headers, client);
-        // One request per upstream connection (see `new`).
-        headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
 
         // Tells a client whose body broke off from an upstream that failed.
         let client_failed = Arc::new(AtomicBool::new(false));
         let flag = client_failed.clone();
-        let request = request.map(|body| {
+        let mut request = request.map(|body| {
             body.map_err(move |e| {
                 flag.store(true, Ordering::Relaxed);
                 e
@@ -103,7 +96,11 @@ impl Upstream {
         });
 
         let started = Instant::now();
+        let retire = upstream_pool::Retire::watch(&mut request);
         let result = crate::timeouts::send(&self.client, request, self.timeout).await;
+        if let Ok(response) = &result {
+            retire.after(response);
+        }
         if client_failed.load(Ordering::Relaxed) {
             return Err(ProxyError::mlflow(
                 Side::Client,
@@ -217,6 +214,7 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::HeaderValue;
 
     #[test]
     fn server_info_flags_say_what_the_proxy_offers() {

@@ -506,7 +506,7 @@ fn the_compose_prometheus_config_is_valid() {
 async fn readyz_until(h: &Harness, status: u16) -> (serde_json::Value, Duration) {
     let started = Instant::now();
     loop {
-        let (got, body) = h.operations("/readyz").await;
+        let (got, body) = h.operations("/readyz?deep=1").await;
         if got == status {
             assert_eq!(body.lines().count(), 1, "one line of JSON: {body:?}");
             return (serde_json::from_str(&body).unwrap(), started.elapsed());

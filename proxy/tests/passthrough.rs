@@ -145,7 +145,7 @@ async fn mlflow_down_gives_a_quick_502_in_mlflow_shape() {
     .await;
     assert_eq!(put.status, 200);
     // /readyz names the failing side.
-    let ready = raw_request(proxy.metrics_addr, "GET", "/readyz", b"").await;
+    let ready = raw_request(proxy.metrics_addr, "GET", "/readyz?deep=1", b"").await;
     assert_eq!(ready.status, 503);
     let verdict: serde_json::Value = serde_json::from_slice(&ready.body).unwrap();
     assert_eq!(verdict["ready"], false);

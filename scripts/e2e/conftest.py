@@ -86,7 +86,7 @@ def stack():
     for what, url in [
         ("proxy /health", f"{PROXY_URL}/health"),
         ("MLflow /health (internal port)", f"{MLFLOW_URL}/health"),
-        ("proxy /readyz", f"{METRICS_URL}/readyz"),
+        ("proxy /readyz", f"{METRICS_URL}/readyz?deep=1"),
     ]:
         if what == "proxy /readyz" and os.environ.get("E2E_PROXY_URL"):
             continue

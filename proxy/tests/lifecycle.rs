@@ -1,0 +1,313 @@
+//! What a load balancer and an orchestrator see: readiness that depends on the proxy alone,
+//! draining on shutdown (503 on /readyz, no new connections, transfers in flight finish, exit 0
+//! on SIGTERM), and pass-through that keeps its MLflow connections alive.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use common::*;
+use pretty_assertions::assert_eq;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+async fn readyz(addr: SocketAddr, target: &str) -> (u16, serde_json::Value) {
+    let response = raw_request(addr, "GET", target, b"").await;
+    (
+        response.status,
+        serde_json::from_slice(&response.body).unwrap(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_depends_on_the_proxy_alone_and_deep_names_the_dependencies() {
+    let h = Harness::start().await;
+    let ops = h.proxy.metrics_addr;
+    assert_eq!(
+        readyz(ops, "/readyz").await,
+        (200, serde_json::json!({"ready": true}))
+    );
+    assert_eq!(
+        readyz(ops, "/readyz?deep=1").await,
+        (
+            200,
+            serde_json::json!({"ready": true, "s3": "ok", "mlflow": "ok"})
+        )
+    );
+    // The store goes away: the proxy stays in the load balancer (it still serves MLflow's
+    // pages), the deep check says what is wrong.
+    h.s3.stop();
+    assert_eq!(
+        readyz(ops, "/readyz").await,
+        (200, serde_json::json!({"ready": true}))
+    );
+    let (status, verdict) = readyz(ops, "/readyz?deep=1").await;
+    assert_eq!(status, 503);
+    assert_eq!(verdict["ready"], false);
+    assert_eq!(verdict["mlflow"], "ok");
+    assert!(verdict["s3"].as_str().unwrap().starts_with("error: "));
+}
+
+/// Send the head of a PUT and `first` bytes of its body; the rest is sent by `finish_put`.
+async fn start_put(addr: SocketAddr, path: &str, data: &[u8], first: usize) -> TcpStream {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "PUT /api/2.0/mlflow-artifacts/artifacts/{path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {}\r\n\r\n",
+        data.len()
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream.write_all(&data[..first]).await.unwrap();
+    stream.flush().await.unwrap();
+    stream
+}
+
+/// Send the rest of the body; return the status line and the `Connection` header.
+async fn finish_put(mut stream: TcpStream, data: &[u8], first: usize) -> String {
+    stream.write_all(&data[first..]).await.unwrap();
+    stream.flush().await.unwrap();
+    let mut raw = Vec::new();
+    tokio::time::timeout(Duration::from_secs(20), stream.read_to_end(&mut raw))
+        .await
+        .expect("the answer within 20 s")
+        .unwrap();
+    let text = String::from_utf8_lossy(&raw);
+    text.lines().next().unwrap_or_default().to_owned()
+}
+
+async fn until_refused(addr: SocketAddr) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while TcpStream::connect(addr).await.is_ok() {
+        assert!(
+            Instant::now() < deadline,
+            "{addr} still accepts 5 s into draining"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn draining_answers_503_refuses_new_connections_and_finishes_transfers() {
+    let mut h = Harness::start().await;
+    let data = random_bytes(3 * MIB);
+    let upload = start_put(h.proxy.addr, "drain/a.bin", &data, MIB).await;
+    // The upload is in flight (its first MiB read) before draining begins.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !h
+        .metrics()
+        .await
+        .contains("mlflow_proxy_transfers_in_flight{direction=\"upload\"} 1")
+    {
+        assert!(Instant::now() < deadline, "the upload never started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    h.proxy.start_draining();
+    let ops = h.proxy.metrics_addr;
+    assert_eq!(
+        readyz(ops, "/readyz").await,
+        (503, serde_json::json!({"ready": false, "draining": true}))
+    );
+    assert_eq!(readyz(ops, "/readyz?deep=1").await.0, 503);
+    until_refused(h.proxy.addr).await;
+
+    let status = finish_put(upload, &data, MIB).await;
+    assert_eq!(status, "HTTP/1.1 200 OK");
+    let stored = std::fs::read(h.s3.object_path("drain/a.bin")).unwrap();
+    assert_eq!(sha256(&stored), sha256(&data));
+    let started = Instant::now();
+    let Harness { proxy, .. } = h;
+    proxy.shutdown().await;
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "shutdown waited {:?} with nothing in flight",
+        started.elapsed()
+    );
+}
+
+/// A child process that is killed when the test ends, passed or not.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The real binary: SIGTERM while an upload is half sent; the upload completes, the process
+/// exits 0 without waiting out the grace period.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_the_upload_in_flight_finish_and_exits_0() {
+    let s3 = S3Server::start().await;
+    let mlflow = FakeMlflow::start().await;
+    let mut child = Killed(
+        Command::new(env!("CARGO_BIN_EXE_mlflow-artifact-proxy"))
+            .env_clear()
+            .env("MLFLOW_ARTIFACTS_DESTINATION", format!("s3://{BUCKET}/"))
+            .env("MLFLOW_S3_ENDPOINT_URL", &s3.endpoint)
+            .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+            .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+            .env("PROXY_LISTEN", "127.0.0.1:0")
+            .env("PROXY_METRICS_LISTEN", "127.0.0.1:0")
+            .env("PROXY_UPSTREAM", format!("http://{}", mlflow.addr))
+            .env("PROXY_SHUTDOWN_GRACE_SECS", "30")
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let stderr = child.0.stderr.take().unwrap();
+    let (lines_tx, lines_rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            if lines_tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    // "listening on 127.0.0.1:P (metrics on 127.0.0.1:Q), ..."
+    let (addr, ops): (SocketAddr, SocketAddr) = loop {
+        let line = tokio::task::block_in_place(|| lines_rx.recv_timeout(Duration::from_secs(10)))
+            .expect("a log line within 10 s");
+        if let Some(rest) = line.split("listening on ").nth(1) {
+            let addr = rest.split(' ').next().unwrap().parse().unwrap();
+            let ops = rest
+                .split("(metrics on ")
+                .nth(1)
+                .and_then(|r| r.split(')').next())
+                .unwrap()
+                .parse()
+                .unwrap();
+            break (addr, ops);
+        }
+    };
+    let data = random_bytes(4 * MIB);
+    let upload = start_put(addr, "term/b.bin", &data, MIB).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let signalled = Instant::now();
+    let kill = Command::new("kill")
+        .args(["-TERM", &child.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        if readyz(ops, "/readyz").await.0 == 503 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "/readyz never turned 503");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    until_refused(addr).await;
+    assert_eq!(finish_put(upload, &data, MIB).await, "HTTP/1.1 200 OK");
+
+    let status = tokio::task::block_in_place(|| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = child.0.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "still running 10 s after SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    });
+    assert_eq!(status.code(), Some(0));
+    assert!(
+        signalled.elapsed() < Duration::from_secs(10),
+        "exit waited for the grace period"
+    );
+    let stored = std::fs::read(s3.object_path("term/b.bin")).unwrap();
+    assert_eq!(sha256(&stored), sha256(&data));
+}
+
+/// An HTTP/1.1 server that counts the connections it accepts and answers every request `ok`.
+async fn counting_upstream() -> (SocketAddr, Arc<AtomicUsize>) {
+    use http_body_util::Full;
+    use hyper::service::service_fn;
+    use hyper_util::rt::TokioIo;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let counter = accepted.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            counter.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let service = service_fn(|_request| async {
+                    Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(
+                        bytes::Bytes::from_static(b"ok"),
+                    )))
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    (addr, accepted)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pass_through_reuses_a_bounded_set_of_connections() {
+    let s3 = S3Server::start().await;
+    let (upstream, accepted) = counting_upstream().await;
+    let config = mlflow_artifact_proxy::config::ServeConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        metrics_listen: "127.0.0.1:0".parse().unwrap(),
+        upstream: format!("http://{upstream}").parse().unwrap(),
+        store: store_config(&s3.endpoint, ""),
+        upload: upload_config(),
+        security: mlflow_artifact_proxy::security::Security::default(),
+        shutdown_grace: Duration::from_secs(5),
+    };
+    let proxy = mlflow_artifact_proxy::Proxy::start(config).await.unwrap();
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let url = format!("http://{}/api/2.0/mlflow/experiments/get", proxy.addr);
+
+    // 200 requests one after the other: one connection carries them all.
+    for _ in 0..200 {
+        let response = http.get(&url).send().await.unwrap();
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.text().await.unwrap(), "ok");
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), 1);
+
+    // 8 clients at once, 50 requests each: at most one connection per client in flight.
+    let before = accepted.load(Ordering::SeqCst);
+    let tasks: Vec<_> = (0..8)
+        .map(|_| {
+            let http = http.clone();
+            let url = url.clone();
+            tokio::spawn(async move {
+                for _ in 0..50 {
+                    let response = http.get(&url).send().await.unwrap();
+                    assert_eq!(response.status(), 200);
+                    response.bytes().await.unwrap();
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let opened = accepted.load(Ordering::SeqCst) - before;
+    assert!(
+        opened <= 8,
+        "400 requests from 8 clients opened {opened} connections"
+    );
+    proxy.shutdown().await;
+}

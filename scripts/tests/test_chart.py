@@ -1,0 +1,395 @@
+"""Invariants of charts/mlflow-stack over its rendered output (run by scripts/check-chart).
+
+Each case renders the chart with Helm 4 and with Helm 3 (the values matrix in
+charts/mlflow-stack/ci/) and checks what a reviewer would check by hand: the shutdown arithmetic,
+probes and resources everywhere, secrets only by reference, selectors that resolve, the MLflow
+Service internal, the ingress routing only to the proxy, the database connection budget, env
+parity with compose, and that every `fail` guard and schema rule really refuses.
+"""
+
+import os
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+CHART = ROOT / "charts" / "mlflow-stack"
+TOOLS = Path(
+    os.environ.get(
+        "CHART_TOOLS",
+        Path(os.environ.get("MLFLOW_STACK_TOOLS", Path.home() / ".cache/mlflow-stack/tools")) / "chart",
+    )
+)
+HELMS = {"helm4": TOOLS / "helm4" / "helm", "helm3": TOOLS / "helm3" / "helm"}
+NAMESPACE = "ml"
+RELEASE = "mls"
+FULLNAME = "mls-mlflow-stack"
+SERVICE_MONITOR_API = "monitoring.coreos.com/v1/ServiceMonitor"
+
+# name → (values file, extra helm arguments)
+MATRIX = {
+    "defaults": ("defaults-values.yaml", []),
+    "no-hpa": ("no-hpa-values.yaml", []),
+    "gateway": ("gateway-values.yaml", []),
+    "monitoring": ("monitoring-values.yaml", ["--api-versions", SERVICE_MONITOR_API]),
+    "chart-secret": ("chart-secret-values.yaml", []),
+}
+
+SECRETISH = re.compile(r"(SECRET|PASSWORD|TOKEN|ACCESS_KEY|BACKEND_STORE_URI|_URI$)")
+
+
+def helm(binary, *args, check=True):
+    if not binary.exists():
+        pytest.fail(f"{binary} is missing: run scripts/check-chart.d/install-tools")
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "HOME": os.environ.get("HOME", "/tmp"),
+        "HELM_CACHE_HOME": str(TOOLS / ".helm" / "cache"),
+        "HELM_CONFIG_HOME": str(TOOLS / ".helm" / "config"),
+        "HELM_DATA_HOME": str(TOOLS / ".helm" / "data"),
+    }
+    result = subprocess.run([str(binary), *args], capture_output=True, text=True, env=env, timeout=60)
+    if check and result.returncode != 0:
+        pytest.fail(f"helm {' '.join(args)} failed:\n{result.stderr}")
+    return result
+
+
+def render(binary, values_file="defaults-values.yaml", *extra, check=True):
+    args = ["template", RELEASE, str(CHART), "--namespace", NAMESPACE, "--kube-version", "1.30.0"]
+    args += ["-f", str(CHART / "ci" / values_file), *extra]
+    result = helm(binary, *args, check=check)
+    if not check:
+        return result
+    return [d for d in yaml.safe_load_all(result.stdout) if d]
+
+
+@pytest.fixture(params=sorted(HELMS))
+def binary(request):
+    return HELMS[request.param]
+
+
+@pytest.fixture(params=sorted(MATRIX))
+def case(request, binary):
+    values_file, extra = MATRIX[request.param]
+    return request.param, render(binary, values_file, *extra)
+
+
+def kinds(docs, kind):
+    return [d for d in docs if d["kind"] == kind]
+
+
+def one(docs, kind, name):
+    found = [d for d in docs if d["kind"] == kind and d["metadata"]["name"] == name]
+    assert len(found) == 1, f"{kind}/{name}: {len(found)} found"
+    return found[0]
+
+
+def pod_specs(docs):
+    """(owner, pod spec, pod labels) of every workload."""
+    for d in docs:
+        if d["kind"] in ("Deployment", "Job"):
+            yield d, d["spec"]["template"]["spec"], d["spec"]["template"]["metadata"].get("labels", {})
+        elif d["kind"] == "CronJob":
+            template = d["spec"]["jobTemplate"]["spec"]["template"]
+            yield d, template["spec"], template["metadata"].get("labels", {})
+
+
+def env_of(container):
+    return {e["name"]: e for e in container.get("env", [])}
+
+
+def matches(selector, labels):
+    return all(labels.get(k) == v for k, v in selector.get("matchLabels", {}).items()) and all(
+        (labels.get(e["key"]) in e["values"]) == (e["operator"] == "In")
+        for e in selector.get("matchExpressions", [])
+    )
+
+
+def proxy_deployment(docs):
+    return one(docs, "Deployment", FULLNAME)
+
+
+def container(deployment, name):
+    return next(c for c in deployment["spec"]["template"]["spec"]["containers"] if c["name"] == name)
+
+
+# ---------------------------------------------------------------- invariants over the matrix
+
+
+def test_grace_arithmetic(case):
+    _, docs = case
+    proxy = proxy_deployment(docs)
+    spec = proxy["spec"]["template"]["spec"]
+    sleep = container(proxy, "proxy")["lifecycle"]["preStop"]["sleep"]["seconds"]
+    grace = int(env_of(container(proxy, "proxy"))["PROXY_SHUTDOWN_GRACE_SECS"]["value"])
+    assert spec["terminationGracePeriodSeconds"] >= sleep + grace + 5
+    for deployment in kinds(docs, "Deployment"):
+        for c in deployment["spec"]["template"]["spec"]["containers"]:
+            assert c["lifecycle"]["preStop"]["sleep"]["seconds"] + 5 <= (
+                deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+            )
+
+
+def test_probes_resources_and_restricted_security_everywhere(case):
+    _, docs = case
+    for owner, spec, _ in pod_specs(docs):
+        where = f"{owner['kind']}/{owner['metadata']['name']}"
+        assert spec["securityContext"]["runAsNonRoot"] is True, where
+        assert spec["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault", where
+        assert spec["automountServiceAccountToken"] is False, where
+        for c in spec["containers"]:
+            assert c["resources"]["requests"]["cpu"] and c["resources"]["requests"]["memory"], where
+            assert c["resources"]["limits"]["memory"], where
+            sc = c["securityContext"]
+            assert sc["allowPrivilegeEscalation"] is False, where
+            assert sc["capabilities"]["drop"] == ["ALL"], where
+            assert sc["readOnlyRootFilesystem"] is True, where
+            if owner["kind"] == "Deployment":
+                for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+                    assert c[probe]["httpGet"]["path"], f"{where}: {probe}"
+    proxy = container(proxy_deployment(docs), "proxy")
+    assert proxy["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert proxy["startupProbe"]["httpGet"]["path"] == "/healthz"
+    # Readiness on the proxy alone: the deep check would empty the Service when MLflow restarts.
+    assert proxy["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
+
+
+def test_secrets_only_by_reference(case):
+    name, docs = case
+    for owner, spec, _ in pod_specs(docs):
+        for c in spec["containers"]:
+            for env_name, e in env_of(c).items():
+                if SECRETISH.search(env_name) and env_name != "MLFLOW_TRACKING_URI":
+                    assert "value" not in e, f"{owner['metadata']['name']}: {env_name} is a literal"
+                    assert "secretKeyRef" in e["valueFrom"], env_name
+    secrets = kinds(docs, "Secret")
+    assert len(secrets) == (1 if name == "chart-secret" else 0)
+    for owner, spec, _ in pod_specs(docs):
+        for c in spec["containers"]:
+            refs = {e["valueFrom"]["secretKeyRef"]["name"] for e in c.get("env", []) if "valueFrom" in e}
+            expected = {"mls-mlflow-stack-credentials" if name == "chart-secret" else "mlflow-credentials"}
+            assert refs <= expected
+
+
+def test_selectors_resolve(case):
+    _, docs = case
+    pods = [(owner, labels) for owner, _, labels in pod_specs(docs) if owner["kind"] == "Deployment"]
+    for d in kinds(docs, "Deployment"):
+        assert matches(d["spec"]["selector"], d["spec"]["template"]["metadata"]["labels"])
+    for svc in kinds(docs, "Service"):
+        selected = [o["metadata"]["name"] for o, labels in pods if matches({"matchLabels": svc["spec"]["selector"]}, labels)]
+        assert len(selected) == 1, f"Service/{svc['metadata']['name']} selects {selected}"
+        for port in svc["spec"]["ports"]:
+            deployment = one(docs, "Deployment", selected[0])
+            names = {p["name"] for c in deployment["spec"]["template"]["spec"]["containers"] for p in c["ports"]}
+            assert port["targetPort"] in names
+    for pdb in kinds(docs, "PodDisruptionBudget"):
+        assert [o for o, labels in pods if matches(pdb["spec"]["selector"], labels)], pdb["metadata"]["name"]
+    for hpa in kinds(docs, "HorizontalPodAutoscaler"):
+        target = hpa["spec"]["scaleTargetRef"]
+        assert target["kind"] == "Deployment"
+        assert "replicas" not in one(docs, "Deployment", target["name"])["spec"]
+    for policy in kinds(docs, "NetworkPolicy"):
+        assert [o for o, labels in pods if matches(policy["spec"]["podSelector"], labels)]
+    for monitor in kinds(docs, "ServiceMonitor"):
+        assert [s for s in kinds(docs, "Service") if matches(monitor["spec"]["selector"], s["metadata"]["labels"])]
+        assert monitor["spec"]["endpoints"][0]["port"] == "metrics"
+
+
+def test_mlflow_is_internal_and_only_the_proxy_is_routed(case):
+    _, docs = case
+    mlflow = one(docs, "Service", f"{FULLNAME}-mlflow")
+    assert mlflow["spec"]["type"] == "ClusterIP"
+    assert [p["port"] for p in mlflow["spec"]["ports"]] == [5001]
+    for svc in kinds(docs, "Service"):
+        assert svc["spec"]["type"] == "ClusterIP"
+    for ingress in kinds(docs, "Ingress"):
+        backends = [
+            p["backend"]["service"] for rule in ingress["spec"]["rules"] for p in rule["http"]["paths"]
+        ]
+        assert backends == [{"name": FULLNAME, "port": {"name": "http"}}]
+        annotations = ingress["metadata"]["annotations"]
+        assert annotations["nginx.ingress.kubernetes.io/proxy-body-size"] == "0"
+        assert annotations["nginx.ingress.kubernetes.io/proxy-request-buffering"] == "off"
+        assert annotations["nginx.ingress.kubernetes.io/proxy-buffering"] == "off"
+        assert int(annotations["nginx.ingress.kubernetes.io/proxy-read-timeout"]) >= 3600
+    for route in kinds(docs, "HTTPRoute"):
+        for rule in route["spec"]["rules"]:
+            assert rule["backendRefs"] == [{"name": FULLNAME, "port": 5000}]
+            assert rule["timeouts"] == {"request": "0s"}
+    assert kinds(docs, "Ingress") or kinds(docs, "HTTPRoute")
+    # The MLflow Service admits proxy pods only.
+    policy = one(docs, "NetworkPolicy", f"{FULLNAME}-mlflow")
+    (rule,) = policy["spec"]["ingress"]
+    assert rule["ports"] == [{"port": 5001, "protocol": "TCP"}]
+    assert rule["from"] == [{"podSelector": {"matchLabels": proxy_deployment(docs)["spec"]["selector"]["matchLabels"]}}]
+    assert env_of(container(proxy_deployment(docs), "proxy"))["PROXY_UPSTREAM"]["value"] == f"http://{FULLNAME}-mlflow:5001"
+
+
+def test_database_connection_arithmetic(case):
+    """Recomputed from the rendered pods, not from values: what MLflow can really open."""
+    _, docs = case
+    total = 0
+    for owner, spec, _ in pod_specs(docs):
+        c = spec["containers"][0]
+        env = env_of(c)
+        if "BACKEND_STORE_URI" not in env:
+            continue
+        per_engine = int(env["MLFLOW_SQLALCHEMYSTORE_POOL_SIZE"]["value"]) + int(
+            env["MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW"]["value"]
+        )
+        assert int(env["MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW"]["value"]) >= 1, "MLflow ignores 0"
+        if owner["kind"] == "Deployment":
+            workers = int(c["args"][c["args"].index("--workers") + 1])
+            total += owner["spec"]["replicas"] * workers * per_engine
+        else:
+            total += per_engine
+    assert 0 < total + 10 <= 151
+    # Migrations run once, in a hook; never in the serving pods.
+    job = one(docs, "Job", f"{FULLNAME}-db-upgrade")
+    assert job["metadata"]["annotations"]["helm.sh/hook"] == "pre-install,pre-upgrade"
+    assert "mlflow db upgrade" in " ".join(container(job, "db-upgrade")["command"])
+    periodic = []
+    for d in kinds(docs, "Deployment"):
+        env = env_of(d["spec"]["template"]["spec"]["containers"][0])
+        if "BACKEND_STORE_URI" in env:
+            assert env["MLFLOW_DB_UPGRADE"]["value"] == "false"
+            if env["MLFLOW_SERVER_JOB_ENABLE_PERIODIC_TASKS"]["value"] == "true":
+                periodic.append(d["spec"]["replicas"])
+            volumes = {v["name"]: v for v in d["spec"]["template"]["spec"]["volumes"]}
+            assert "emptyDir" in volumes["tmp"] and "emptyDir" in volumes["home"]
+    assert periodic == [1], "periodic tasks on exactly one replica"
+
+
+def test_allowed_hosts_name_the_public_host_and_the_services(case):
+    name, docs = case
+    hosts = env_of(container(proxy_deployment(docs), "proxy"))["MLFLOW_SERVER_ALLOWED_HOSTS"]["value"].split(",")
+    for svc in (FULLNAME, f"{FULLNAME}.{NAMESPACE}", f"{FULLNAME}.{NAMESPACE}.svc", f"{FULLNAME}.{NAMESPACE}.svc.cluster.local"):
+        assert svc in hosts and f"{svc}:*" in hosts
+    public = "mlflow.internal.example.com" if name == "gateway" else "mlflow.example.com"
+    assert public in hosts and f"{public}:*" in hosts
+    mlflow = one(docs, "Deployment", f"{FULLNAME}-mlflow")
+    assert env_of(mlflow["spec"]["template"]["spec"]["containers"][0])["MLFLOW_SERVER_ALLOWED_HOSTS"]["value"] == ",".join(hosts)
+
+
+def test_pdb_hpa_and_service_monitor_follow_the_values(case):
+    name, docs = case
+    assert bool(kinds(docs, "HorizontalPodAutoscaler")) == (name != "no-hpa")
+    assert len(kinds(docs, "PodDisruptionBudget")) == 2
+    assert bool(kinds(docs, "ServiceMonitor")) == (name == "monitoring")
+    if name == "no-hpa":
+        assert proxy_deployment(docs)["spec"]["replicas"] == 3
+
+
+# ---------------------------------------------------------------- env parity with compose
+
+COMPOSE_TO_CHART = {"proxy": ("Deployment", FULLNAME), "mlflow": ("Deployment", f"{FULLNAME}-mlflow"), "defaultbucket": ("Job", f"{FULLNAME}-ensure-bucket")}
+# Set differently on Kubernetes by design; each is checked elsewhere.
+NOT_COPIED = {
+    "MLFLOW_S3_ENDPOINT_URL": "a required value (s3.endpointUrl): there is no in-chart S3",
+    "AWS_ACCESS_KEY_ID": "from the Secret",
+    "AWS_SECRET_ACCESS_KEY": "from the Secret",
+    "MLFLOW_SERVER_ALLOWED_HOSTS": "built from the ingress host and the Service names",
+    "PROXY_UPSTREAM": "the MLflow Service",
+    "MYSQL_HOST": "BACKEND_STORE_URI from the Secret",
+    "MYSQL_TCP_PORT": "BACKEND_STORE_URI from the Secret",
+    "MYSQL_DATABASE": "BACKEND_STORE_URI from the Secret",
+    "MYSQL_USER": "BACKEND_STORE_URI from the Secret",
+    "MYSQL_PASSWORD": "BACKEND_STORE_URI from the Secret",
+}
+
+
+def env_example():
+    values = {}
+    for line in (ROOT / "compose" / ".env.example").read_text().splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            key, _, value = line.partition("=")
+            values[key.strip()] = value.strip()
+    return values
+
+
+def compose_default(raw, example):
+    """`${VAR:-default}` → the default (and .env.example must agree); literals as they are."""
+    raw = str(raw)
+    found = re.fullmatch(r"\$\{(\w+):-(.*)\}", raw)
+    if not found:
+        return raw
+    var, default = found.groups()
+    assert example.get(var, default) == default, f"compose's default for {var} differs from .env.example"
+    return default
+
+
+def test_env_names_and_defaults_equal_compose(binary):
+    docs = render(binary, "monitoring-values.yaml", "--api-versions", SERVICE_MONITOR_API)
+    compose = yaml.safe_load((ROOT / "compose" / "compose.yaml").read_text())
+    example = env_example()
+    checked = 0
+    for service, (kind, name) in COMPOSE_TO_CHART.items():
+        owner = one(docs, kind, name)
+        env = env_of(owner["spec"]["template"]["spec"]["containers"][0])
+        for var, raw in (compose["services"][service].get("environment") or {}).items():
+            if var in NOT_COPIED:
+                continue
+            assert var in env, f"{service}: compose sets {var}, the chart's {name} does not"
+            want = compose_default(raw, example)
+            if var == "MLFLOW_PORT":
+                want = "5001"
+            assert env[var].get("value") == want, f"{name}: {var}={env[var]} but compose's default is {want!r}"
+            checked += 1
+    assert checked >= 15
+
+
+def test_values_defaults_equal_env_example():
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    example = env_example()
+    flat = {**values["proxy"]["env"], **{k: v for k, v in values["s3"].items() if k.isupper()}}
+    flat["PROXY_S3_WAIT_SECS"] = values["s3"]["ensureBucket"]["PROXY_S3_WAIT_SECS"]
+    for var, value in flat.items():
+        assert var in example, f"{var} is not in compose/.env.example"
+        assert str(value) == example[var], f"{var}: values.yaml {value!r}, .env.example {example[var]!r}"
+    proxy_vars = {k for k in example if k.startswith("PROXY_") and k not in ("PROXY_PORT", "PROXY_METRICS_PORT", "PROXY_IMAGE")}
+    assert proxy_vars <= set(flat), f"in .env.example but not in the chart: {proxy_vars - set(flat)}"
+
+
+# ---------------------------------------------------------------- guards really refuse
+
+BASE = ["--set", "s3.endpointUrl=https://s3.example.com", "--set", "secrets.existingSecret=x"]
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--set", "proxy.env.PROXY_SHUTDOWN_GRACE_SECS=45"], "proxy.terminationGracePeriodSeconds=45 is too short"),
+        (["--set", "proxy.terminationGracePeriodSeconds=44"], "is too short: it must be >= preStopSleepSeconds (10) + PROXY_SHUTDOWN_GRACE_SECS (30) + 5 = 45"),
+        (["--set", "proxy.preStopSleepSeconds=20"], "is too short"),
+        (["--set", "mlflow.terminationGracePeriodSeconds=6"], "mlflow.terminationGracePeriodSeconds=6"),
+        (["--set", "mlflow.replicas=7"], "more than database.maxConnections=151"),
+        (["--set", "mlflow.workers=16"], "more than database.maxConnections=151"),
+        (["--set", "database.maxConnections=59"], "could open 60 database connections"),
+        (["--set", "database.readReplica=true", "--set", "mlflow.replicas=4"], "more than database.maxConnections"),
+        (["--set", "secrets.existingSecret="], "set secrets.existingSecret"),
+        (["--set", "secrets.existingSecret=", "--set", "secrets.create.backendStoreUri=sqlite:///x.db", "--set", "secrets.create.awsAccessKeyId=a", "--set", "secrets.create.awsSecretAccessKey=b"], "backendStoreUri"),
+        (["--set", "s3.endpointUrl="], "s3.endpointUrl is required"),
+        (["--set", "proxy.autoscaling.minReplicas=5", "--set", "proxy.autoscaling.maxReplicas=3"], "minReplicas must be <= maxReplicas"),
+        # values.schema.json
+        (["--set", "proxy.env.PROXY_PART_SIZE_MIB=4"], "PROXY_PART_SIZE_MIB"),
+        (["--set", "mlflow.MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW=0"], "MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW"),
+        (["--set", "mlflow.MLFLOW_SQLALCHEMYSTORE_POOL_SIZE=0"], "MLFLOW_SQLALCHEMYSTORE_POOL_SIZE"),
+        (["--set", "s3.MLFLOW_ARTIFACTS_DESTINATION=file:///mlruns"], "MLFLOW_ARTIFACTS_DESTINATION"),
+        (["--set", "proxy.env.PROXY_LOG_FORMAT=xml"], "PROXY_LOG_FORMAT"),
+        (["--set", "proxy.terminationGracePeriodSecond=60"], "terminationGracePeriodSecond"),
+        (["--set", "metrics.serviceMonitor.interval=30 seconds"], "interval"),
+    ],
+)
+def test_each_guard_refuses(binary, args, message):
+    result = helm(binary, "template", RELEASE, str(CHART), "--namespace", NAMESPACE, *BASE, *args, check=False)
+    assert result.returncode != 0, f"rendered although {args}"
+    assert message in result.stderr, result.stderr
+
+
+def test_the_guards_pass_at_their_limits(binary):
+    # 45 = 10 + 30 + 5 exactly; 151 = 2 x 4 x 5 + 5 + 5 + 10 with maxConnections at 60.
+    render(binary, "defaults-values.yaml", "--set", "proxy.terminationGracePeriodSeconds=45", "--set", "database.maxConnections=60")
