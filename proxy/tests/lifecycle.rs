@@ -265,15 +265,7 @@ async fn counting_upstream() -> (SocketAddr, Arc<AtomicUsize>) {
 async fn pass_through_reuses_a_bounded_set_of_connections() {
     let s3 = S3Server::start().await;
     let (upstream, accepted) = counting_upstream().await;
-    let config = mlflow_artifact_proxy::config::ServeConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        metrics_listen: "127.0.0.1:0".parse().unwrap(),
-        upstream: format!("http://{upstream}").parse().unwrap(),
-        store: store_config(&s3.endpoint, ""),
-        upload: upload_config(),
-        security: mlflow_artifact_proxy::security::Security::default(),
-        shutdown_grace: Duration::from_secs(5),
-    };
+    let config = serve_config(&s3.endpoint, &format!("http://{upstream}"));
     let proxy = mlflow_artifact_proxy::Proxy::start(config).await.unwrap();
     let http = reqwest::Client::builder().no_proxy().build().unwrap();
     let url = format!("http://{}/api/2.0/mlflow/experiments/get", proxy.addr);
