@@ -122,7 +122,7 @@ async fn mlflow_down_gives_a_quick_502_in_mlflow_shape() {
         listen: "127.0.0.1:0".parse().unwrap(),
         metrics_listen: "127.0.0.1:0".parse().unwrap(),
         upstream: format!("http://{closed}").parse().unwrap(),
-        store: store_config(&s3.endpoint, ""),
+        store: s3.store_config(""),
         upload: upload_config(),
         security: mlflow_artifact_proxy::security::Security::default(),
         shutdown_grace: Duration::from_secs(1),
