@@ -22,7 +22,8 @@ garage_settings() {
 }
 
 ensure_garage() {
-    if [ -x "$GARAGE_BIN" ] && "$GARAGE_BIN" --version 2>/dev/null | grep -q "v$GARAGE_VERSION\b"; then return 0; fi
+    # `garage --version` says "garage cargo:2.5.0 [features: ...]" when built by cargo install.
+    case "$("$GARAGE_BIN" --version 2>/dev/null)" in *":$GARAGE_VERSION "* | *"v$GARAGE_VERSION"*) return 0 ;; esac
     command -v cargo >/dev/null || die "cargo is needed to build garage (https://rustup.rs)"
     say "building garage $GARAGE_VERSION into $TOOLS (once; 15-40 minutes on 2 cores)"
     cargo install garage --version "$GARAGE_VERSION" --locked --root "$TOOLS" \
