@@ -265,7 +265,7 @@ async fn counting_upstream() -> (SocketAddr, Arc<AtomicUsize>) {
 async fn pass_through_reuses_a_bounded_set_of_connections() {
     let s3 = S3Server::start().await;
     let (upstream, accepted) = counting_upstream().await;
-    let config = serve_config(&s3.endpoint, &format!("http://{upstream}"));
+    let config = serve_config(&s3, &format!("http://{upstream}"));
     let proxy = mlflow_artifact_proxy::Proxy::start(config).await.unwrap();
     let http = reqwest::Client::builder().no_proxy().build().unwrap();
     let url = format!("http://{}/api/2.0/mlflow/experiments/get", proxy.addr);

@@ -575,10 +575,14 @@ async fn json_access_log_has_one_object_per_request() {
     let mut child = Killed(
         Command::new(env!("CARGO_BIN_EXE_mlflow-artifact-proxy"))
             .env_clear()
-            .env("MLFLOW_ARTIFACTS_DESTINATION", format!("s3://{BUCKET}/"))
+            .env(
+                "MLFLOW_ARTIFACTS_DESTINATION",
+                format!("s3://{}/", s3.bucket),
+            )
             .env("MLFLOW_S3_ENDPOINT_URL", &s3.endpoint)
-            .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
-            .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+            .env("AWS_ACCESS_KEY_ID", &s3.access_key)
+            .env("AWS_SECRET_ACCESS_KEY", &s3.secret_key)
+            .env("AWS_DEFAULT_REGION", &s3.region)
             .env("PROXY_LISTEN", "127.0.0.1:0")
             .env("PROXY_METRICS_LISTEN", "127.0.0.1:0")
             .env("PROXY_UPSTREAM", format!("http://{}", mlflow.addr))

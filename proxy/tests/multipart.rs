@@ -133,7 +133,7 @@ async fn another_replica_with_the_same_key_takes_the_parts() {
     let h = Harness::start().await;
     // A second proxy on the same store and key; a third with another key.
     let start = |key: &'static [u8]| {
-        let mut config = serve_config(&h.s3.endpoint, &format!("http://{}", h.mlflow.addr));
+        let mut config = serve_config(&h.s3, &format!("http://{}", h.mlflow.addr));
         config.transfers = mlflow_artifact_proxy::transfers::TransferConfig::with_key(key);
         config.shutdown_grace = Duration::from_secs(1);
         mlflow_artifact_proxy::Proxy::start(config)

@@ -118,7 +118,7 @@ async fn mlflow_down_gives_a_quick_502_in_mlflow_shape() {
         .local_addr()
         .unwrap();
     let s3 = S3Server::start().await;
-    let mut config = serve_config(&s3.endpoint, &format!("http://{closed}"));
+    let mut config = serve_config(&s3, &format!("http://{closed}"));
     config.shutdown_grace = Duration::from_secs(1);
     let proxy = mlflow_artifact_proxy::Proxy::start(config).await.unwrap();
     let started = Instant::now();

@@ -120,7 +120,7 @@ def s3():
         region_name=SETTINGS["AWS_DEFAULT_REGION"],
     )
     # s3s-fs ignores encoding-type=url and returns raw keys; without this boto3 would url-decode them
-    # again ('+' would become a space). See test-store-quirks.
+    # again ('+' would become a space). Without encoding-type every store sends raw keys (docs/stores.md).
     client.meta.events.unregister("before-parameter-build.s3.ListObjectsV2", set_list_objects_encoding_type_url)
     client.meta.events.unregister("after-call.s3.ListObjectsV2", decode_list_object_v2)
     return client

@@ -34,6 +34,8 @@ METRICS_URL = SETTINGS["METRICS_URL"]
 S3_URL = SETTINGS["MLFLOW_S3_ENDPOINT_URL"]
 LOGS = Path(SETTINGS["STACK_LOGS"])
 STACK_TMP = Path(SETTINGS["STACK_TMP"])
+# The S3 store the stack runs on: s3s-fs (the test store) or garage (scripts/stack up --s3 garage).
+STORE = SETTINGS.get("STACK_S3", "s3s-fs")
 BUCKET = urlsplit(SETTINGS["MLFLOW_ARTIFACTS_DESTINATION"]).netloc
 BUCKET_PREFIX = urlsplit(SETTINGS["MLFLOW_ARTIFACTS_DESTINATION"]).path.strip("/")
 
@@ -231,16 +233,19 @@ class DirSampler:
 
 
 S3_REQ = re.compile(
-    r"s3s::service: req: Request \{ method: (?P<method>[A-Z]+), uri: (?P<uri>\S+), .*?"
+    r"Request \{ method: (?P<method>[A-Z]+), uri: (?P<uri>\S+), .*?"
     r"\"user-agent\": \"(?P<ua>[^\"]*)\""
 )
+# How each store logs a request with its headers (scripts/stack runs s3s-fs with
+# RUST_LOG=s3s::service=debug, Garage with garage_api_common=debug).
+S3_REQ_MARKERS = ("s3s::service: req: Request {", "garage_api_common::generic_server: Request {")
 
 
 def s3_requests(log_text: str) -> list[dict[str, str]]:
-    """Requests s3s-fs received (it logs them with RUST_LOG=s3s::service=debug, as scripts/stack runs it)."""
+    """Requests the S3 store received, from its log (s3s-fs or Garage)."""
     out = []
     for line in log_text.splitlines():
-        if "s3s::service: req:" not in line:
+        if not any(m in line for m in S3_REQ_MARKERS):
             continue
         m = S3_REQ.search(line)
         if m:

@@ -16,6 +16,7 @@ from e2e_util import (
     NESTED,
     PROXY_URL,
     STACK_TMP,
+    STORE,
     DirSampler,
     LogWatch,
     check,
@@ -177,7 +178,7 @@ def round_trip(client, repo, run_id, path, digest, size, tmp_path, mode):
     for_object = [r for r in reqs if path.name in r["uri"]]
     check(
         any(r["method"] == "PUT" for r in for_object) and any(r["method"] == "GET" for r in for_object),
-        f"S3 requests for {path.name} (s3s-fs log): at least one PUT and one GET, by the proxy",
+        f"S3 requests for {path.name} (the {STORE} log): at least one PUT and one GET, by the proxy",
         "PUT and GET present",
         for_object,
     )

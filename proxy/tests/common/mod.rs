@@ -26,58 +26,250 @@ pub const SECRET_KEY: &str = "test-secret-key-123";
 pub const BUCKET: &str = "default";
 pub const MIB: usize = 1024 * 1024;
 
-/// A real S3 server on 127.0.0.1, storing into a temporary folder.
+/// Which S3 server the tests run against. By default a real S3 server in this process (s3s +
+/// s3s-fs, SigV4 checked). With `PROXY_TEST_S3_ENDPOINT` set, an external store instead (the
+/// native stack's Garage in CI): `PROXY_TEST_S3_ACCESS_KEY`, `PROXY_TEST_S3_SECRET_KEY`,
+/// `PROXY_TEST_S3_REGION` (us-east-1) and `PROXY_TEST_S3_STORE` (its name, e.g. `garage`) go with
+/// it. Each test then gets a fresh bucket of its own (the key must be allowed to create buckets),
+/// removed when the test ends, and reaches the store through a relay on loopback that `stop`
+/// and `restart` can cut and restore.
 pub struct S3Server {
+    /// What the proxy is given as its S3 endpoint.
     pub endpoint: String,
     pub addr: SocketAddr,
+    /// The in-process server's folder (empty and unused for an external store).
     pub root: PathBuf,
+    pub bucket: String,
+    pub access_key: String,
+    pub secret_key: String,
+    pub region: String,
+    /// `s3s-fs`, or the external store's `PROXY_TEST_S3_STORE`.
+    pub store: String,
     _dir: tempfile::TempDir,
+    external: Option<External>,
     /// The accept loop; it owns every connection, so aborting it closes them all.
     task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+/// An external store: its address, and a client of our own to inspect and clean up the bucket.
+struct External {
+    upstream: String,
+    bucket: Box<s3::Bucket>,
+}
+
+/// The external store named by the environment, if any.
+pub fn external_store() -> Option<(String, String, String, String, String)> {
+    let endpoint = std::env::var("PROXY_TEST_S3_ENDPOINT")
+        .ok()
+        .filter(|e| !e.is_empty())?;
+    let var = |name: &str, default: &str| std::env::var(name).unwrap_or_else(|_| default.into());
+    Some((
+        endpoint,
+        var("PROXY_TEST_S3_ACCESS_KEY", ""),
+        var("PROXY_TEST_S3_SECRET_KEY", ""),
+        var("PROXY_TEST_S3_REGION", "us-east-1"),
+        var("PROXY_TEST_S3_STORE", "external"),
+    ))
+}
+
+/// The name of the store the tests run against.
+pub fn store_name() -> String {
+    external_store().map_or_else(|| "s3s-fs".to_owned(), |(.., name)| name)
+}
+
+fn s3_bucket(endpoint: &str, name: &str, key: &str, secret: &str, region: &str) -> Box<s3::Bucket> {
+    let region = s3::region::Region::Custom {
+        region: region.to_owned(),
+        endpoint: endpoint.trim_end_matches('/').to_owned(),
+    };
+    let credentials =
+        s3::creds::Credentials::new(Some(key), Some(secret), None, None, None).unwrap();
+    s3::Bucket::new(name, region, credentials)
+        .unwrap()
+        .with_path_style()
+}
+
+/// Run `call` to completion on a runtime of its own, so that the synchronous inspection
+/// helpers below can be called from async tests (and from `Drop`).
+fn block_on<T: Send + 'static>(call: impl Future<Output = T> + Send + 'static) -> T {
+    std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(call)
+    })
+    .join()
+    .unwrap()
 }
 
 impl S3Server {
     pub async fn start() -> S3Server {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().to_path_buf();
-        std::fs::create_dir(root.join(BUCKET)).unwrap();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let task = tokio::spawn(serve_s3(listener, root.clone()));
+        let endpoint = format!("http://{addr}");
+        let Some((upstream, access_key, secret_key, region, store)) = external_store() else {
+            std::fs::create_dir(root.join(BUCKET)).unwrap();
+            let task = tokio::spawn(serve_s3(listener, root.clone()));
+            return S3Server {
+                endpoint,
+                addr,
+                root,
+                bucket: BUCKET.into(),
+                access_key: ACCESS_KEY.into(),
+                secret_key: SECRET_KEY.into(),
+                region: "us-east-1".into(),
+                store: "s3s-fs".into(),
+                _dir: dir,
+                external: None,
+                task: Mutex::new(Some(task)),
+            };
+        };
+        let name = format!("proxy-test-{:016x}", rand::random::<u64>());
+        let bucket = s3_bucket(&upstream, &name, &access_key, &secret_key, &region);
+        let created = s3::Bucket::create_with_path_style(
+            &name,
+            bucket.region(),
+            bucket.credentials().await.unwrap(),
+            s3::BucketConfiguration::default(),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("creating bucket {name} on {upstream}: {e}"));
+        assert!(
+            created.success(),
+            "creating bucket {name}: {}",
+            created.response_text
+        );
+        let upstream_addr = upstream
+            .trim_start_matches("http://")
+            .trim_end_matches('/')
+            .to_owned();
+        let task = tokio::spawn(serve_relay(listener, upstream_addr.clone()));
         S3Server {
-            endpoint: format!("http://{addr}"),
+            endpoint,
             addr,
             root,
+            bucket: name,
+            access_key,
+            secret_key,
+            region,
+            store,
             _dir: dir,
+            external: Some(External {
+                upstream: upstream_addr,
+                bucket,
+            }),
             task: Mutex::new(Some(task)),
         }
     }
 
-    /// The object as stored, read from the server's folder (s3s-fs keeps keys as files).
+    pub fn is_external(&self) -> bool {
+        self.external.is_some()
+    }
+
+    /// The proxy's store settings for this server's bucket.
+    pub fn store_config(&self, prefix: &str) -> StoreConfig {
+        StoreConfig {
+            endpoint: url::Url::parse(&self.endpoint).unwrap(),
+            bucket: self.bucket.clone(),
+            prefix: prefix.into(),
+            access_key: self.access_key.clone(),
+            secret_key: self.secret_key.clone(),
+            region: self.region.clone(),
+        }
+    }
+
+    /// A client of our own for the bucket, straight to the store (not through the relay).
+    pub fn client(&self) -> Box<s3::Bucket> {
+        match &self.external {
+            Some(external) => external.bucket.clone(),
+            None => s3_bucket(
+                &self.endpoint,
+                &self.bucket,
+                &self.access_key,
+                &self.secret_key,
+                &self.region,
+            ),
+        }
+    }
+
+    /// The in-process server's file for a key (s3s-fs keeps keys as files). Not for an
+    /// external store: use `object`.
     pub fn object_path(&self, key: &str) -> PathBuf {
+        assert!(
+            self.external.is_none(),
+            "object_path: the store is external; use object()"
+        );
         self.root.join(BUCKET).join(key)
     }
 
-    /// Every key in the bucket, as relative paths (metadata files left out).
+    /// The stored bytes of a key, if it exists.
+    pub fn object(&self, key: &str) -> Option<Vec<u8>> {
+        let Some(external) = &self.external else {
+            return std::fs::read(self.root.join(BUCKET).join(key)).ok();
+        };
+        let bucket = external.bucket.clone();
+        let key = key.to_owned();
+        block_on(async move {
+            match bucket.get_object(&key).await {
+                Ok(data) => Some(data.to_vec()),
+                Err(s3::error::S3Error::HttpFailWithBody(404, _)) => None,
+                Err(e) => panic!("GET {key}: {e}"),
+            }
+        })
+    }
+
+    /// Every key in the bucket, sorted.
     pub fn keys(&self) -> Vec<String> {
-        let mut keys = Vec::new();
-        collect_files(&self.root.join(BUCKET), &self.root.join(BUCKET), &mut keys);
-        keys.retain(|k| !k.split('/').any(|s| s.starts_with('.')));
+        let Some(external) = &self.external else {
+            let mut keys = Vec::new();
+            collect_files(&self.root.join(BUCKET), &self.root.join(BUCKET), &mut keys);
+            // s3s-fs's own metadata files
+            keys.retain(|k| !k.split('/').any(|s| s.starts_with('.')));
+            keys.sort();
+            return keys;
+        };
+        let bucket = external.bucket.clone();
+        let mut keys: Vec<String> = block_on(async move {
+            bucket
+                .list(String::new(), None)
+                .await
+                .unwrap()
+                .into_iter()
+                .flat_map(|page| page.contents.into_iter().map(|o| o.key))
+                .collect()
+        });
         keys.sort();
         keys
     }
 
-    /// Multipart uploads still open and parts still kept. s3s-fs has no ListMultipartUploads
-    /// (NotImplemented), so we read its bookkeeping files: `.upload-<id>.json` per open
-    /// upload, `.upload_id-<id>.part-<n>` per stored part, `.tmp.*` for parts being written.
+    /// Multipart uploads still open and parts still kept. An external store answers
+    /// ListMultipartUploads. s3s-fs does not (NotImplemented), so there we read its bookkeeping
+    /// files: `.upload-<id>.json` per open upload, `.upload_id-<id>.part-<n>` per stored part,
+    /// `.tmp.*` for parts being written.
     pub fn multipart_leftovers(&self) -> Vec<String> {
-        let mut files = Vec::new();
-        collect_files(&self.root, &self.root, &mut files);
-        files.retain(|f| {
-            let name = f.rsplit('/').next().unwrap_or(f);
-            name.starts_with(".upload") || name.starts_with(".tmp.")
-        });
-        files
+        let Some(external) = &self.external else {
+            let mut files = Vec::new();
+            collect_files(&self.root, &self.root, &mut files);
+            files.retain(|f| {
+                let name = f.rsplit('/').next().unwrap_or(f);
+                name.starts_with(".upload") || name.starts_with(".tmp.")
+            });
+            return files;
+        };
+        let bucket = external.bucket.clone();
+        block_on(async move {
+            bucket
+                .list_multiparts_uploads(None, None)
+                .await
+                .unwrap()
+                .into_iter()
+                .flat_map(|page| page.uploads)
+                .map(|u| format!("{} (upload {})", u.key, u.id))
+                .collect()
+        })
     }
 
     /// Stop listening and close every connection, kept-alive ones included: the port refuses
@@ -88,7 +280,7 @@ impl S3Server {
         }
     }
 
-    /// Listen again on the same port, over the same folder.
+    /// Listen again on the same port, over the same folder (or the same external store).
     pub async fn restart(&self) {
         self.stop();
         // The aborted loop drops its listener at its next poll; bind once the port is free.
@@ -103,7 +295,10 @@ impl S3Server {
                 Err(e) => panic!("cannot listen on {} again: {e}", self.addr),
             }
         };
-        let task = tokio::spawn(serve_s3(listener, self.root.clone()));
+        let task = match &self.external {
+            Some(external) => tokio::spawn(serve_relay(listener, external.upstream.clone())),
+            None => tokio::spawn(serve_s3(listener, self.root.clone())),
+        };
         *self.task.lock().unwrap() = Some(task);
     }
 }
@@ -111,6 +306,27 @@ impl S3Server {
 impl Drop for S3Server {
     fn drop(&mut self) {
         self.stop();
+        // An external store: remove the test's bucket with whatever it holds.
+        if let Some(external) = &self.external {
+            let bucket = external.bucket.clone();
+            block_on(async move {
+                for upload in bucket
+                    .list_multiparts_uploads(None, None)
+                    .await
+                    .unwrap_or_default()
+                    .into_iter()
+                    .flat_map(|page| page.uploads)
+                {
+                    let _ = bucket.abort_upload(&upload.key, &upload.id).await;
+                }
+                for page in bucket.list(String::new(), None).await.unwrap_or_default() {
+                    for object in page.contents {
+                        let _ = bucket.delete_object(&object.key).await;
+                    }
+                }
+                let _ = bucket.delete().await;
+            });
+        }
     }
 }
 
@@ -131,6 +347,25 @@ async fn serve_s3(listener: TcpListener, root: PathBuf) {
             let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                 .serve_connection(TokioIo::new(stream), service)
                 .await;
+        });
+    }
+}
+
+/// Relay TCP connections to `upstream` until aborted; aborting also ends every connection.
+async fn serve_relay(listener: TcpListener, upstream: String) {
+    let mut connections = tokio::task::JoinSet::new();
+    loop {
+        let Ok((mut client, _)) = listener.accept().await else {
+            continue;
+        };
+        while connections.try_join_next().is_some() {}
+        let upstream = upstream.clone();
+        connections.spawn(async move {
+            if let Ok(mut store) = tokio::net::TcpStream::connect(&upstream).await {
+                let _ = store.set_nodelay(true);
+                let _ = client.set_nodelay(true);
+                let _ = tokio::io::copy_bidirectional(&mut client, &mut store).await;
+            }
         });
     }
 }
@@ -291,12 +526,12 @@ pub fn upload_config() -> UploadConfig {
 }
 
 /// The proxy's configuration for tests: loopback, ephemeral ports, small parts.
-pub fn serve_config(s3_endpoint: &str, upstream: &str) -> ServeConfig {
+pub fn serve_config(s3: &S3Server, upstream: &str) -> ServeConfig {
     ServeConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
         metrics_listen: "127.0.0.1:0".parse().unwrap(),
         upstream: upstream.parse().unwrap(),
-        store: store_config(s3_endpoint, ""),
+        store: s3.store_config(""),
         upload: upload_config(),
         download: Default::default(),
         security: mlflow_artifact_proxy::security::Security::default(),
@@ -316,6 +551,7 @@ pub fn test_transfers() -> mlflow_artifact_proxy::transfers::TransferConfig {
 
 pub const TEST_SIGNING_KEY: &[u8] = &[7; 32];
 
+/// The in-process server's settings (see `S3Server::store_config` for any store).
 pub fn store_config(endpoint: &str, prefix: &str) -> StoreConfig {
     StoreConfig {
         endpoint: url::Url::parse(endpoint).unwrap(),
@@ -372,7 +608,7 @@ impl Harness {
     pub async fn start_configured(adjust: impl FnOnce(&mut ServeConfig)) -> Harness {
         let s3 = S3Server::start().await;
         let mlflow = FakeMlflow::start().await;
-        let mut config = serve_config(&s3.endpoint, &format!("http://{}", mlflow.addr));
+        let mut config = serve_config(&s3, &format!("http://{}", mlflow.addr));
         adjust(&mut config);
         let proxy = Proxy::start(config).await.unwrap();
         let base = format!("http://{}", proxy.addr);
