@@ -258,6 +258,7 @@ impl ServeArgs {
                 self.upload_budget_mib, self.part_size_mib
             ));
         }
+        let trusted_proxies = self.forwarding.build()?;
         Ok(ServeConfig {
             listen: self.listen,
             metrics_listen: self.metrics_listen,
@@ -265,7 +266,7 @@ impl ServeArgs {
             store: self.store.build()?,
             security: self.security.build()?,
             auth: self.auth.build()?,
-            transfers: self.transfers.build()?,
+            transfers: self.transfers.build(&trusted_proxies)?,
             upload: UploadConfig {
                 single_put_max: self.single_put_max_mib * MIB,
                 part_size: usize::try_from(self.part_size_mib * MIB).map_err(|e| e.to_string())?,
@@ -275,7 +276,7 @@ impl ServeArgs {
             download: self.download.build()?,
             shutdown_grace: Duration::from_secs(self.shutdown_grace_secs),
             timeouts: self.timeouts.build()?,
-            trusted_proxies: self.forwarding.build()?,
+            trusted_proxies,
             body_idle_timeout: Duration::from_secs(self.body_idle_timeout_secs.max(1)),
         })
     }

@@ -1,12 +1,14 @@
 //! The address clients reach the proxy at, for the URLs it hands out: configured, or taken from
 //! the request (its Host; X-Forwarded-Proto/-Host only when a trusted front proxy sent them).
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::str::FromStr;
 
 use clap::Args;
 use http::HeaderMap;
 use http::uri::Authority;
+
+use crate::forwarding::TrustedProxies;
 
 /// The TCP peer of a request, put into its extensions by the listener.
 #[derive(Clone, Copy, Debug)]
@@ -18,21 +20,18 @@ pub struct PublicUrlArgs {
     /// multipart-upload and download URLs the proxy hands out. Unset: taken from each request.
     #[arg(long, env = "PROXY_PUBLIC_URL")]
     pub public_url: Option<String>,
-    /// Front proxies (comma-separated addresses or CIDRs) whose X-Forwarded-Proto and
-    /// X-Forwarded-Host are believed when PROXY_PUBLIC_URL is not set.
-    #[arg(long, env = "PROXY_TRUSTED_PROXIES", default_value = "")]
-    pub trusted_proxies: String,
 }
 
 #[derive(Clone, Debug, Default)]
 pub struct PublicUrl {
     /// `scheme://host[:port][/prefix]`, no trailing slash.
     fixed: Option<String>,
-    trusted: Vec<(IpAddr, u8)>,
+    /// Whose X-Forwarded-Proto/-Host are believed (PROXY_TRUSTED_PROXIES, `forwarding`).
+    trusted: TrustedProxies,
 }
 
 impl PublicUrlArgs {
-    pub fn build(&self) -> Result<PublicUrl, String> {
+    pub fn build(&self, trusted: TrustedProxies) -> Result<PublicUrl, String> {
         let fixed = match self.public_url.as_deref().filter(|u| !u.is_empty()) {
             None => None,
             Some(raw) => {
@@ -49,45 +48,7 @@ impl PublicUrlArgs {
                 Some(url.as_str().trim_end_matches('/').to_owned())
             }
         };
-        let trusted = parse_trusted(&self.trusted_proxies)?;
         Ok(PublicUrl { fixed, trusted })
-    }
-}
-
-/// `10.0.0.1, 10.1.0.0/16, ::1` → networks.
-fn parse_trusted(list: &str) -> Result<Vec<(IpAddr, u8)>, String> {
-    list.split(',')
-        .map(str::trim)
-        .filter(|item| !item.is_empty())
-        .map(|item| {
-            let bad = || format!("PROXY_TRUSTED_PROXIES: {item:?} is not an address or CIDR");
-            let (ip, bits) = item.split_once('/').unwrap_or((item, ""));
-            let ip = IpAddr::from_str(ip).map_err(|_| bad())?.to_canonical();
-            let max = if ip.is_ipv4() { 32 } else { 128 };
-            let bits = if bits.is_empty() {
-                max
-            } else {
-                bits.parse::<u8>()
-                    .ok()
-                    .filter(|b| *b <= max)
-                    .ok_or_else(bad)?
-            };
-            Ok((ip, bits))
-        })
-        .collect()
-}
-
-fn in_network(ip: IpAddr, (net, bits): (IpAddr, u8)) -> bool {
-    match (ip.to_canonical(), net) {
-        (IpAddr::V4(a), IpAddr::V4(n)) => {
-            let mask = u32::MAX.checked_shl(32 - u32::from(bits)).unwrap_or(0);
-            u32::from(a) & mask == u32::from(n) & mask
-        }
-        (IpAddr::V6(a), IpAddr::V6(n)) => {
-            let mask = u128::MAX.checked_shl(128 - u32::from(bits)).unwrap_or(0);
-            u128::from(a) & mask == u128::from(n) & mask
-        }
-        _ => false,
     }
 }
 
@@ -108,13 +69,13 @@ impl PublicUrl {
     pub fn fixed(url: &str) -> PublicUrl {
         PublicUrl {
             fixed: Some(url.trim_end_matches('/').to_owned()),
-            trusted: Vec::new(),
+            trusted: TrustedProxies::default(),
         }
     }
 
     /// Whether the peer is a configured front proxy.
     pub fn is_trusted(&self, peer: Option<SocketAddr>) -> bool {
-        peer.is_some_and(|peer| self.trusted.iter().any(|net| in_network(peer.ip(), *net)))
+        peer.is_some_and(|peer| self.trusted.trusts(peer.ip()))
     }
 
     /// `scheme://authority[/prefix]` for a request, or None when it names no usable host.
@@ -154,12 +115,9 @@ mod tests {
 
     #[test]
     fn forwarded_headers_only_from_trusted_proxies() {
-        let public = PublicUrlArgs {
-            public_url: None,
-            trusted_proxies: "10.0.0.0/8, ::1".into(),
-        }
-        .build()
-        .unwrap();
+        let public = PublicUrlArgs { public_url: None }
+            .build("10.0.0.0/8, ::1".parse().unwrap())
+            .unwrap();
         let h = headers(&[
             ("host", "internal:5000"),
             ("x-forwarded-proto", "https"),
@@ -188,9 +146,8 @@ mod tests {
     fn configured_url_wins() {
         let public = PublicUrlArgs {
             public_url: Some("https://ml.example.com/mlflow/".into()),
-            trusted_proxies: String::new(),
         }
-        .build()
+        .build(TrustedProxies::default())
         .unwrap();
         assert_eq!(
             public.base(&headers(&[("host", "x")]), None).as_deref(),
@@ -199,12 +156,9 @@ mod tests {
         assert!(
             PublicUrlArgs {
                 public_url: Some("ftp://x".into()),
-                trusted_proxies: String::new()
             }
-            .build()
+            .build(TrustedProxies::default())
             .is_err()
         );
-        assert!(parse_trusted("10.0.0.0/33").is_err());
-        assert!(parse_trusted("nope").is_err());
     }
 }

@@ -64,7 +64,10 @@ pub struct TransferConfig {
 }
 
 impl TransferArgs {
-    pub fn build(&self) -> Result<TransferConfig, String> {
+    pub fn build(
+        &self,
+        trusted: &crate::forwarding::TrustedProxies,
+    ) -> Result<TransferConfig, String> {
         let max_part = self.mpu_max_part_mib.saturating_mul(1024 * 1024);
         if max_part == 0 || max_part > S3_MAX_PART {
             return Err(format!(
@@ -106,7 +109,7 @@ impl TransferArgs {
                 .then(|| Duration::from_secs(self.mpu_stale_hours.saturating_mul(3600))),
             sweep_interval: Duration::from_secs(self.mpu_sweep_interval_secs),
             signer,
-            public_url: self.public_url.build()?,
+            public_url: self.public_url.build(trusted.clone())?,
         })
     }
 }

@@ -462,12 +462,9 @@ async fn presigned_download_serves_the_object_with_and_without_range() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn public_url_and_trusted_proxies_shape_the_urls() {
     let mut transfers = test_transfers();
-    transfers.public_url = mlflow_artifact_proxy::public_url::PublicUrlArgs {
-        public_url: None,
-        trusted_proxies: "127.0.0.1".into(),
-    }
-    .build()
-    .unwrap();
+    transfers.public_url = mlflow_artifact_proxy::public_url::PublicUrlArgs { public_url: None }
+        .build("127.0.0.1".parse().unwrap())
+        .unwrap();
     let h = Harness::start_with_transfers(upload_config(), "", transfers).await;
     h.put("1/a.txt", b"hello".to_vec()).await;
     let response = h
