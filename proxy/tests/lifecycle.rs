@@ -156,6 +156,8 @@ async fn sigterm_lets_the_upload_in_flight_finish_and_exits_0() {
             .env("PROXY_METRICS_LISTEN", "127.0.0.1:0")
             .env("PROXY_UPSTREAM", format!("http://{}", mlflow.addr))
             .env("PROXY_SHUTDOWN_GRACE_SECS", "30")
+            // The fake MLflow has no auth app to ask: this test is about shutdown.
+            .env("PROXY_MLFLOW_AUTH", "off")
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
             .stderr(Stdio::piped())
