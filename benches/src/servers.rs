@@ -77,6 +77,13 @@ pub fn upstream_stand_in() -> Handler {
             drain(request.into_body()).await;
             if path == "/health" {
                 respond(StatusCode::OK, "text/plain; charset=utf-8", "OK")
+            } else if path.ends_with("/mlflow/users/current") {
+                // As MLflow without its auth app: the proxy's `auto` mode then checks nothing.
+                respond(
+                    StatusCode::NOT_FOUND,
+                    "text/plain; charset=utf-8",
+                    "Not Found",
+                )
             } else {
                 respond(
                     StatusCode::OK,
