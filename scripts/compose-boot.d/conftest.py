@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 
 # The client's environment, before anything imports mlflow: the tracking URI and nothing else.
 for _k in list(os.environ):
@@ -27,6 +28,9 @@ def pytest_sessionfinish(session, exitstatus):
 
 
 def pytest_terminal_summary(terminalreporter):
+    boot = sys.modules.get("test_boot")
+    for what, seconds in getattr(boot, "TIMINGS", {}).items():
+        terminalreporter.write_line(f"{what}: {seconds:.1f} s")
     if _SKIPPED:
         terminalreporter.write_line(
             f"FAILING THE RUN: {len(_SKIPPED)} test(s) were skipped, and skipped does not count as passed:"

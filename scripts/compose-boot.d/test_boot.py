@@ -33,8 +33,9 @@ MODEL_NAME = "compose-boot-model"
 BIG_MIB = 200
 INVALID_HOST = "Invalid Host header - possible DNS rebinding attack detected"
 
-# What the tests hand on to the next ones.
+# What the tests hand on to the next ones, and figures for the summary (conftest prints them).
 STATE: dict = {}
+TIMINGS: dict[str, float] = {}
 
 
 # ------------------------------------------------------------------------------------------ helpers
@@ -200,7 +201,8 @@ def test_up_builds_and_starts_in_documented_order(tmp_path_factory):
     assert at("proxy", "start") < at("proxy", healthy)
     for service in LONG_RUNNING:
         assert not [a for (s, a) in first if s == service and a.startswith("die")], f"{service} died"
-    print(f"\nbuild + start: {STATE['build_and_start_s']:.0f} s, all healthy after {STATE['ready_s']:.0f} s")
+    TIMINGS["up -d --build returned"] = STATE["build_and_start_s"]
+    TIMINGS["all healthy after"] = STATE["ready_s"]
 
 
 def test_published_ports_are_exactly_the_documented_ones():
@@ -277,7 +279,8 @@ def test_the_mlflow_client_logs_registers_and_downloads(tmp_path):
     started = time.monotonic()
     back = Path(mlflow.artifacts.download_artifacts(run_id=active.info.run_id, dst_path=str(tmp_path / "back")))
     download_s = time.monotonic() - started
-    assert tree_hashes(back) == sent
+    # MLflow 3 keeps logged models apart from the run's artifacts; allow them under model/ all the same.
+    assert {k: v for k, v in tree_hashes(back).items() if not k.startswith("model/")} == sent
 
     versions = mlflow.MlflowClient().search_model_versions(f"name='{MODEL_NAME}'")
     assert [v.version for v in versions] == ["1"]
@@ -285,7 +288,8 @@ def test_the_mlflow_client_logs_registers_and_downloads(tmp_path):
 
     STATE.update(run_id=active.info.run_id, artifact_uri=run_info.info.artifact_uri, sent=sent,
                  experiment_id=active.info.experiment_id)
-    print(f"\n{BIG_MIB} MiB + files: upload {upload_s:.1f} s, download {download_s:.1f} s")
+    TIMINGS[f"client upload ({BIG_MIB} MiB + files)"] = upload_s
+    TIMINGS[f"client download ({BIG_MIB} MiB + files)"] = download_s
 
 
 def test_artifacts_are_in_the_s3_volume_and_runs_in_the_database_volume():
@@ -363,7 +367,7 @@ def test_down_then_up_brings_the_data_back(tmp_path):
     assert run_info.data.params == {"alpha": "0.5", "layers": "3"}
     assert run_info.data.metrics == {"loss": 0.2}
     back = Path(mlflow.artifacts.download_artifacts(run_id=STATE["run_id"], dst_path=str(tmp_path / "again")))
-    assert tree_hashes(back) == STATE["sent"]
+    assert {k: v for k, v in tree_hashes(back).items() if not k.startswith("model/")} == STATE["sent"]
     assert predict_with(f"models:/{MODEL_NAME}/1") == [4, 5, 6]
 
 
