@@ -40,12 +40,14 @@ if [ -z "${BACKEND_STORE_URI:-}" ]; then
     BACKEND_STORE_URI="mysql://${db_user}:${db_pass}@${MYSQL_HOST:-mysql}:${MYSQL_TCP_PORT:-3306}/${MYSQL_DATABASE:-mlflowdb}"
 fi
 
-# Idempotent: creates the schema on an empty database, migrates an old one, no-op otherwise.
 case "${MLFLOW_DB_UPGRADE:-true}" in
-    true) mlflow db upgrade "$BACKEND_STORE_URI" ;;
-    false) ;;
+    true | false) ;;
     *) echo "entrypoint.sh: MLFLOW_DB_UPGRADE must be true or false, not '$MLFLOW_DB_UPGRADE'" >&2; exit 2 ;;
 esac
+# Idempotent: creates the schema on an empty database, migrates an old one, no-op otherwise.
+# Skipped with MLFLOW_DB_UPGRADE=false (Kubernetes runs it once, as a hook Job).
+[ "${MLFLOW_DB_UPGRADE:-true}" = false ] ||
+mlflow db upgrade "$BACKEND_STORE_URI"
 
 if [ "${MLFLOW_AUTH:-false}" = true ]; then
     if [ -z "${MLFLOW_AUTH_ADMIN_PASSWORD:-}" ]; then

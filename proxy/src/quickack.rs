@@ -4,6 +4,10 @@
 //! body waits until the headers are acknowledged; Linux delays that ACK by up to 40 ms. Measured
 //! through the proxy before this: `/health` took 44 ms where MLflow answers in 1 ms. Re-arming
 //! `TCP_QUICKACK` after every read (the flag does not stick) makes the kernel ACK immediately.
+//! On a kept-alive connection it must also be re-armed after every write: sending a request
+//! within the delayed-ACK timeout of the last response puts the socket back in "pingpong"
+//! (interactive) mode, whose ACKs are delayed. Without that, 8 clients at 150 req/s through
+//! pooled connections saw p50 35 ms instead of 6 ms.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -69,7 +73,11 @@ impl Write for QuickAckStream {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.0).poll_write(cx, buf)
+        let polled = Pin::new(&mut self.0).poll_write(cx, buf);
+        if polled.is_ready() {
+            self.ack_now();
+        }
+        polled
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
@@ -89,7 +97,11 @@ impl Write for QuickAckStream {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.0).poll_write_vectored(cx, bufs)
+        let polled = Pin::new(&mut self.0).poll_write_vectored(cx, bufs);
+        if polled.is_ready() {
+            self.ack_now();
+        }
+        polled
     }
 }
 
