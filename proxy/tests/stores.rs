@@ -210,13 +210,17 @@ async fn listing_encoding_on_the_store_and_through_the_proxy() {
     .await;
     assert_eq!(status, 200, "{xml}");
     // s3s-fs echoes EncodingType=url but sends the keys as they are, so a client that decodes
-    // them (boto3) turns '+' into a space; Garage encodes them as asked.
+    // them (boto3) turns '+' into a space; Garage encodes them as asked, '/' included.
     assert_eq!(
         xml_values(&xml, "Key"),
         per_store(
             &h.s3,
             vec!["enc/100%.txt", "enc/a b.txt", "enc/plus+sign.txt"],
-            vec!["enc/100%25.txt", "enc/a%20b.txt", "enc/plus%2Bsign.txt"],
+            vec![
+                "enc%2F100%25.txt",
+                "enc%2Fa%20b.txt",
+                "enc%2Fplus%2Bsign.txt"
+            ],
         )
     );
     assert_eq!(xml_values(&xml, "EncodingType"), vec!["url"]);
@@ -390,4 +394,25 @@ async fn a_store_refusing_the_proxy_gives_the_same_answer_everywhere() {
         );
     }
     assert_eq!(s3.keys(), Vec::<String>::new());
+}
+
+/// MLflow keeps a "." segment in the key (`d/./x.txt`); S3 keys are opaque, so a real store holds
+/// exactly that key. The proxy drops the segment today: rust-s3 builds the URL it signs with
+/// `url::Url`, which removes "." segments (s3s-fs hides it: both names are the same file there).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "proxy bug: rust-s3 normalises '.' segments out of object URLs (docs/stores.md); run with --ignored"]
+async fn dot_segments_keep_mlflows_key() {
+    let h = Harness::start().await;
+    let put = raw_request(
+        h.proxy.addr,
+        "PUT",
+        "/api/2.0/mlflow-artifacts/artifacts/d/./x.txt",
+        b"dot",
+    )
+    .await;
+    assert_eq!(put.status, 200);
+    assert_eq!(
+        h.s3.keys(),
+        vec![per_store(&h.s3, "d/x.txt", "d/./x.txt").to_owned()]
+    );
 }
