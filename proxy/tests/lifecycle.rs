@@ -117,7 +117,7 @@ async fn draining_answers_503_refuses_new_connections_and_finishes_transfers() {
 
     let status = finish_put(upload, &data, MIB).await;
     assert_eq!(status, "HTTP/1.1 200 OK");
-    let stored = std::fs::read(h.s3.object_path("drain/a.bin")).unwrap();
+    let stored = h.s3.object("drain/a.bin").expect("stored");
     assert_eq!(sha256(&stored), sha256(&data));
     let started = Instant::now();
     let Harness { proxy, .. } = h;
@@ -148,10 +148,14 @@ async fn sigterm_lets_the_upload_in_flight_finish_and_exits_0() {
     let mut child = Killed(
         Command::new(env!("CARGO_BIN_EXE_mlflow-artifact-proxy"))
             .env_clear()
-            .env("MLFLOW_ARTIFACTS_DESTINATION", format!("s3://{BUCKET}/"))
+            .env(
+                "MLFLOW_ARTIFACTS_DESTINATION",
+                format!("s3://{}/", s3.bucket),
+            )
             .env("MLFLOW_S3_ENDPOINT_URL", &s3.endpoint)
-            .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
-            .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+            .env("AWS_ACCESS_KEY_ID", &s3.access_key)
+            .env("AWS_SECRET_ACCESS_KEY", &s3.secret_key)
+            .env("AWS_DEFAULT_REGION", &s3.region)
             .env("PROXY_LISTEN", "127.0.0.1:0")
             .env("PROXY_METRICS_LISTEN", "127.0.0.1:0")
             .env("PROXY_UPSTREAM", format!("http://{}", mlflow.addr))
@@ -229,7 +233,7 @@ async fn sigterm_lets_the_upload_in_flight_finish_and_exits_0() {
         signalled.elapsed() < Duration::from_secs(10),
         "exit waited for the grace period"
     );
-    let stored = std::fs::read(s3.object_path("term/b.bin")).unwrap();
+    let stored = s3.object("term/b.bin").expect("stored");
     assert_eq!(sha256(&stored), sha256(&data));
 }
 

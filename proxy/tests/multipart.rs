@@ -122,7 +122,7 @@ async fn client_driven_upload_end_to_end() {
     )
     .await;
     assert_eq!((status, body), (200, json!({})));
-    let stored = std::fs::read(h.s3.object_path("1/r/artifacts/sub/big.bin")).unwrap();
+    let stored = h.s3.object("1/r/artifacts/sub/big.bin").expect("stored");
     assert_eq!(sha256(&stored), sha256(&data));
     assert_eq!(h.s3.multipart_leftovers(), Vec::<String>::new());
     assert_eq!(h.mlflow.count(), 0, "nothing went to MLflow");
@@ -159,7 +159,7 @@ async fn another_replica_with_the_same_key_takes_the_parts() {
     .await;
     assert_eq!(status, 200);
     assert_eq!(
-        std::fs::read(h.s3.object_path("1/r/artifacts/x.bin")).unwrap(),
+        h.s3.object("1/r/artifacts/x.bin").expect("stored"),
         vec![1; 1000]
     );
 }
