@@ -326,7 +326,10 @@ def test_grant_and_revoke_take_effect_within_10_s(world):
 
 def test_real_client_with_credentials(world, tmp_path, monkeypatch):
     import mlflow
+    import requests
     from mlflow.exceptions import MlflowException
+
+    refused = (MlflowException, requests.HTTPError)
 
     def as_user(role: str):
         header = world.users[role]["Authorization"].split()[1]
@@ -341,6 +344,8 @@ def test_real_client_with_credentials(world, tmp_path, monkeypatch):
     as_user("editor")
     client = mlflow.MlflowClient(PROXY_URL)
     run = client.create_run(world.exp)
+    # The client caches an artifact repository per run: the stock-MLflow comparison needs its own.
+    stock_run = client.create_run(world.exp).info.run_id
     client.log_artifact(run.info.run_id, str(src), "notes")
     out = client.download_artifacts(run.info.run_id, "notes", str(tmp_path / "down"))
     assert (tmp_path / "down" / "notes" / "model-notes.txt").read_bytes() == payload, out
@@ -351,18 +356,23 @@ def test_real_client_with_credentials(world, tmp_path, monkeypatch):
     out = client.download_artifacts(run.info.run_id, "notes/model-notes.txt", str(tmp_path / "r"))
     assert open(out, "rb").read() == payload
 
-    def refusal(base: str) -> str:
-        with pytest.raises(MlflowException) as caught:
-            mlflow.MlflowClient(base).log_artifact(run.info.run_id, str(src), "reader-notes")
-        return str(caught.value).replace(base, "<server>")
+    def refusal(base: str, run_id: str) -> str:
+        # The artifact repository resolves `mlflow-artifacts:` against the global tracking URI.
+        mlflow.set_tracking_uri(base)
+        with pytest.raises(refused) as caught:
+            mlflow.MlflowClient(base).log_artifact(run_id, str(src), "reader-notes")
+        text = f"{type(caught.value).__name__}: {caught.value}"
+        assert base in text, f"the request did not go to {base}: {text}"
+        return text.replace(base, "<server>").replace(run_id, "<run>")
 
-    via_proxy, via_stock = refusal(PROXY_URL), refusal(MLFLOW_URL)
+    via_proxy, via_stock = refusal(PROXY_URL, run.info.run_id), refusal(MLFLOW_URL, stock_run)
+    mlflow.set_tracking_uri(PROXY_URL)
     assert via_proxy == via_stock, (via_proxy, via_stock)
     assert "403" in via_proxy and "Permission denied" in via_proxy, via_proxy
 
     # Wrong password: MLflow's 401, through the proxy as from MLflow.
     monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "wrong")
-    with pytest.raises(MlflowException) as caught:
+    with pytest.raises(refused) as caught:
         client.download_artifacts(run.info.run_id, "notes/model-notes.txt", str(tmp_path / "w"))
     assert "401" in str(caught.value), caught.value
 
