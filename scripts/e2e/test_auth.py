@@ -73,6 +73,7 @@ def make_user(name: str, password: str, grants: list[tuple[str, str, str]]):
 
 @pytest.fixture(scope="module")
 def world() -> World:
+    assert SETTINGS.get("STACK_AUTH") == "true", "the auth suite needs the stack with MLflow's auth app: scripts/stack up --auth"
     exp = api("POST", "/api/2.0/mlflow/experiments/create", {"name": f"auth-{SUFFIX}"})["experiment_id"]
     other = api("POST", "/api/2.0/mlflow/experiments/create", {"name": f"auth-other-{SUFFIX}"})["experiment_id"]
     run = api("POST", "/api/2.0/mlflow/runs/create", {"experiment_id": exp})["run"]["info"]["run_id"]
