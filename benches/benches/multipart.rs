@@ -262,9 +262,12 @@ async fn scenarios(
         let cpu = Cpu::start(pids);
         mpu_via_proxy(&proxy_url, "0/r/artifacts", "multi.bin", size, &chunk).await?;
         rows.push(row("upload: MLflow multipart through the proxy", cpu, size));
+        // Disk: s3s-fs keeps objects as files; only single.bin is needed below.
+        let _ = bucket.delete_object("0/r/artifacts/multi.bin").await;
         let cpu = Cpu::start(pids);
         mpu_direct(&bucket, "direct.bin", size, &chunk).await?;
         rows.push(row("upload: the same multipart straight to S3", cpu, size));
+        let _ = bucket.delete_object("direct.bin").await;
         let cpu = Cpu::start(pids);
         client::download(&artifact_url(&proxy_url, "single.bin"), Some(size)).await?;
         rows.push(row("download: one GET through the proxy", cpu, size));
@@ -334,6 +337,7 @@ async fn scenarios(
             cpu,
             wan_size,
         ));
+        let _ = bucket.delete_object("0/r/artifacts/wan-multi.bin").await;
         let cpu = Cpu::start(pids);
         client::download(&artifact_url(&relay_url, "wan-single.bin"), Some(wan_size)).await?;
         wan.push(row("download: one GET", cpu, wan_size));
