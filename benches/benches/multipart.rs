@@ -242,40 +242,52 @@ async fn scenarios(
     let bucket = bucket_for(&s3_url)?;
     let chunk = client::pattern();
 
-    println!("\n1. on loopback ({} MiB)", size / MIB);
-    let mut rows = Vec::new();
-    let cpu = Cpu::start(pids);
-    client::upload(
-        &artifact_url(&proxy_url, "single.bin"),
-        size,
-        chunk.clone(),
-        true,
-    )
-    .await?;
-    rows.push(row("upload: one PUT through the proxy", cpu, size));
-    let cpu = Cpu::start(pids);
-    mpu_via_proxy(&proxy_url, "0/r/artifacts", "multi.bin", size, &chunk).await?;
-    rows.push(row("upload: MLflow multipart through the proxy", cpu, size));
-    let cpu = Cpu::start(pids);
-    mpu_direct(&bucket, "direct.bin", size, &chunk).await?;
-    rows.push(row("upload: the same multipart straight to S3", cpu, size));
-    let cpu = Cpu::start(pids);
-    client::download(&artifact_url(&proxy_url, "single.bin"), Some(size)).await?;
-    rows.push(row("download: one GET through the proxy", cpu, size));
-    let cpu = Cpu::start(pids);
-    presigned_via_proxy(&proxy_url, "single.bin", size).await?;
-    rows.push(row(
-        "download: presigned ranges through the proxy",
-        cpu,
-        size,
-    ));
-    let cpu = Cpu::start(pids);
-    let url = bucket
-        .presign_get("single.bin", 600, None)
-        .await
-        .map_err(|e| e.to_string())?;
-    ranges(url, size, size).await?;
-    rows.push(row("download: the same ranges straight from S3", cpu, size));
+    let rounds = env_u64("BENCH_ROUNDS").unwrap_or(3).max(1) as usize;
+    println!(
+        "\n1. on loopback ({} MiB), median of {rounds} rounds",
+        size / MIB
+    );
+    let mut all: Vec<Vec<Row>> = Vec::new();
+    for _ in 0..rounds {
+        let mut rows = Vec::new();
+        let cpu = Cpu::start(pids);
+        client::upload(
+            &artifact_url(&proxy_url, "single.bin"),
+            size,
+            chunk.clone(),
+            true,
+        )
+        .await?;
+        rows.push(row("upload: one PUT through the proxy", cpu, size));
+        let cpu = Cpu::start(pids);
+        mpu_via_proxy(&proxy_url, "0/r/artifacts", "multi.bin", size, &chunk).await?;
+        rows.push(row("upload: MLflow multipart through the proxy", cpu, size));
+        // Disk: s3s-fs keeps objects as files; only single.bin is needed below.
+        let _ = bucket.delete_object("0/r/artifacts/multi.bin").await;
+        let cpu = Cpu::start(pids);
+        mpu_direct(&bucket, "direct.bin", size, &chunk).await?;
+        rows.push(row("upload: the same multipart straight to S3", cpu, size));
+        let _ = bucket.delete_object("direct.bin").await;
+        let cpu = Cpu::start(pids);
+        client::download(&artifact_url(&proxy_url, "single.bin"), Some(size)).await?;
+        rows.push(row("download: one GET through the proxy", cpu, size));
+        let cpu = Cpu::start(pids);
+        presigned_via_proxy(&proxy_url, "single.bin", size).await?;
+        rows.push(row(
+            "download: presigned ranges through the proxy",
+            cpu,
+            size,
+        ));
+        let cpu = Cpu::start(pids);
+        let url = bucket
+            .presign_get("single.bin", 600, None)
+            .await
+            .map_err(|e| e.to_string())?;
+        ranges(url, size, size.min(RANGE)).await?;
+        rows.push(row("download: the same ranges straight from S3", cpu, size));
+        all.push(rows);
+    }
+    let rows = medians(all);
     for r in &rows {
         r.print();
     }
@@ -290,7 +302,7 @@ async fn scenarios(
     );
 
     println!(
-        "\n2. WAN-like link: {} MiB/s per connection each way (a relay in this process), {} MiB",
+        "\n2. WAN-like link: {} MiB/s per connection each way (a relay in this process), {} MiB, median of {rounds}",
         wan_rate / MIB,
         wan_size / MIB
     );
@@ -299,40 +311,46 @@ async fn scenarios(
         .map_err(|e| e.to_string())?;
     let relay_url = format!("http://{}", relay.local_addr().map_err(|e| e.to_string())?);
     tokio::spawn(relay_loop(relay, format!("127.0.0.1:{port}"), wan_rate));
-    let mut wan = Vec::new();
-    let cpu = Cpu::start(pids);
-    client::upload(
-        &artifact_url(&relay_url, "wan-single.bin"),
-        wan_size,
-        chunk.clone(),
-        true,
-    )
-    .await?;
-    wan.push(row("upload: one PUT", cpu, wan_size));
-    let cpu = Cpu::start(pids);
-    mpu_via_proxy(
-        &relay_url,
-        "0/r/artifacts",
-        "wan-multi.bin",
-        wan_size,
-        &chunk,
-    )
-    .await?;
-    wan.push(row(
-        "upload: MLflow multipart (4 connections)",
-        cpu,
-        wan_size,
-    ));
-    let cpu = Cpu::start(pids);
-    client::download(&artifact_url(&relay_url, "wan-single.bin"), Some(wan_size)).await?;
-    wan.push(row("download: one GET", cpu, wan_size));
-    let cpu = Cpu::start(pids);
-    presigned_via_proxy_chunked(&relay_url, "wan-single.bin", wan_size, 16 * MIB).await?;
-    wan.push(row(
-        "download: presigned 16 MiB ranges (4 connections)",
-        cpu,
-        wan_size,
-    ));
+    let mut all = Vec::new();
+    for _ in 0..rounds {
+        let mut wan = Vec::new();
+        let cpu = Cpu::start(pids);
+        client::upload(
+            &artifact_url(&relay_url, "wan-single.bin"),
+            wan_size,
+            chunk.clone(),
+            true,
+        )
+        .await?;
+        wan.push(row("upload: one PUT", cpu, wan_size));
+        let cpu = Cpu::start(pids);
+        mpu_via_proxy(
+            &relay_url,
+            "0/r/artifacts",
+            "wan-multi.bin",
+            wan_size,
+            &chunk,
+        )
+        .await?;
+        wan.push(row(
+            "upload: MLflow multipart (4 connections)",
+            cpu,
+            wan_size,
+        ));
+        let _ = bucket.delete_object("0/r/artifacts/wan-multi.bin").await;
+        let cpu = Cpu::start(pids);
+        client::download(&artifact_url(&relay_url, "wan-single.bin"), Some(wan_size)).await?;
+        wan.push(row("download: one GET", cpu, wan_size));
+        let cpu = Cpu::start(pids);
+        presigned_via_proxy_chunked(&relay_url, "wan-single.bin", wan_size, 16 * MIB).await?;
+        wan.push(row(
+            "download: 16 MiB presigned ranges (4 conns)",
+            cpu,
+            wan_size,
+        ));
+        all.push(wan);
+    }
+    let wan = medians(all);
     for r in &wan {
         r.print();
     }
@@ -344,6 +362,19 @@ async fn scenarios(
     proxy.stop();
     s3_process.stop();
     Ok(())
+}
+
+/// Per scenario, the round with the median time (its CPU figures with it).
+fn medians(mut rounds: Vec<Vec<Row>>) -> Vec<Row> {
+    let n = rounds.first().map_or(0, Vec::len);
+    let mut out = Vec::new();
+    for _ in 0..n {
+        let mut runs: Vec<Row> = rounds.iter_mut().filter_map(|r| r.pop()).collect();
+        runs.sort_by(|a, b| a.secs.total_cmp(&b.secs));
+        out.push(runs.swap_remove(runs.len() / 2));
+    }
+    out.reverse();
+    out
 }
 
 fn row(name: &'static str, cpu: Cpu, bytes: u64) -> Row {

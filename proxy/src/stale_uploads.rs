@@ -27,22 +27,11 @@ pub async fn sweep(store: &Store, age: Duration) -> Result<SweepReport, StoreErr
         root => format!("{root}/"),
     };
     let open = store.open_multipart_uploads(&root).await?;
-    let cutoff = now_secs().saturating_sub(age.as_secs());
     let mut report = SweepReport {
         open: open.len(),
         ..SweepReport::default()
     };
-    for (key, upload_id, initiated) in open {
-        let Some(started) = parse_timestamp(&initiated) else {
-            tracing::warn!(
-                key,
-                "upload with an unreadable Initiated time {initiated:?}: left"
-            );
-            continue;
-        };
-        if started > cutoff {
-            continue;
-        }
+    for (key, upload_id, initiated) in stale(open, now_secs(), age) {
         match store.abort_multipart(&key, &upload_id).await {
             Ok(()) => {
                 report.aborted += 1;
@@ -57,6 +46,27 @@ pub async fn sweep(store: &Store, age: Duration) -> Result<SweepReport, StoreErr
         }
     }
     Ok(report)
+}
+
+/// The uploads initiated more than `age` before `now`; one whose time cannot be read is left.
+fn stale(
+    open: Vec<(String, String, String)>,
+    now: u64,
+    age: Duration,
+) -> Vec<(String, String, String)> {
+    let cutoff = now.saturating_sub(age.as_secs());
+    open.into_iter()
+        .filter(|(key, _, initiated)| match parse_timestamp(initiated) {
+            Some(started) => started <= cutoff,
+            None => {
+                tracing::warn!(
+                    key,
+                    "upload with an unreadable Initiated time {initiated:?}: left"
+                );
+                false
+            }
+        })
+        .collect()
 }
 
 /// Sweep every `interval` (first after a random part of it, so that replicas started together
@@ -119,7 +129,26 @@ fn parse_timestamp(text: &str) -> Option<u64> {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_timestamp;
+    use super::{parse_timestamp, stale};
+    use std::time::Duration;
+
+    #[test]
+    fn only_uploads_older_than_the_age_are_stale() {
+        let upload =
+            |key: &str, initiated: &str| (key.to_owned(), "id".to_owned(), initiated.to_owned());
+        let now = parse_timestamp("2026-11-30T19:00:00.000Z").unwrap();
+        let open = vec![
+            upload("old", "2026-11-29T18:59:59.000Z"),
+            upload("exactly-a-day", "2026-11-29T19:00:00.000Z"),
+            upload("young", "2026-11-30T18:00:00.000Z"),
+            upload("unreadable", "yesterday"),
+        ];
+        let keys: Vec<String> = stale(open, now, Duration::from_secs(24 * 3600))
+            .into_iter()
+            .map(|(k, _, _)| k)
+            .collect();
+        assert_eq!(keys, ["old", "exactly-a-day"]);
+    }
 
     #[test]
     fn s3_timestamps() {

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{S3Server, raw_request, store_config, upload_config};
+use common::{S3Server, raw_request, serve_config};
 use http::{Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
@@ -19,7 +19,6 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use mlflow_artifact_proxy::Proxy;
 use mlflow_artifact_proxy::auth::{AuthConfig, Mode};
-use mlflow_artifact_proxy::config::ServeConfig;
 use tokio::net::TcpListener;
 
 /// `alice:pw`
@@ -96,20 +95,14 @@ fn answer(policy: &Policy, request: &Request<Incoming>) -> Response<Full<Bytes>>
 }
 
 async fn proxy(s3: &S3Server, upstream: SocketAddr, mode: Mode, ttl: Duration) -> Proxy {
-    let config = ServeConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        metrics_listen: "127.0.0.1:0".parse().unwrap(),
-        upstream: format!("http://{upstream}").parse().unwrap(),
-        store: store_config(&s3.endpoint, ""),
-        upload: upload_config(),
-        security: mlflow_artifact_proxy::security::Security::default(),
-        auth: AuthConfig {
-            mode,
-            cache_ttl: ttl,
-            ..AuthConfig::off()
-        },
-        shutdown_grace: Duration::from_secs(1),
+    let mut config = serve_config(s3, &format!("http://{upstream}"));
+    config.auth = AuthConfig {
+        mode,
+        cache_ttl: ttl,
+        ..AuthConfig::off()
     };
+    config.shutdown_grace = Duration::from_secs(1);
+
     Proxy::start(config).await.unwrap()
 }
 

@@ -132,14 +132,8 @@ async fn client_driven_upload_end_to_end() {
 async fn another_replica_with_the_same_key_takes_the_parts() {
     let h = Harness::start().await;
     // A second proxy on the same store and key; a third with another key.
-    let start = |key: &'static [u8]| {
-        let mut config = serve_config(&h.s3, &format!("http://{}", h.mlflow.addr));
-        config.transfers = mlflow_artifact_proxy::transfers::TransferConfig::with_key(key);
-        config.shutdown_grace = Duration::from_secs(1);
-        mlflow_artifact_proxy::Proxy::start(config)
-    };
-    let twin = start(TEST_SIGNING_KEY).await.unwrap();
-    let stranger = start(&[9; 32]).await.unwrap();
+    let twin = replica(&h, TEST_SIGNING_KEY).await;
+    let stranger = replica(&h, &[9; 32]).await;
     let created = create(&h, "1/r/artifacts", "x.bin", 1).await;
     let elsewhere = |proxy: &mlflow_artifact_proxy::Proxy| {
         created.urls[0].replace(&h.base, &format!("http://{}", proxy.addr))
@@ -259,11 +253,12 @@ async fn abort_leaves_no_parts_and_later_parts_are_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn parts_must_declare_a_size_within_bounds_and_send_it() {
     let mut transfers = test_transfers();
-    transfers.max_part = MIB as u64;
+    transfers.max_part = 512 * 1024;
     let h = Harness::start_with_transfers(upload_config(), "", transfers).await;
     let created = create(&h, "1/r/artifacts", "x.bin", 1).await;
     let url = created.urls[0].clone();
-    let too_big = put_part(&h, &url, vec![1; MIB + 1]).await;
+    // (A refused body up to 1 MiB is read and dropped, so the client sees the answer.)
+    let too_big = put_part(&h, &url, vec![1; 600 * 1024]).await;
     assert_eq!(too_big.status(), 413);
     // No Content-Length (chunked): 411.
     let chunks = futures_util::stream::iter(vec![Ok::<_, std::io::Error>(vec![1u8; 10])]);
@@ -282,7 +277,7 @@ async fn parts_must_declare_a_size_within_bounds_and_send_it() {
         let mut stream = tokio::net::TcpStream::connect(h.proxy.addr).await.unwrap();
         let head = format!(
             "PUT {target} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {}\r\n\r\n",
-            MIB
+            400 * 1024
         );
         stream.write_all(head.as_bytes()).await.unwrap();
         stream.write_all(&vec![2; 100_000]).await.unwrap();
@@ -496,4 +491,57 @@ async fn public_url_and_trusted_proxies_shape_the_urls() {
             .starts_with("https://mlflow.example.com/api/2.0/mlflow-artifacts/signed/object?"),
         "{answer}"
     );
+}
+
+/// Another proxy process on the harness's store and MLflow, with `key`.
+async fn replica(h: &Harness, key: &[u8]) -> mlflow_artifact_proxy::Proxy {
+    let mut config = serve_config(&h.s3, &format!("http://{}", h.mlflow.addr));
+    config.transfers = mlflow_artifact_proxy::transfers::TransferConfig::with_key(key);
+    config.shutdown_grace = Duration::from_secs(1);
+
+    mlflow_artifact_proxy::Proxy::start(config).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_that_shuts_down_leaves_client_uploads_to_the_others() {
+    let h = Harness::start().await;
+    let twin = replica(&h, TEST_SIGNING_KEY).await;
+    let twin_base = format!("http://{}", twin.addr);
+    let created = create(&h, "1/r/artifacts", "x.bin", 2).await;
+    let first = put_part(&h, &created.urls[0], vec![1; 5 * MIB]).await;
+    assert_eq!(first.status(), 200);
+    let etag1 = first.headers()["etag"].to_str().unwrap().to_owned();
+    // The replica that created the upload stops (as on SIGTERM), the upload still open.
+    let Harness {
+        s3, proxy, http, ..
+    } = h;
+    proxy.shutdown().await;
+    assert!(
+        s3.multipart_leftovers()
+            .iter()
+            .any(|f| f.contains(".upload-")),
+        "the upload is still open after the shutdown: {:?}",
+        s3.multipart_leftovers()
+    );
+    // The client carries on with the other replica: part 2, then complete.
+    let url2 = created.urls[1].replacen("http://", "", 1);
+    let url2 = format!("{twin_base}{}", &url2[url2.find('/').unwrap()..]);
+    let second = http.put(url2).body(vec![2; 1000]).send().await.unwrap();
+    assert_eq!(second.status(), 200);
+    let etag2 = second.headers()["etag"].to_str().unwrap().to_owned();
+    let done = http
+        .post(format!("{twin_base}{MPU}/complete/1/r/artifacts"))
+        .header("content-type", "application/json")
+        .body(
+            json!({"path": "x.bin", "upload_id": created.upload_id, "parts": [
+                {"part_number": 1, "etag": etag1}, {"part_number": 2, "etag": etag2}]})
+            .to_string(),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(done.status(), 200);
+    let stored = s3.object("1/r/artifacts/x.bin").expect("stored");
+    assert_eq!(stored.len(), 5 * MIB + 1000);
+    assert_eq!(s3.multipart_leftovers(), Vec::<String>::new());
 }

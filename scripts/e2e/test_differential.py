@@ -230,10 +230,15 @@ MISSING_404 = (
     "internal error), which the client retries 7 times with backoff; the proxy answers 404 RESOURCE_DOES_NOT_EXIST, "
     "which is what stock MLflow answers for a local destination"
 )
-MPU_501 = (
-    "stock MLflow on S3 hands out presigned S3 URLs, so clients would send bytes straight to S3 (which they may "
-    "not reach) and around the proxy; the proxy has multipart transfers off (server-info says so) and answers "
-    "501 NOT_IMPLEMENTED, on which the client falls back to a single PUT/GET through the proxy"
+URLS_ON_PROXY = (
+    "stock MLflow on S3 answers presigned URLs on the S3 store itself, which clients outside its network cannot "
+    "reach and which send the bytes around the proxy; the proxy answers the same JSON shape with URLs on the "
+    "proxy (signed/part, signed/object; docs/multipart.md), so the url values and the upload id differ"
+)
+UNKNOWN_UPLOAD = (
+    "an upload id the store does not know: stock crashes (HTML 500, which the client retries); the proxy "
+    "answers the store's refusal as the client's error (s3s-fs: 400 InvalidRequest for an id that is not a "
+    "UUID; S3 and MinIO say NoSuchUpload, which the proxy answers 404)"
 )
 
 # Store quirks (docs/stores.md): differences that come from the test store s3s-fs, not from the proxy.
@@ -298,11 +303,10 @@ DELIBERATE: dict[str, dict] = {
     "get-backslash-dotdot": D(
         MISSING_404 + " (a backslash is a plain character on Linux)", 500, 404, "RESOURCE_DOES_NOT_EXIST"
     ),
-    "presigned-file": D(MPU_501, 200, 501, "NOT_IMPLEMENTED"),
-    "mpu-create": D(MPU_501, 200, 501, "NOT_IMPLEMENTED"),
-    "mpu-complete": D(MPU_501 + " (stock: HTML 500 for an unknown upload id)", 500, 501, "NOT_IMPLEMENTED"),
-    "mpu-abort": D(MPU_501 + " (stock: HTML 500 for an unknown upload id)", 500, 501, "NOT_IMPLEMENTED"),
-    "presigned-missing": D(MPU_501, 404, 501, "NOT_IMPLEMENTED"),
+    "presigned-file": D(URLS_ON_PROXY, 200, 200, None),
+    "mpu-create": D(URLS_ON_PROXY, 200, 200, None),
+    "mpu-complete": D(UNKNOWN_UPLOAD, 500, 400, "INVALID_PARAMETER_VALUE"),
+    "mpu-abort": D(UNKNOWN_UPLOAD, 500, 400, "INVALID_PARAMETER_VALUE"),
     "get-range": D(RANGE, 200, 206, None, proxy_body=BIG[:100]),
     "get-directory": D(DIRECTORY, 200, 400, None, proxy_detail="Artifact path refers to a directory, not a file: '{P}/sub'"),
     "get-directory-slash": D(DIRECTORY, 200, 400, None),
@@ -470,13 +474,15 @@ def test_proxy_matches_stock(case: Case, s3, read_prefixes):
                 # the proxy's request must not have touched the stock side's copy
                 untouched = side_state(s3, prefixes["stock"]) == seeded_state()
 
-    if case.id == "mpu-create" and answers["stock"].status == 200:
-        # do not leave stock's multipart upload behind
-        upload_id = answers["stock"].json().get("upload_id")
-        raw_request(
-            MLFLOW_URL, "POST", f"{MPU}/abort/{prefixes['stock']}",
-            json.dumps({"path": "x.bin", "upload_id": upload_id}).encode(), JSON_CT,
-        )
+    if case.id == "mpu-create":
+        # do not leave either side's multipart upload behind
+        for side, base_url in (("proxy", PROXY_URL), ("stock", MLFLOW_URL)):
+            if answers[side].status == 200:
+                upload_id = answers[side].json().get("upload_id")
+                raw_request(
+                    base_url, "POST", f"{MPU}/abort/{prefixes[side]}",
+                    json.dumps({"path": "x.bin", "upload_id": upload_id}).encode(), JSON_CT,
+                )
 
     _SECURITY[case.id] = (security_headers(answers["stock"]), security_headers(answers["proxy"]))
 

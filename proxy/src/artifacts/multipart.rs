@@ -380,6 +380,23 @@ fn declared_length(headers: &HeaderMap) -> Result<u64, ProxyError> {
         .ok_or_else(|| bad_request("Invalid Content-Length"))
 }
 
+/// Read and drop up to `REFUSED_BODY_DRAIN` bytes (for at most a second) of a refused request's
+/// body: a client that sends its whole body before reading the answer (python-requests does)
+/// then sees the refusal instead of a reset connection. Anything larger is cut off.
+async fn discard_some(mut body: ProxyBody) {
+    const REFUSED_BODY_DRAIN: usize = 1024 * 1024;
+    let drain = async {
+        let mut seen = 0;
+        while seen < REFUSED_BODY_DRAIN {
+            match body.frame().await {
+                Some(Ok(frame)) => seen += frame.data_ref().map_or(0, Bytes::len),
+                _ => break,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), drain).await;
+}
+
 /// `PUT signed/part?token=`: the part's bytes, straight into S3 UploadPart.
 pub async fn upload_part(
     app: &Arc<App>,
@@ -388,18 +405,27 @@ pub async fn upload_part(
     if !app.transfers.config.uploads {
         return Err(ProxyError::not_implemented(UPLOADS_OFF));
     }
-    // Token first: a refused request gets its answer before any of its body is read.
-    let claims = verify_token(app, request.uri().query(), Grant::Part)?;
-    let len = declared_length(request.headers())?;
-    let max = app.transfers.config.max_part;
-    if len > max {
-        return Err(ProxyError::mlflow(
-            Side::Client,
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "BAD_REQUEST",
-            format!("A part may be at most {max} bytes; this one declares {len}"),
-        ));
-    }
+    // Token and size first: a refused part is never sent on to S3.
+    let checked = verify_token(app, request.uri().query(), Grant::Part).and_then(|claims| {
+        let len = declared_length(request.headers())?;
+        let max = app.transfers.config.max_part;
+        if len > max {
+            return Err(ProxyError::mlflow(
+                Side::Client,
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "BAD_REQUEST",
+                format!("A part may be at most {max} bytes; this one declares {len}"),
+            ));
+        }
+        Ok((claims, len))
+    });
+    let (claims, len) = match checked {
+        Ok(checked) => checked,
+        Err(refusal) => {
+            discard_some(request.into_body()).await;
+            return Err(refusal);
+        }
+    };
     // Tells a client whose body broke off (fewer bytes than declared) from a store failure.
     let client_failed = Arc::new(AtomicBool::new(false));
     let flag = client_failed.clone();

@@ -42,7 +42,8 @@ pub async fn presign(
         .head_object(&app.store.key(&path))
         .await
         .map_err(store_error)?
-        .ok_or_else(|| ProxyError::not_found(format!("No such artifact: '{path}'")))?;
+        // Stock's words: boto's message for a HeadObject 404.
+        .ok_or_else(|| ProxyError::not_found("Not Found"))?;
     let token = config
         .signer
         .sign(&Claims {
