@@ -342,9 +342,26 @@ pub fn parallelize(
     }
     app.downloads.metrics.parallel.inc();
     let (parts, first) = response.into_parts();
+    let download = Arc::new(Download {
+        app: app.clone(),
+        key: key.to_owned(),
+        plan,
+        config,
+    });
+    // The first chunk is the first GET's own body, ready before the scheduler runs, so the
+    // first byte waits for nothing new.
+    let slots = Arc::new(Semaphore::new(config.parallelism));
+    let Ok(slot) = slots.clone().try_acquire_owned() else {
+        return Response::from_parts(parts, first);
+    };
+    let (from, to) = download.chunk(0);
+    let head = Source::Direct {
+        frames: Box::pin(RangeReader::new(download.clone(), from, to, Some(first)).frames()),
+        _slot: slot,
+    };
     let shared = Arc::new(Mutex::new(State {
         queue: VecDeque::new(),
-        current: None,
+        current: Some(head),
         all_queued: false,
         cut: None,
         waker: None,
@@ -352,18 +369,12 @@ pub fn parallelize(
         waiting_for_store: true,
         body_gone: false,
     }));
-    let download = Arc::new(Download {
-        app: app.clone(),
-        key: key.to_owned(),
-        plan,
-        config,
-    });
     let body = Ordered {
         shared: shared.clone(),
         remaining: download.plan.len,
         metrics: app.downloads.metrics.clone(),
     };
-    tokio::spawn(download.schedule(first, shared));
+    tokio::spawn(download.schedule(slots, shared));
     Response::from_parts(parts, body.boxed())
 }
 
@@ -528,12 +539,10 @@ impl Download {
 
     /// Queue every chunk in order, each as soon as one of the `parallelism` slots is free (a
     /// slot is freed when the body has sent a chunk), and watch the client for idleness.
-    async fn schedule(self: Arc<Self>, first: ProxyBody, shared: Arc<Mutex<State>>) {
+    async fn schedule(self: Arc<Self>, slots: Arc<Semaphore>, shared: Arc<Mutex<State>>) {
         let chunks = self.plan.len.div_ceil(self.config.chunk);
-        let slots = Arc::new(Semaphore::new(self.config.parallelism));
         let check = (self.config.idle_timeout / 4).max(Duration::from_millis(50));
-        let mut first = Some(first);
-        for i in 0..chunks {
+        for i in 1..chunks {
             let slot = loop {
                 match tokio::time::timeout(check, slots.clone().acquire_owned()).await {
                     Ok(Ok(slot)) => break slot,
@@ -546,12 +555,7 @@ impl Download {
                 }
             };
             let (from, to) = self.chunk(i);
-            let budget = if i == 0 {
-                None
-            } else {
-                self.app.downloads.try_reserve(to - from)
-            };
-            let source = match budget {
+            let source = match self.app.downloads.try_reserve(to - from) {
                 Some(budget) => {
                     let (tx, rx) = mpsc::channel((to - from) as usize / BLOCK + 2);
                     let task = tokio::spawn(self.clone().read_ahead(from, to, tx));
@@ -563,9 +567,7 @@ impl Download {
                     }
                 }
                 None => Source::Direct {
-                    frames: Box::pin(
-                        RangeReader::new(self.clone(), from, to, first.take()).frames(),
-                    ),
+                    frames: Box::pin(RangeReader::new(self.clone(), from, to, None).frames()),
                     _slot: slot,
                 },
             };
