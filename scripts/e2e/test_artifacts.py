@@ -182,6 +182,14 @@ def round_trip(client, repo, run_id, path, digest, size, tmp_path, mode):
         "PUT and GET present",
         for_object,
     )
+    # a large object is read as parallel ranged GETs (8 MiB chunks by default): many GETs, one download
+    gets = [r for r in for_object if r["method"] == "GET"]
+    check(
+        len(gets) >= size // (8 << 20),
+        f"S3 GETs for {path.name}: the proxy read it as parallel ranged GETs (PROXY_DOWNLOAD_CHUNK_MIB=8)",
+        f"at least {size // (8 << 20)}",
+        len(gets),
+    )
     not_proxy = re.compile(r"python-requests|mlflow-python-client|Botocore|Boto3|aws-cli", re.I)
     from_python = [r for r in reqs if not_proxy.search(r["ua"])]
     check_equal(

@@ -21,12 +21,14 @@
 //! so hyper cuts the connection before the declared Content-Length: never a spliced file.
 
 use std::collections::VecDeque;
-use std::sync::Arc;
-use std::task::{Context, Poll};
-use std::time::Duration;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use clap::Args;
+use futures_util::Stream;
 use http::{HeaderMap, HeaderValue, Response, StatusCode, header};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
@@ -42,9 +44,7 @@ const MIB: u64 = 1024 * 1024;
 const BUDGET_UNIT: u64 = 1024;
 /// A read-ahead chunk is handed on in blocks of this size, so the head can start sending a
 /// chunk that is still arriving.
-const BLOCK: usize = 256 * 1024;
-/// Frames queued between the download's task and hyper.
-const CLIENT_QUEUE: usize = 4;
+const BLOCK: usize = 1024 * 1024;
 /// How long a ranged GET may take to answer, and its body between two frames, before the
 /// attempt counts as failed (and is retried).
 const STORE_STALL: Duration = Duration::from_secs(30);
@@ -254,19 +254,16 @@ enum Cut {
     Store,
     /// The client took nothing for the idle timeout.
     Idle,
-    /// The client went away (not counted: hyper already counts it).
-    Gone,
 }
 
 impl Cut {
     const REASONS: [&str; 3] = ["changed", "store", "idle"];
 
-    fn label(self) -> Option<&'static str> {
+    fn label(self) -> &'static str {
         match self {
-            Cut::Changed => Some("changed"),
-            Cut::Store => Some("store"),
-            Cut::Idle => Some("idle"),
-            Cut::Gone => None,
+            Cut::Changed => "changed",
+            Cut::Store => "store",
+            Cut::Idle => "idle",
         }
     }
 }
@@ -345,23 +342,105 @@ pub fn parallelize(
     }
     app.downloads.metrics.parallel.inc();
     let (parts, first) = response.into_parts();
-    let (tx, rx) = mpsc::channel(CLIENT_QUEUE);
-    let remaining = plan.len;
-    let download = Download {
+    let download = Arc::new(Download {
         app: app.clone(),
         key: key.to_owned(),
         plan,
         config,
+    });
+    // The first chunk is the first GET's own body, ready before the scheduler runs, so the
+    // first byte waits for nothing new.
+    let slots = Arc::new(Semaphore::new(config.parallelism));
+    let Ok(slot) = slots.clone().try_acquire_owned() else {
+        return Response::from_parts(parts, first);
     };
-    tokio::spawn(download.run(first, tx));
-    Response::from_parts(parts, Ordered { rx, remaining }.boxed())
+    let (from, to) = download.chunk(0);
+    let head = Source::Direct {
+        frames: Box::pin(RangeReader::new(download.clone(), from, to, Some(first)).frames()),
+        _slot: slot,
+    };
+    let shared = Arc::new(Mutex::new(State {
+        queue: VecDeque::new(),
+        current: Some(head),
+        all_queued: false,
+        cut: None,
+        waker: None,
+        last_poll: Instant::now(),
+        waiting_for_store: true,
+        body_gone: false,
+    }));
+    let body = Ordered {
+        shared: shared.clone(),
+        remaining: download.plan.len,
+        metrics: app.downloads.metrics.clone(),
+    };
+    tokio::spawn(download.schedule(slots, shared));
+    Response::from_parts(parts, body.boxed())
 }
 
-/// The body hyper polls: frames in order from the download's task. Ending before the declared
-/// length is an error, so the connection is cut rather than looking complete.
+/// The frames of one chunk, in order.
+enum Source {
+    /// Read ahead by a task of its own into one buffer, handed on in blocks.
+    Ahead {
+        rx: mpsc::Receiver<Result<Bytes, Cut>>,
+        task: JoinHandle<()>,
+        _budget: Reserved,
+        _slot: OwnedSemaphorePermit,
+    },
+    /// Not read ahead (the first GET's own body, or no budget): read when it is the head, one
+    /// frame per poll, at the client's pace.
+    Direct {
+        frames: Pin<Box<dyn Stream<Item = Result<Bytes, Cut>> + Send>>,
+        _slot: OwnedSemaphorePermit,
+    },
+}
+
+impl Source {
+    fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes, Cut>>> {
+        match self {
+            Source::Ahead { rx, .. } => rx.poll_recv(cx),
+            Source::Direct { frames, .. } => frames.as_mut().poll_next(cx),
+        }
+    }
+}
+
+impl Drop for Source {
+    fn drop(&mut self) {
+        if let Source::Ahead { task, .. } = self {
+            task.abort();
+        }
+    }
+}
+
+/// What the body and the download's scheduling task share.
+struct State {
+    /// Chunks after the current one, in order (at most parallelism - 1).
+    queue: VecDeque<Source>,
+    /// The chunk being sent (the head).
+    current: Option<Source>,
+    /// Every chunk has been queued.
+    all_queued: bool,
+    /// Set when the download is to end with a cut connection.
+    cut: Option<Cut>,
+    waker: Option<Waker>,
+    /// When hyper last asked for a frame, and whether the body is waiting for the store (then
+    /// a long gap is the store's doing, not the client's).
+    last_poll: Instant,
+    waiting_for_store: bool,
+    /// hyper dropped the body (the client went away, or the answer was sent).
+    body_gone: bool,
+}
+
+/// The body hyper polls: the chunks' frames in order. Ending before the declared length is an
+/// error, so the connection is cut rather than looking complete.
 struct Ordered {
-    rx: mpsc::Receiver<Result<Bytes, BodyError>>,
+    shared: Arc<Mutex<State>>,
     remaining: u64,
+    metrics: DownloadMetrics,
+}
+
+fn cut_error(cut: Cut) -> BodyError {
+    BodyError(format!("download cut ({})", cut.label()).into())
 }
 
 impl Body for Ordered {
@@ -369,29 +448,57 @@ impl Body for Ordered {
     type Error = BodyError;
 
     fn poll_frame(
-        mut self: std::pin::Pin<&mut Self>,
+        mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         if self.remaining == 0 {
             return Poll::Ready(None);
         }
-        match self.rx.poll_recv(cx) {
-            Poll::Ready(Some(Ok(data))) => {
-                self.remaining = self.remaining.saturating_sub(data.len() as u64);
-                Poll::Ready(Some(Ok(Frame::data(data))))
-            }
-            Poll::Ready(Some(Err(e))) => {
+        let shared = self.shared.clone();
+        let mut guard = shared.lock().unwrap_or_else(PoisonError::into_inner);
+        let state = &mut *guard;
+        state.last_poll = Instant::now();
+        state.waiting_for_store = false;
+        loop {
+            if let Some(cut) = state.cut {
                 self.remaining = 0;
-                Poll::Ready(Some(Err(e)))
+                return Poll::Ready(Some(Err(cut_error(cut))));
             }
-            Poll::Ready(None) => {
-                let missing = self.remaining;
-                self.remaining = 0;
-                Poll::Ready(Some(Err(cut_error(format!(
-                    "download ended {missing} bytes short"
-                )))))
+            if state.current.is_none() {
+                state.current = state.queue.pop_front();
             }
-            Poll::Pending => Poll::Pending,
+            let polled = match state.current.as_mut() {
+                Some(source) => source.poll_next(cx),
+                None if state.all_queued => {
+                    // Everything queued was sent, and still bytes short: never look complete.
+                    self.remaining = 0;
+                    return Poll::Ready(Some(Err(cut_error(Cut::Store))));
+                }
+                None => {
+                    state.waker = Some(cx.waker().clone());
+                    state.waiting_for_store = true;
+                    return Poll::Pending;
+                }
+            };
+            match polled {
+                Poll::Ready(Some(Ok(data))) => {
+                    self.remaining = self.remaining.saturating_sub(data.len() as u64);
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                // The chunk is done: its budget and its slot go back, the next one starts.
+                Poll::Ready(None) => state.current = None,
+                Poll::Ready(Some(Err(cut))) => {
+                    self.metrics.cuts.with_label_values(&[cut.label()]).inc();
+                    tracing::warn!("download cut: {}", cut.label());
+                    state.cut = Some(cut);
+                    state.current = None;
+                    state.queue.clear();
+                }
+                Poll::Pending => {
+                    state.waiting_for_store = true;
+                    return Poll::Pending;
+                }
+            }
         }
     }
 
@@ -404,29 +511,22 @@ impl Body for Ordered {
     }
 }
 
-fn cut_error(message: String) -> BodyError {
-    BodyError(message.into())
+impl Drop for Ordered {
+    fn drop(&mut self) {
+        // Free the chunks read ahead at once; the freed slots wake the scheduler, which stops.
+        let mut state = self.shared.lock().unwrap_or_else(PoisonError::into_inner);
+        state.body_gone = true;
+        state.current = None;
+        state.queue.clear();
+    }
 }
 
-/// One parallel download, run by its own task.
+/// One parallel download.
 struct Download {
     app: Arc<App>,
     key: String,
     plan: Plan,
     config: DownloadConfig,
-}
-
-/// A chunk being read ahead by a task of its own, into its channel.
-struct Ahead {
-    rx: mpsc::Receiver<Result<Bytes, Cut>>,
-    task: JoinHandle<()>,
-    _budget: Reserved,
-}
-
-impl Drop for Ahead {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
 }
 
 impl Download {
@@ -437,107 +537,83 @@ impl Download {
         (from, to)
     }
 
-    async fn run(self, first: ProxyBody, tx: mpsc::Sender<Result<Bytes, BodyError>>) {
-        let this = Arc::new(self);
-        let outcome = this.clone().deliver(first, &tx).await;
-        if let Err(cut) = outcome {
-            if let Some(reason) = cut.label() {
-                this.app
-                    .downloads
-                    .metrics
-                    .cuts
-                    .with_label_values(&[reason])
-                    .inc();
-                tracing::warn!(key = %this.key, reason, "download cut");
-            }
-            // The body ends in an error (hyper cuts the connection), after what is queued.
-            let _ = tx.try_send(Err(cut_error(format!("download cut: {cut:?}"))));
-        }
-    }
-
-    async fn deliver(
-        self: Arc<Self>,
-        first: ProxyBody,
-        tx: &mpsc::Sender<Result<Bytes, BodyError>>,
-    ) -> Result<(), Cut> {
+    /// Queue every chunk in order, each as soon as one of the `parallelism` slots is free (a
+    /// slot is freed when the body has sent a chunk), and watch the client for idleness.
+    async fn schedule(self: Arc<Self>, slots: Arc<Semaphore>, shared: Arc<Mutex<State>>) {
         let chunks = self.plan.len.div_ceil(self.config.chunk);
-        let mut ahead: VecDeque<(u64, Ahead)> = VecDeque::new();
-        // The next chunk that no ranged GET has been started for.
-        let mut next = 1;
-        let mut first = Some(first);
-        for head in 0..chunks {
-            // Chunks head..head + parallelism in flight: start the missing ones, in order,
-            // while the budget lasts.
-            let horizon = (head + self.config.parallelism as u64).min(chunks);
-            next = next.max(head + 1);
-            while next < horizon {
-                let (from, to) = self.chunk(next);
-                let Some(budget) = self.app.downloads.try_reserve(to - from) else {
-                    break;
-                };
-                let (chunk_tx, rx) = mpsc::channel((to - from) as usize / BLOCK + 2);
-                let task = tokio::spawn(self.clone().read_ahead(from, to, chunk_tx));
-                ahead.push_back((
-                    next,
-                    Ahead {
+        let check = (self.config.idle_timeout / 4).max(Duration::from_millis(50));
+        for i in 1..chunks {
+            let slot = loop {
+                match tokio::time::timeout(check, slots.clone().acquire_owned()).await {
+                    Ok(Ok(slot)) => break slot,
+                    Ok(Err(_)) => return,
+                    Err(_) => {
+                        if !self.watch(&shared) {
+                            return;
+                        }
+                    }
+                }
+            };
+            let (from, to) = self.chunk(i);
+            let source = match self.app.downloads.try_reserve(to - from) {
+                Some(budget) => {
+                    let (tx, rx) = mpsc::channel((to - from) as usize / BLOCK + 2);
+                    let task = tokio::spawn(self.clone().read_ahead(from, to, tx));
+                    Source::Ahead {
                         rx,
                         task,
                         _budget: budget,
-                    },
-                ));
-                next += 1;
-            }
-            let (from, to) = self.chunk(head);
-            match ahead.front() {
-                Some((i, _)) if *i == head => {
-                    let (_, mut chunk) = ahead.pop_front().expect("front exists");
-                    let mut got = 0;
-                    while let Some(block) = chunk.rx.recv().await {
-                        let block = block?;
-                        got += block.len() as u64;
-                        self.send(tx, block).await?;
-                    }
-                    if got != to - from {
-                        // The task ended without its bytes or an error: it was aborted.
-                        return Err(Cut::Store);
+                        _slot: slot,
                     }
                 }
-                _ => {
-                    // Not read ahead: stream it straight through with the client's pace.
-                    let body = if head == 0 { first.take() } else { None };
-                    let mut reader = RangeReader::new(&self, from, to, body);
-                    while let Some(frame) = reader.next().await? {
-                        self.send(tx, frame).await?;
-                    }
-                }
+                None => Source::Direct {
+                    frames: Box::pin(RangeReader::new(self.clone(), from, to, None).frames()),
+                    _slot: slot,
+                },
+            };
+            let mut state = shared.lock().unwrap_or_else(PoisonError::into_inner);
+            if state.cut.is_some() || state.body_gone {
+                return;
             }
-            if head == 0 {
-                // The first GET served its chunk; the rest of it is not needed.
-                drop(first.take());
+            state.queue.push_back(source);
+            state.all_queued = i + 1 == chunks;
+            if let Some(waker) = state.waker.take() {
+                waker.wake();
             }
         }
-        Ok(())
+        // All queued: keep watching until the body is done or dropped.
+        while self.watch(&shared) {
+            tokio::time::sleep(check).await;
+        }
     }
 
-    /// Hand one frame to hyper, waiting at most the idle timeout for the client to take it.
-    async fn send(
-        &self,
-        tx: &mpsc::Sender<Result<Bytes, BodyError>>,
-        data: Bytes,
-    ) -> Result<(), Cut> {
-        let permit = match tx.try_reserve() {
-            Ok(permit) => permit,
-            Err(mpsc::error::TrySendError::Closed(())) => return Err(Cut::Gone),
-            Err(mpsc::error::TrySendError::Full(())) => {
-                match tokio::time::timeout(self.config.idle_timeout, tx.reserve()).await {
-                    Ok(Ok(permit)) => permit,
-                    Ok(Err(_)) => return Err(Cut::Gone),
-                    Err(_) => return Err(Cut::Idle),
-                }
+    /// False when there is nothing more to watch: the body is gone or finished, or the client
+    /// was idle past the timeout (then the download is cut and its memory and budget freed).
+    fn watch(&self, shared: &Arc<Mutex<State>>) -> bool {
+        let mut state = shared.lock().unwrap_or_else(PoisonError::into_inner);
+        if state.body_gone
+            || state.cut.is_some()
+            || (state.all_queued && state.current.is_none() && state.queue.is_empty())
+        {
+            return false;
+        }
+        if !state.waiting_for_store && state.last_poll.elapsed() >= self.config.idle_timeout {
+            state.cut = Some(Cut::Idle);
+            state.current = None;
+            state.queue.clear();
+            self.app
+                .downloads
+                .metrics
+                .cuts
+                .with_label_values(&["idle"])
+                .inc();
+            tracing::warn!(key = %self.key, "download cut: the client took nothing for {}s", self.config.idle_timeout.as_secs());
+            if let Some(waker) = state.waker.take() {
+                waker.wake();
             }
-        };
-        permit.send(Ok(data));
-        Ok(())
+            return false;
+        }
+        true
     }
 
     /// Read `[from, to)` into one buffer and pass it on in blocks as it fills.
@@ -545,7 +621,7 @@ impl Download {
         // One allocation per chunk: frames are copied in, so the memory held is the chunk's
         // size however the store cuts its frames.
         let mut buffer = BytesMut::with_capacity((to - from) as usize);
-        let mut reader = RangeReader::new(&self, from, to, None);
+        let mut reader = RangeReader::new(self, from, to, None);
         loop {
             match reader.next().await {
                 Ok(Some(frame)) => {
@@ -622,8 +698,8 @@ enum Attempt {
 }
 
 /// The frames of `[from, to)`, with failed reads resumed where they broke off.
-struct RangeReader<'a> {
-    download: &'a Download,
+struct RangeReader {
+    download: Arc<Download>,
     next: u64,
     to: u64,
     body: Option<ProxyBody>,
@@ -631,16 +707,29 @@ struct RangeReader<'a> {
     retried: u32,
 }
 
-impl<'a> RangeReader<'a> {
-    fn new(download: &'a Download, from: u64, to: u64, body: Option<ProxyBody>) -> RangeReader<'a> {
+impl RangeReader {
+    fn new(download: Arc<Download>, from: u64, to: u64, body: Option<ProxyBody>) -> RangeReader {
+        let retries_left = download.config.retries;
         RangeReader {
             download,
             next: from,
             to,
             body,
-            retries_left: download.config.retries,
+            retries_left,
             retried: 0,
         }
+    }
+
+    /// As a stream that ends after its last frame or its first error.
+    fn frames(self) -> impl Stream<Item = Result<Bytes, Cut>> + Send {
+        futures_util::stream::unfold(Some(self), |reader| async move {
+            let mut reader = reader?;
+            match reader.next().await {
+                Ok(Some(data)) => Some((Ok(data), Some(reader))),
+                Ok(None) => None,
+                Err(cut) => Some((Err(cut), None)),
+            }
+        })
     }
 
     async fn next(&mut self) -> Result<Option<Bytes>, Cut> {
