@@ -273,7 +273,11 @@ impl ServeArgs {
                 parts_in_flight: self.parts_in_flight,
                 budget: self.upload_budget_mib * MIB,
             },
-            download: self.download.build()?,
+            download: crate::artifacts::ranged::DownloadConfig {
+                // One idle limit for every transfer (PROXY_BODY_IDLE_TIMEOUT_SECS).
+                idle_timeout: Duration::from_secs(self.body_idle_timeout_secs.max(1)),
+                ..self.download.build()?
+            },
             shutdown_grace: Duration::from_secs(self.shutdown_grace_secs),
             timeouts: self.timeouts.build()?,
             trusted_proxies,
