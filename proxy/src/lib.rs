@@ -14,6 +14,7 @@ pub mod forwarding;
 pub mod metrics;
 pub mod mlflow;
 mod quickack;
+pub mod request_line;
 pub mod router;
 pub mod s3;
 pub mod security;
