@@ -451,6 +451,10 @@ async fn a_client_that_stops_reading_is_cut_after_the_idle_timeout() {
     })
     .await;
     assert_eq!(h.put("big.bin", random_bytes(32 * MIB)).await.status(), 200);
+    // A download read in full leaves an idle keep-alive connection: not a stall.
+    assert_eq!(h.put("small.bin", vec![1u8; 1000]).await.status(), 200);
+    let small = h.get("small.bin").await;
+    assert_eq!(small.bytes().await.unwrap().len(), 1000);
     let mut stream = stalled_download(h.proxy.addr, "big.bin").await;
     tokio::time::sleep(Duration::from_secs(4)).await;
     // The proxy closed its end: what is buffered drains, then EOF, well short of 32 MiB.
