@@ -87,10 +87,6 @@ pub struct ServeArgs {
     pub timeouts: crate::timeouts::TimeoutArgs,
     #[command(flatten)]
     pub forwarding: crate::forwarding::ForwardingArgs,
-    /// A transfer whose other end makes no progress for this long is ended: an upload body
-    /// that stops arriving, a download the client stops reading. Counted in the metrics.
-    #[arg(long, env = "PROXY_BODY_IDLE_TIMEOUT_SECS", default_value_t = 60)]
-    pub body_idle_timeout_secs: u64,
     #[command(flatten)]
     pub download: crate::artifacts::ranged::DownloadArgs,
     #[command(flatten)]
@@ -110,6 +106,10 @@ pub struct ServeArgs {
     /// clients' sockets until parts are stored.
     #[arg(long, env = "PROXY_UPLOAD_BUDGET_MIB", default_value_t = 64)]
     pub upload_budget_mib: u64,
+    /// A transfer whose client sends nothing (upload) or reads nothing (download) for this long
+    /// is ended: an upload is aborted and nothing is stored.
+    #[arg(long, env = "PROXY_BODY_IDLE_TIMEOUT_SECS", default_value_t = 60)]
+    pub body_idle_timeout_secs: u64,
     /// On SIGTERM/SIGINT, how long transfers in flight may take to finish.
     #[arg(long, env = "PROXY_SHUTDOWN_GRACE_SECS", default_value_t = 30)]
     pub shutdown_grace_secs: u64,
@@ -158,6 +158,8 @@ pub struct UploadConfig {
     pub part_size: usize,
     pub parts_in_flight: usize,
     pub budget: u64,
+    /// How long a transfer's client may send (or read) nothing before the transfer is ended.
+    pub body_idle_timeout: Duration,
 }
 
 #[derive(Clone, Debug)]
@@ -174,7 +176,6 @@ pub struct ServeConfig {
     pub shutdown_grace: Duration,
     pub timeouts: crate::timeouts::Timeouts,
     pub trusted_proxies: crate::forwarding::TrustedProxies,
-    pub body_idle_timeout: Duration,
 }
 
 impl StoreArgs {
@@ -252,6 +253,9 @@ impl ServeArgs {
         if self.parts_in_flight == 0 {
             return Err("PROXY_PARTS_IN_FLIGHT must be at least 1".to_owned());
         }
+        if self.body_idle_timeout_secs == 0 {
+            return Err("PROXY_BODY_IDLE_TIMEOUT_SECS must be at least 1".to_owned());
+        }
         if self.upload_budget_mib < self.part_size_mib {
             return Err(format!(
                 "PROXY_UPLOAD_BUDGET_MIB={} must hold at least one part ({} MiB)",
@@ -272,6 +276,7 @@ impl ServeArgs {
                 part_size: usize::try_from(self.part_size_mib * MIB).map_err(|e| e.to_string())?,
                 parts_in_flight: self.parts_in_flight,
                 budget: self.upload_budget_mib * MIB,
+                body_idle_timeout: Duration::from_secs(self.body_idle_timeout_secs),
             },
             download: crate::artifacts::ranged::DownloadConfig {
                 // One idle limit for every transfer (PROXY_BODY_IDLE_TIMEOUT_SECS).
@@ -281,7 +286,6 @@ impl ServeArgs {
             shutdown_grace: Duration::from_secs(self.shutdown_grace_secs),
             timeouts: self.timeouts.build()?,
             trusted_proxies,
-            body_idle_timeout: Duration::from_secs(self.body_idle_timeout_secs.max(1)),
         })
     }
 }

@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod mlflow;
 pub mod public_url;
 mod quickack;
+pub mod request_line;
 pub mod router;
 pub mod s3;
 pub mod security;

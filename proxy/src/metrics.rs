@@ -9,7 +9,7 @@ use bytes::Bytes;
 use http::{Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry, TextEncoder,
@@ -73,6 +73,8 @@ pub struct Metrics {
     pub auth_mlflow_duration: HistogramVec,
     pub auth_state: IntGaugeVec,
     pub auth_cache_entries: IntGauge,
+    pub body_idle_timeouts: IntCounterVec,
+    pub shutdown_cuts: IntCounter,
 }
 
 fn opts(name: &str, help: &str) -> Opts {
@@ -214,6 +216,19 @@ impl Metrics {
             auth_state.with_label_values(&[state]);
         }
 
+        let body_idle_timeouts = IntCounterVec::new(
+            opts(
+                "body_idle_timeouts_total",
+                "Transfers ended because the client sent (upload) or read (download) nothing for PROXY_BODY_IDLE_TIMEOUT_SECS, by direction.",
+            ),
+            &["direction"],
+        )
+        .expect("static metric definition");
+        let shutdown_cuts = IntCounter::with_opts(opts(
+            "shutdown_cut_requests_total",
+            "Requests still running when the shutdown grace period (PROXY_SHUTDOWN_GRACE_SECS) ended, and cut off.",
+        ))
+        .expect("static metric definition");
         let build_info = IntGaugeVec::new(
             opts(
                 "build_info",
@@ -231,6 +246,7 @@ impl Metrics {
         for direction in ["upload", "download"] {
             artifact_bytes.with_label_values(&[direction]);
             transfers_in_flight.with_label_values(&[direction]);
+            body_idle_timeouts.with_label_values(&[direction]);
         }
         for event in ["started", "completed", "aborted"] {
             multipart_uploads.with_label_values(&[event]);
@@ -252,6 +268,8 @@ impl Metrics {
             Box::new(upstream_requests.clone()),
             Box::new(upstream_duration.clone()),
             Box::new(client_disconnects.clone()),
+            Box::new(body_idle_timeouts.clone()),
+            Box::new(shutdown_cuts.clone()),
             Box::new(build_info),
             Box::new(auth_decisions.clone()),
             Box::new(auth_mlflow_duration.clone()),
@@ -283,6 +301,8 @@ impl Metrics {
             auth_mlflow_duration,
             auth_state,
             auth_cache_entries,
+            body_idle_timeouts,
+            shutdown_cuts,
         }
     }
 
@@ -355,7 +375,10 @@ pub async fn serve_operations<P: ReadinessProbe>(
                     Ok::<_, Infallible>(operations_response(&request, &metrics, &*probe).await)
                 }
             });
+            // The same header timeout as the main port: a silent client cannot hold a task.
             let _ = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(crate::server::HEADER_READ_TIMEOUT)
                 .serve_connection(TokioIo::new(stream), service)
                 .await;
         });

@@ -4,13 +4,13 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::{Method, Request, Response};
+use http::{HeaderValue, Method, Request, Response, header};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -23,8 +23,31 @@ use tokio::net::TcpListener;
 use crate::artifacts;
 use crate::body::{BodyError, ProxyBody};
 use crate::error::{FailedSide, ProxyError, Side};
+use crate::request_line;
 use crate::router::{Route, classify};
 use crate::state::App;
+
+/// How long a client may take to send a request's headers (main and operations ports).
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What one connection's tasks share: the request lines hyper read (for their fragments), and
+/// whether a response body waits on the client to read.
+struct Connection {
+    seen: request_line::Shared,
+    turn: Mutex<Turn>,
+    /// Set for every connection when the shutdown grace period ends.
+    shutdown_cut: Arc<AtomicBool>,
+}
+
+/// Whether the client owes us a read, since when.
+struct Turn {
+    since: Instant,
+    /// A response frame was handed to hyper and hyper has not come back for the next one: the
+    /// client is not reading.
+    waiting_on_client: bool,
+    /// The watchdog ended the connection for it.
+    idle_cut: bool,
+}
 
 /// Serve until `shutdown` resolves, then let requests in flight finish within `grace`.
 pub async fn serve(
@@ -35,6 +58,9 @@ pub async fn serve(
 ) {
     let graceful = GracefulShutdown::new();
     let mut shutdown = std::pin::pin!(shutdown);
+    let shutdown_cut = Arc::new(AtomicBool::new(false));
+    let mut connections = tokio::task::JoinSet::new();
+    let idle = app.upload.body_idle_timeout;
     loop {
         let (stream, remote) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -50,22 +76,40 @@ pub async fn serve(
         };
         // Headers and small bodies leave at once instead of waiting on the client's ACK.
         let _ = stream.set_nodelay(true);
+        while connections.try_join_next().is_some() {}
+        let state = Arc::new(Connection {
+            seen: request_line::Shared::default(),
+            turn: Mutex::new(Turn {
+                since: Instant::now(),
+                waiting_on_client: false,
+                idle_cut: false,
+            }),
+            shutdown_cut: shutdown_cut.clone(),
+        });
         let app = app.clone();
+        let for_service = state.clone();
         let service = service_fn(move |request: Request<Incoming>| {
             let app = app.clone();
+            let state = for_service.clone();
             let answer: Pin<
                 Box<dyn Future<Output = Result<Response<ProxyBody>, Infallible>> + Send>,
-            > = Box::pin(async move { Ok(handle(app, request, remote).await) });
+            > = Box::pin(async move { Ok(handle(app, request, remote, state).await) });
             answer
         });
+        let io = request_line::Watched::new(stream, state.seen.clone());
         let connection = hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())
-            .header_read_timeout(Duration::from_secs(30))
-            .serve_connection(TokioIo::new(stream), service);
+            .header_read_timeout(HEADER_READ_TIMEOUT)
+            .serve_connection(TokioIo::new(io), service);
         let connection = graceful.watch(connection);
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!("connection from {remote} ended: {e}");
+        connections.spawn(async move {
+            tokio::select! {
+                result = connection => if let Err(e) = result {
+                    tracing::debug!("connection from {remote} ended: {e}");
+                },
+                () = stalled(&state, idle) => {
+                    tracing::info!("connection from {remote} closed: the client read nothing for {}s", idle.as_secs());
+                }
             }
         });
     }
@@ -78,20 +122,88 @@ pub async fn serve(
         () = graceful.shutdown() => tracing::info!("all requests finished"),
         () = tokio::time::sleep(grace) => {
             tracing::warn!("grace period over; aborting what is still running");
+            // Cut what is left now, while the process can still count and log it.
+            shutdown_cut.store(true, Ordering::Relaxed);
+            connections.abort_all();
+            let drained = async { while connections.join_next().await.is_some() {} };
+            let _ = tokio::time::timeout(Duration::from_secs(5), drained).await;
             app.abort_open_uploads().await;
         }
     }
 }
 
+/// Resolves when a response body has waited `idle` on the client to read; marks the cut.
+async fn stalled(state: &Connection, idle: Duration) {
+    let check = idle.min(Duration::from_secs(1));
+    loop {
+        tokio::time::sleep(check).await;
+        let mut turn = state.turn.lock().unwrap_or_else(|e| e.into_inner());
+        if turn.waiting_on_client && turn.since.elapsed() >= idle {
+            turn.idle_cut = true;
+            return;
+        }
+    }
+}
+
+/// uvicorn's answer to a request it cannot parse (what stock MLflow sends).
+fn invalid_request() -> Response<ProxyBody> {
+    let mut response = Response::new(crate::body::full(Bytes::from_static(
+        b"Invalid HTTP request received.",
+    )));
+    *response.status_mut() = http::StatusCode::BAD_REQUEST;
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    response
+}
+
+/// Requests uvicorn refuses before MLflow sees them, refused the same way here.
+fn protocol_error<B>(request: &Request<B>) -> Option<Response<ProxyBody>> {
+    let headers = request.headers();
+    let hosts = headers.get_all(header::HOST).iter().count();
+    // RFC 9112 §3.2: HTTP/1.1 requests carry exactly one Host.
+    let host_missing = request.version() == http::Version::HTTP_11 && hosts == 0;
+    // h11 knows no transfer coding but `chunked`, alone.
+    let mut codings = headers.get_all(header::TRANSFER_ENCODING).iter();
+    let odd_coding = codings.next().is_some_and(|first| {
+        !first.as_bytes().eq_ignore_ascii_case(b"chunked") || codings.next().is_some()
+    });
+    let target_too_long = request.uri().to_string().len() > request_line::MAX_TARGET;
+    if host_missing || hosts > 1 || odd_coding || target_too_long {
+        return Some(invalid_request());
+    }
+    if request.method() == Method::CONNECT {
+        return Some(
+            ProxyError::detail(http::StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed")
+                .into_response(),
+        );
+    }
+    None
+}
+
 async fn handle(
     app: Arc<App>,
-    request: Request<Incoming>,
+    mut request: Request<Incoming>,
     remote: SocketAddr,
+    connection: Arc<Connection>,
 ) -> Response<ProxyBody> {
-    let route = classify(&request);
+    // hyper dropped a raw `#...`; put it back, so that routes see the path MLflow would.
+    if let Some(uri) = request_line::restore(&connection.seen, request.uri()) {
+        *request.uri_mut() = uri;
+    }
+    let refused = protocol_error(&request);
+    let route = if refused.is_some() {
+        Route::PassThrough
+    } else {
+        classify(&request)
+    };
     // From here on the exchange is recorded exactly once, whenever and however it ends: if
     // hyper drops this future because the client went away, the record's `Drop` does it.
     let mut record = Record::start(app.clone(), &route, &request);
+    record.shutdown_cut = Some(connection.shutdown_cut.clone());
 
     // Count request bytes as they are read (and as artifact bytes for uploads), and notice a
     // request body that breaks off: its client went away.
@@ -123,6 +235,7 @@ async fn handle(
         .insert(crate::public_url::ClientAddr(remote));
 
     let response = match route {
+        _ if refused.is_some() => refused.unwrap_or_else(invalid_request),
         Route::PassThrough => app
             .upstream
             .forward(request, remote)
@@ -150,6 +263,7 @@ async fn handle(
         inner: body,
         record: Some(record),
         download_bytes,
+        connection,
     };
     Response::from_parts(parts, logged.boxed())
 }
@@ -166,6 +280,8 @@ enum Ending {
     BodyFailed,
     /// The client went away: before the answer, or while its body was being sent.
     ClientGone,
+    /// The client read nothing for the body idle timeout; the connection was closed.
+    IdleTimeout,
 }
 
 /// What is known about one exchange; counted and logged once, when it is dropped: after the
@@ -188,6 +304,8 @@ struct Record {
     status: Option<u16>,
     failed: Option<&'static str>,
     ending: Ending,
+    /// Set when the shutdown grace period ended: what was cut then is not the client's doing.
+    shutdown_cut: Option<Arc<AtomicBool>>,
 }
 
 /// nginx's "client closed request": logged (and counted as 4xx) when no answer was sent.
@@ -226,6 +344,7 @@ impl Record {
             status: None,
             failed: None,
             ending: Ending::ClientGone,
+            shutdown_cut: None,
         }
     }
 
@@ -248,13 +367,30 @@ impl Record {
             .observe(elapsed.as_secs_f64());
         let request_broke = self.request_broke.load(Ordering::Relaxed);
         let client = Side::Client.as_str();
-        if request_broke {
+        let cut_by_shutdown = self.ending != Ending::Completed
+            && self
+                .shutdown_cut
+                .as_ref()
+                .is_some_and(|cut| cut.load(Ordering::Relaxed));
+        if cut_by_shutdown {
+            self.failed = Some("shutdown");
+            metrics.shutdown_cuts.inc();
+        } else if self.ending == Ending::IdleTimeout {
+            self.failed = Some("idle_timeout");
+            metrics
+                .body_idle_timeouts
+                .with_label_values(&[DOWNLOAD])
+                .inc();
+        } else if request_broke {
             // Whatever failed next (a pass-through 502, say) followed from the client leaving.
             self.failed = Some(client);
         } else if self.ending == Ending::ClientGone {
             self.failed.get_or_insert(client);
         }
-        if request_broke || self.ending == Ending::ClientGone {
+        if !cut_by_shutdown
+            && self.ending != Ending::IdleTimeout
+            && (request_broke || self.ending == Ending::ClientGone)
+        {
             metrics.client_disconnects.inc();
         }
         tracing::info!(
@@ -291,6 +427,8 @@ struct Logged {
     inner: ProxyBody,
     record: Option<Record>,
     download_bytes: Option<IntCounter>,
+    /// Told when a frame waits on the client, for the idle watchdog.
+    connection: Arc<Connection>,
 }
 
 impl Logged {
@@ -313,6 +451,16 @@ impl Body for Logged {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        {
+            let mut turn = self
+                .connection
+                .turn
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            turn.since = Instant::now();
+            // hyper polls again once it has written the frame; until then the client owes a read.
+            turn.waiting_on_client = matches!(polled, Poll::Ready(Some(Ok(_))));
+        }
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
@@ -346,9 +494,19 @@ impl Body for Logged {
 
 impl Drop for Logged {
     fn drop(&mut self) {
+        let mut turn = self
+            .connection
+            .turn
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        turn.waiting_on_client = false;
+        let idle_cut = std::mem::take(&mut turn.idle_cut);
+        drop(turn);
         // An empty body may never be polled: it ended, it was not cut off.
         let ending = if self.inner.is_end_stream() {
             Ending::Completed
+        } else if idle_cut {
+            Ending::IdleTimeout
         } else {
             Ending::ClientGone
         };

@@ -128,6 +128,11 @@ CASES = [
     C("get-double-slash", "GET", A + "/{P}//hello.txt"),
     C("get-query-ignored", "GET", A + "/{P}/hello.txt?x=1"),
     C("get-range", "GET", A + "/{P}/big.bin", headers={"Range": "bytes=0-99"}),
+    C("get-range-malformed", "GET", A + "/{P}/hello.txt", headers={"Range": "bytes=abc"}),
+    C("get-range-reversed", "GET", A + "/{P}/hello.txt", headers={"Range": "bytes=5-1"}),
+    C("get-range-other-unit", "GET", A + "/{P}/hello.txt", headers={"Range": "items=0-1"}),
+    C("get-range-long-suffix", "GET", A + "/{P}/hello.txt", headers={"Range": "bytes=-5000"}),
+    C("get-if-match-stale", "GET", A + "/{P}/hello.txt", headers={"If-Match": '"stale"'}),
     C("get-accept-ignored", "GET", A + "/{P}/sub/a.json", headers={"Accept": "application/json"}),
     C("get-missing", "GET", A + "/{P}/nope.txt"),
     C("get-missing-unicode", "GET", A + "/{P}/n%C3%B6pe.txt"),
@@ -147,6 +152,7 @@ CASES = [
     C("get-windows-abs", "GET", A + "/C:/Windows/win.ini"),
     C("get-windows-unc", "GET", A + "/%5C%5Csrv%5Cshare%5Cx"),
     C("get-hash", "GET", A + "/{P}/a%23b"),
+    C("get-raw-hash", "GET", A + "/{P}/hello.txt#frag"),
     C("get-file-uri", "GET", A + "/file:%2F%2F%2Fetc%2Fpasswd"),
     C("get-dotdot-ajax", "GET", J + "/%2e%2e/%2e%2e/etc/passwd"),
     C("get-malformed-ipv6", "GET", A + "/%2F%2F%5Bx"),
@@ -199,6 +205,7 @@ CASES = [
     C("put-dotdot-after-prefix", "PUT", A + "/{P}/../../../x.txt", b"x"),
     C("put-absolute", "PUT", A + "//etc/x.txt", b"x"),
     C("put-hash", "PUT", A + "/{P}/a%23b", b"x"),
+    C("put-raw-hash", "PUT", A + "/{P}/sub/n.txt#frag", b"x"),
     C("put-foreign-origin", "PUT", A + "/{P}/o.txt", b"x", {"Origin": "http://evil.example.com"}),
     C("put-localhost-origin", "PUT", A + "/{P}/o.txt", b"x", {"Origin": "http://localhost:3000"}),
     C("put-foreign-host", "PUT", A + "/{P}/h.txt", b"x", {"Host": "evil.example.com"}),
@@ -221,6 +228,7 @@ CASES = [
     C("delete-dotdot-after-prefix", "DELETE", A + "/{P}/../../.."),
     C("delete-absolute", "DELETE", A + "//etc/passwd"),
     C("delete-hash", "DELETE", A + "/{P}/a%23b"),
+    C("delete-raw-hash", "DELETE", A + "/{P}/sub#zzz"),
     C("delete-foreign-origin", "DELETE", A + "/{P}/hello.txt", None, {"Origin": "http://evil.example.com"}),
     C("delete-foreign-host", "DELETE", A + "/{P}/hello.txt", None, {"Host": "evil.example.com"}),
 ]
@@ -254,6 +262,11 @@ RANGE = (
     "Range requests: stock MLflow on S3 spools the object to a temp file and ignores Range (200, whole body); "
     "the proxy honours a single range (206 with Content-Range, and Accept-Ranges: bytes on every download), "
     "as stock MLflow does for a local destination"
+)
+CONDITIONAL = (
+    "conditional requests: stock MLflow on S3 streams a temp-file copy and ignores If-Match (200, whole body); "
+    "the proxy evaluates If-Match, If-None-Match, If-Range and the If-*-Since headers itself (RFC 9110 §13.2.2), "
+    "so a stale If-Match is 412, as HTTP asks"
 )
 DIRECTORY = (
     "GET of a 'directory' on S3: stock downloads the whole subtree to a temp dir and then answers 200 with an "
@@ -308,6 +321,11 @@ DELIBERATE: dict[str, dict] = {
     "mpu-complete": D(UNKNOWN_UPLOAD, 500, 400, "INVALID_PARAMETER_VALUE"),
     "mpu-abort": D(UNKNOWN_UPLOAD, 500, 400, "INVALID_PARAMETER_VALUE"),
     "get-range": D(RANGE, 200, 206, None, proxy_body=BIG[:100]),
+    "get-range-long-suffix": D(
+        RANGE + "; a suffix longer than the object is all of it (206 bytes 0-11/12)", 200, 206, None,
+        proxy_body=TREE["hello.txt"],
+    ),
+    "get-if-match-stale": D(CONDITIONAL, 200, 412, None),
     "get-directory": D(DIRECTORY, 200, 400, None, proxy_detail="Artifact path refers to a directory, not a file: '{P}/sub'"),
     "get-directory-slash": D(DIRECTORY, 200, 400, None),
     "delete-absolute": D(DOUBLE_SLASH_DELETE, 308, 400, "INVALID_PARAMETER_VALUE"),

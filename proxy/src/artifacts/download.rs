@@ -27,6 +27,9 @@ const FORWARDED_CONDITIONS: &[header::HeaderName] = &[
     header::IF_UNMODIFIED_SINCE,
 ];
 
+/// S3 keys hold at most 1024 bytes of UTF-8.
+const MAX_KEY_BYTES: usize = 1024;
+
 /// What a GET answers with 200 or 206, decided from the object's metadata.
 pub struct Answer {
     pub status: StatusCode,
@@ -61,6 +64,16 @@ pub async fn download_validated(
         return Err(directory_error(&path));
     }
     let key = app.store.key(&path);
+    if key.len() > MAX_KEY_BYTES {
+        // Stores answer this in their own ways (400, 500, a HEAD with no body to tell).
+        return Err(ProxyError::mlflow(
+            crate::error::Side::Client,
+            StatusCode::BAD_REQUEST,
+            "INVALID_PARAMETER_VALUE",
+            "The artifact path is too long for the artifact store",
+        )
+        .fastapi());
+    }
     let conditions = Conditions::parse(request_headers);
     if head_only {
         let meta = match app.store.head_object(&key).await {
@@ -84,8 +97,9 @@ pub async fn download_validated(
             forwarded.insert(name, value.clone());
         }
     }
-    if let Some(range) = conditions.store_range() {
-        forwarded.insert(header::RANGE, range);
+    let ranged = conditions.store_range();
+    if let Some(range) = &ranged {
+        forwarded.insert(header::RANGE, range.clone());
     }
     let response = app
         .store
@@ -135,30 +149,13 @@ pub async fn download_validated(
         }
         StatusCode::NOT_MODIFIED => Ok(not_modified(&path, &kept_validators(response.headers()))),
         StatusCode::PRECONDITION_FAILED => Ok(precondition_failed()),
-        StatusCode::RANGE_NOT_SATISFIABLE => {
+        // Some stores refuse (416) or fail on (500) ranges HTTP allows, such as a suffix longer
+        // than the object: decide from the object's metadata and ask for exact bytes.
+        _ if ranged.is_some()
+            && (status == StatusCode::RANGE_NOT_SATISFIABLE || status.is_server_error()) =>
+        {
             drop(response);
-            let Some(meta) = app.store.head_object(&key).await.map_err(store_error)? else {
-                return Err(missing(app, &path, &key).await);
-            };
-            let validators = meta_validators(&meta);
-            let object = Validators::from_headers(&validators);
-            match conditions.preconditions(&object) {
-                Precondition::NotModified => return Ok(not_modified(&path, &validators)),
-                Precondition::Failed => return Ok(precondition_failed()),
-                Precondition::Pass => {}
-            }
-            let (status, bytes) = match conditions.selection(&object, meta.size) {
-                Selection::Unsatisfiable => return Ok(unsatisfiable(meta.size)),
-                Selection::Whole => (StatusCode::OK, whole(meta.size)),
-                Selection::Part(range) => (StatusCode::PARTIAL_CONTENT, range),
-            };
-            let answer = Answer {
-                status,
-                size: meta.size,
-                bytes,
-                validators,
-            };
-            refetch(app, &path, &key, answer).await
+            by_metadata(app, &path, &key, &conditions).await
         }
         StatusCode::NOT_FOUND => Err(missing(app, &path, &key).await),
         _ => {
@@ -170,6 +167,39 @@ pub async fn download_validated(
             Err(failed_or_directory(app, &path, &key, error).await)
         }
     }
+}
+
+/// Decide from HEAD, then GET exactly the bytes decided.
+async fn by_metadata(
+    app: &Arc<App>,
+    path: &str,
+    key: &str,
+    conditions: &Conditions,
+) -> Result<Response<ProxyBody>, ProxyError> {
+    let meta = match app.store.head_object(key).await {
+        Ok(Some(meta)) => meta,
+        Ok(None) => return Err(missing(app, path, key).await),
+        Err(e) => return Err(failed_or_directory(app, path, key, e).await),
+    };
+    let validators = meta_validators(&meta);
+    let object = Validators::from_headers(&validators);
+    match conditions.preconditions(&object) {
+        Precondition::NotModified => return Ok(not_modified(path, &validators)),
+        Precondition::Failed => return Ok(precondition_failed()),
+        Precondition::Pass => {}
+    }
+    let (status, bytes) = match conditions.selection(&object, meta.size) {
+        Selection::Unsatisfiable => return Ok(unsatisfiable(meta.size)),
+        Selection::Whole => (StatusCode::OK, whole(meta.size)),
+        Selection::Part(range) => (StatusCode::PARTIAL_CONTENT, range),
+    };
+    let answer = Answer {
+        status,
+        size: meta.size,
+        bytes,
+        validators,
+    };
+    refetch(app, path, key, answer).await
 }
 
 /// GET exactly the bytes of `answer` (the same version of the object, by its ETag).

@@ -522,6 +522,7 @@ pub fn upload_config() -> UploadConfig {
         part_size: 5 * MIB,
         parts_in_flight: 3,
         budget: 64 * MIB as u64,
+        body_idle_timeout: Duration::from_secs(60),
     }
 }
 
@@ -540,7 +541,6 @@ pub fn serve_config(s3: &S3Server, upstream: &str) -> ServeConfig {
         shutdown_grace: Duration::from_secs(5),
         timeouts: mlflow_artifact_proxy::timeouts::Timeouts::default(),
         trusted_proxies: Default::default(),
-        body_idle_timeout: Duration::from_secs(60),
     }
 }
 
@@ -727,7 +727,7 @@ pub async fn raw_request(addr: SocketAddr, method: &str, target: &str, body: &[u
     parse_response(&raw, method == "HEAD")
 }
 
-fn parse_response(raw: &[u8], head: bool) -> RawResponse {
+pub fn parse_response(raw: &[u8], head: bool) -> RawResponse {
     let split = raw
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
