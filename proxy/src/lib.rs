@@ -18,6 +18,7 @@ pub mod s3;
 pub mod security;
 pub mod server;
 pub mod state;
+pub mod sweep;
 pub mod upstream;
 
 use std::net::SocketAddr;
@@ -39,6 +40,7 @@ pub struct Proxy {
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<()>,
     operations: JoinHandle<()>,
+    sweeper: JoinHandle<()>,
 }
 
 impl Proxy {
@@ -69,6 +71,7 @@ impl Proxy {
             metrics,
             Arc::new(Readiness(app.clone())),
         ));
+        let sweeper = tokio::spawn(sweep::run(app.clone()));
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(server::serve(
             listener,
@@ -85,6 +88,7 @@ impl Proxy {
             stop: Some(stop),
             task,
             operations,
+            sweeper,
         })
     }
 
@@ -95,6 +99,7 @@ impl Proxy {
         }
         let _ = (&mut self.task).await;
         self.operations.abort();
+        self.sweeper.abort();
     }
 }
 

@@ -68,6 +68,8 @@ pub struct Metrics {
     pub upstream_requests: IntCounterVec,
     pub upstream_duration: HistogramVec,
     pub client_disconnects: IntCounter,
+    pub body_idle_timeouts: IntCounterVec,
+    pub multipart_aborts_pending: IntGauge,
 }
 
 fn opts(name: &str, help: &str) -> Opts {
@@ -144,7 +146,7 @@ impl Metrics {
         let multipart_uploads = IntCounterVec::new(
             opts(
                 "multipart_uploads_total",
-                "Multipart uploads, by event (started, completed, aborted).",
+                "Multipart uploads, by event (started, completed, aborted; swept = an abandoned upload older than PROXY_STALE_UPLOAD_AGE_HOURS aborted by the sweep).",
             ),
             &["event"],
         )
@@ -170,6 +172,19 @@ impl Metrics {
             "Requests whose client went away before the whole answer was sent.",
         ))
         .expect("static metric definition");
+        let body_idle_timeouts = IntCounterVec::new(
+            opts(
+                "body_idle_timeouts_total",
+                "Transfers ended because the client sent (upload) or read (download) nothing for PROXY_BODY_IDLE_TIMEOUT_SECS, by direction.",
+            ),
+            &["direction"],
+        )
+        .expect("static metric definition");
+        let multipart_aborts_pending = IntGauge::with_opts(opts(
+            "multipart_aborts_pending",
+            "Multipart uploads whose abort failed (S3 down) and is being retried.",
+        ))
+        .expect("static metric definition");
         let build_info = IntGaugeVec::new(
             opts(
                 "build_info",
@@ -187,8 +202,9 @@ impl Metrics {
         for direction in ["upload", "download"] {
             artifact_bytes.with_label_values(&[direction]);
             transfers_in_flight.with_label_values(&[direction]);
+            body_idle_timeouts.with_label_values(&[direction]);
         }
-        for event in ["started", "completed", "aborted"] {
+        for event in ["started", "completed", "aborted", "swept"] {
             multipart_uploads.with_label_values(&[event]);
         }
         for outcome in ["ok", "error"] {
@@ -208,6 +224,8 @@ impl Metrics {
             Box::new(upstream_requests.clone()),
             Box::new(upstream_duration.clone()),
             Box::new(client_disconnects.clone()),
+            Box::new(body_idle_timeouts.clone()),
+            Box::new(multipart_aborts_pending.clone()),
             Box::new(build_info),
             #[cfg(target_os = "linux")]
             Box::new(prometheus::process_collector::ProcessCollector::for_self()),
@@ -231,6 +249,8 @@ impl Metrics {
             upstream_requests,
             upstream_duration,
             client_disconnects,
+            body_idle_timeouts,
+            multipart_aborts_pending,
         }
     }
 

@@ -271,6 +271,61 @@ impl Store {
         .await
     }
 
+    /// Upload one part of exactly `len` bytes, streamed from `body` as it arrives (nothing held
+    /// here: the body is the client's, cut at the part's boundaries); returns its ETag.
+    pub async fn upload_part_streamed(
+        &self,
+        key: &str,
+        upload_id: &str,
+        part_number: u32,
+        len: u64,
+        body: ProxyBody,
+    ) -> Result<String, StoreError> {
+        self.timed("upload_part", async {
+            let queries = HashMap::from([
+                ("partNumber".to_owned(), part_number.to_string()),
+                ("uploadId".to_owned(), upload_id.to_owned()),
+            ]);
+            let url = self
+                .bucket
+                .presign_put(key, PUT_URL_TTL_SECS, None, Some(queries))
+                .await?;
+            let request = Request::put(url)
+                .header(header::CONTENT_LENGTH, len)
+                .body(body)
+                .map_err(|e| StoreError::Other(e.to_string()))?;
+            let response = self.send(request).await?;
+            let headers = expect_success(response).await?;
+            headers
+                .get(header::ETAG)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+                .ok_or_else(|| {
+                    StoreError::Other(format!("part {part_number} stored without an ETag"))
+                })
+        })
+        .await
+    }
+
+    /// Multipart uploads open under `prefix`: (key, upload id, initiated as S3 wrote it).
+    pub async fn list_multipart_uploads(
+        &self,
+        prefix: &str,
+    ) -> Result<Vec<(String, String, String)>, StoreError> {
+        self.timed("list_multipart_uploads", async {
+            let pages = self
+                .bucket
+                .list_multiparts_uploads(Some(prefix), None)
+                .await?;
+            Ok(pages
+                .into_iter()
+                .flat_map(|page| page.uploads)
+                .map(|u| (u.key, u.id, u.initiated))
+                .collect())
+        })
+        .await
+    }
+
     pub async fn complete_multipart(
         &self,
         key: &str,
