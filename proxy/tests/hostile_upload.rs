@@ -27,7 +27,11 @@ impl ProxyProcess {
     async fn start(s3: &S3Server, mlflow: &FakeMlflow, extra: &[(&str, &str)]) -> ProxyProcess {
         let port = free_port();
         let metrics_port = free_port();
-        let mut command = Command::new(env!("CARGO_BIN_EXE_mlflow-artifact-proxy"));
+        // HOSTILE_PROXY_BIN: another build of the proxy (to show that these tests fail on one
+        // without the bounds).
+        let binary = std::env::var("HOSTILE_PROXY_BIN")
+            .unwrap_or_else(|_| env!("CARGO_BIN_EXE_mlflow-artifact-proxy").to_owned());
+        let mut command = Command::new(binary);
         command
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
