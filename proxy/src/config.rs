@@ -110,6 +110,10 @@ pub struct ServeArgs {
     /// is ended: an upload is aborted and nothing is stored.
     #[arg(long, env = "PROXY_BODY_IDLE_TIMEOUT_SECS", default_value_t = 60)]
     pub body_idle_timeout_secs: u64,
+    /// Multipart uploads under the destination prefix older than this are aborted by a periodic
+    /// sweep (parts left behind by a crash or an S3 outage at abort time); 0 turns it off.
+    #[arg(long, env = "PROXY_STALE_UPLOAD_AGE_HOURS", default_value_t = 24)]
+    pub stale_upload_age_hours: u64,
     /// On SIGTERM/SIGINT, how long transfers in flight may take to finish.
     #[arg(long, env = "PROXY_SHUTDOWN_GRACE_SECS", default_value_t = 30)]
     pub shutdown_grace_secs: u64,
@@ -160,6 +164,8 @@ pub struct UploadConfig {
     pub budget: u64,
     /// How long a transfer's client may send (or read) nothing before the transfer is ended.
     pub body_idle_timeout: Duration,
+    /// Open multipart uploads older than this are swept (aborted); None: no sweep.
+    pub stale_upload_age: Option<Duration>,
 }
 
 #[derive(Clone, Debug)]
@@ -256,9 +262,10 @@ impl ServeArgs {
         if self.body_idle_timeout_secs == 0 {
             return Err("PROXY_BODY_IDLE_TIMEOUT_SECS must be at least 1".to_owned());
         }
-        if self.upload_budget_mib < self.part_size_mib {
+        // 6 MiB: S3's 5 MiB minimum part and the slack of a part being filled (state.rs).
+        if self.upload_budget_mib < self.part_size_mib.max(6) {
             return Err(format!(
-                "PROXY_UPLOAD_BUDGET_MIB={} must hold at least one part ({} MiB)",
+                "PROXY_UPLOAD_BUDGET_MIB={} must hold at least one part ({} MiB) and 6 MiB",
                 self.upload_budget_mib, self.part_size_mib
             ));
         }
@@ -277,6 +284,8 @@ impl ServeArgs {
                 parts_in_flight: self.parts_in_flight,
                 budget: self.upload_budget_mib * MIB,
                 body_idle_timeout: Duration::from_secs(self.body_idle_timeout_secs),
+                stale_upload_age: (self.stale_upload_age_hours > 0)
+                    .then(|| Duration::from_secs(self.stale_upload_age_hours * 3600)),
             },
             download: crate::artifacts::ranged::DownloadConfig {
                 // One idle limit for every transfer (PROXY_BODY_IDLE_TIMEOUT_SECS).

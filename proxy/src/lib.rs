@@ -24,6 +24,7 @@ pub mod server;
 pub mod signing;
 pub mod stale_uploads;
 pub mod state;
+pub mod sweep;
 pub mod timeouts;
 pub mod transfers;
 pub mod upstream;
@@ -52,8 +53,8 @@ pub struct Proxy {
     task: JoinHandle<()>,
     operations: JoinHandle<()>,
     auth_recheck: JoinHandle<()>,
-    /// The stale-upload sweep; stopping it mid-abort is harmless (the next sweep redoes it).
-    sweeper: Option<JoinHandle<std::convert::Infallible>>,
+    /// The stale-upload sweep and abort retries (`sweep`).
+    sweeper: JoinHandle<()>,
 }
 
 impl Proxy {
@@ -104,15 +105,7 @@ impl Proxy {
             }),
         ));
         let auth_recheck = tokio::spawn(auth.recheck_forever());
-        let sweeper = app
-            .transfers
-            .config
-            .stale_after
-            .filter(|_| app.transfers.config.uploads)
-            .map(|age| {
-                let interval = app.transfers.config.sweep_interval;
-                tokio::spawn(stale_uploads::run(app.clone(), age, interval))
-            });
+        let sweeper = tokio::spawn(sweep::run(app.clone()));
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(server::serve(
             listener,
@@ -150,9 +143,7 @@ impl Proxy {
         let _ = (&mut self.task).await;
         self.operations.abort();
         self.auth_recheck.abort();
-        if let Some(sweeper) = &self.sweeper {
-            sweeper.abort();
-        }
+        self.sweeper.abort();
     }
 }
 

@@ -75,6 +75,7 @@ pub struct Metrics {
     pub auth_cache_entries: IntGauge,
     pub body_idle_timeouts: IntCounterVec,
     pub shutdown_cuts: IntCounter,
+    pub multipart_aborts_pending: IntGauge,
 }
 
 fn opts(name: &str, help: &str) -> Opts {
@@ -151,7 +152,7 @@ impl Metrics {
         let multipart_uploads = IntCounterVec::new(
             opts(
                 "multipart_uploads_total",
-                "Multipart uploads, by event (started, completed, aborted).",
+                "Multipart uploads, by event (started, completed, aborted; swept = an abandoned upload older than PROXY_STALE_UPLOAD_AGE_HOURS aborted by the sweep).",
             ),
             &["event"],
         )
@@ -229,6 +230,11 @@ impl Metrics {
             "Requests still running when the shutdown grace period (PROXY_SHUTDOWN_GRACE_SECS) ended, and cut off.",
         ))
         .expect("static metric definition");
+        let multipart_aborts_pending = IntGauge::with_opts(opts(
+            "multipart_aborts_pending",
+            "Multipart uploads whose abort failed (S3 down) and is being retried.",
+        ))
+        .expect("static metric definition");
         let build_info = IntGaugeVec::new(
             opts(
                 "build_info",
@@ -248,7 +254,7 @@ impl Metrics {
             transfers_in_flight.with_label_values(&[direction]);
             body_idle_timeouts.with_label_values(&[direction]);
         }
-        for event in ["started", "completed", "aborted"] {
+        for event in ["started", "completed", "aborted", "swept"] {
             multipart_uploads.with_label_values(&[event]);
         }
         for outcome in ["ok", "error"] {
@@ -270,6 +276,7 @@ impl Metrics {
             Box::new(client_disconnects.clone()),
             Box::new(body_idle_timeouts.clone()),
             Box::new(shutdown_cuts.clone()),
+            Box::new(multipart_aborts_pending.clone()),
             Box::new(build_info),
             Box::new(auth_decisions.clone()),
             Box::new(auth_mlflow_duration.clone()),
@@ -303,6 +310,7 @@ impl Metrics {
             auth_cache_entries,
             body_idle_timeouts,
             shutdown_cuts,
+            multipart_aborts_pending,
         }
     }
 

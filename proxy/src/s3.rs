@@ -319,22 +319,26 @@ impl Store {
     }
 
     /// Multipart uploads open under `prefix`: (key, upload id, initiated as S3 wrote it).
-    pub async fn open_multipart_uploads(
+    /// A store without the call (501) is not counted as an S3 error: nothing failed.
+    pub async fn list_multipart_uploads(
         &self,
         prefix: &str,
     ) -> Result<Vec<(String, String, String)>, StoreError> {
-        self.timed("list_multipart_uploads", async {
-            let pages = self
-                .bucket
-                .list_multiparts_uploads(Some(prefix), None)
-                .await?;
-            Ok(pages
-                .into_iter()
-                .flat_map(|page| page.uploads)
-                .map(|u| (u.key, u.id, u.initiated))
-                .collect())
-        })
-        .await
+        let started = Instant::now();
+        let result = self
+            .bucket
+            .list_multiparts_uploads(Some(prefix), None)
+            .await
+            .map_err(StoreError::from);
+        if !matches!(result, Err(StoreError::Status { status: 501, .. })) {
+            self.metrics
+                .record_s3("list_multipart_uploads", result.is_ok(), started.elapsed());
+        }
+        Ok(result?
+            .into_iter()
+            .flat_map(|page| page.uploads)
+            .map(|u| (u.key, u.id, u.initiated))
+            .collect())
     }
 
     pub async fn complete_multipart(

@@ -1,5 +1,6 @@
 //! Abandoned multipart uploads (created, never completed or aborted: the client died) keep their
-//! parts in the store, billed and invisible. This sweep aborts those older than a set age.
+//! parts in the store, billed and invisible. This is the one-shot `sweep-uploads` subcommand (for a
+//! cron job); a running proxy sweeps with `sweep`, which also retries failed aborts.
 //!
 //! Safe from every replica at once and from a cron job: it reads its work from S3
 //! (ListMultipartUploads) and aborting an upload twice is harmless. It never touches an upload
@@ -26,7 +27,7 @@ pub async fn sweep(store: &Store, age: Duration) -> Result<SweepReport, StoreErr
         root if root.ends_with('/') => root.to_owned(),
         root => format!("{root}/"),
     };
-    let open = store.open_multipart_uploads(&root).await?;
+    let open = store.list_multipart_uploads(&root).await?;
     let mut report = SweepReport {
         open: open.len(),
         ..SweepReport::default()
@@ -67,38 +68,6 @@ fn stale(
             }
         })
         .collect()
-}
-
-/// Sweep every `interval` (first after a random part of it, so that replicas started together
-/// do not all list at once), for as long as the task lives.
-pub async fn run(
-    store: std::sync::Arc<crate::state::App>,
-    age: Duration,
-    interval: Duration,
-) -> std::convert::Infallible {
-    let mut jitter = [0u8; 2];
-    let _ = getrandom::fill(&mut jitter);
-    let first = interval.mul_f64(f64::from(u16::from_le_bytes(jitter)) / f64::from(u16::MAX));
-    tokio::time::sleep(first).await;
-    loop {
-        match sweep(&store.store, age).await {
-            Ok(report) => {
-                store
-                    .transfers
-                    .uploads_total
-                    .with_label_values(&["swept"])
-                    .inc_by(report.aborted as u64);
-                tracing::info!(
-                    open = report.open,
-                    aborted = report.aborted,
-                    failed = report.failed,
-                    "stale multipart sweep"
-                );
-            }
-            Err(e) => tracing::warn!("stale multipart sweep failed: {e}"),
-        }
-        tokio::time::sleep(interval).await;
-    }
 }
 
 /// `2026-11-30T19:00:00.000Z` (S3's Initiated) → Unix seconds.

@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -17,6 +18,17 @@ use crate::upstream::Upstream;
 /// The budget is counted in KiB so that one part's permits fit the semaphore's `u32`.
 const BUDGET_UNIT: u64 = 1024;
 
+/// S3's smallest part (all but the last). A part being filled can always be sent once it
+/// holds this much, so the budget only has to guarantee this much to each part being filled.
+pub const MIN_PART: u64 = 5 * 1024 * 1024;
+/// What a part being filled may hold before it reaches `MIN_PART`: the part, plus the last
+/// piece read, a copy block and one budget step of slack (upload.rs), rounded up to 6 MiB.
+pub const PART_SLOT_COST: u64 = 6 * 1024 * 1024;
+
+/// A failed abort is tried again after this, doubling up to `ABORT_RETRY_MAX`.
+const ABORT_RETRY_FIRST: Duration = Duration::from_secs(1);
+const ABORT_RETRY_MAX: Duration = Duration::from_secs(300);
+
 pub struct App {
     pub store: Store,
     pub upstream: Upstream,
@@ -30,8 +42,19 @@ pub struct App {
     /// Client-driven multipart uploads and presigned downloads (see `App::with_transfers`).
     pub transfers: Transfers,
     budget: Arc<Semaphore>,
+    /// Parts being filled from a chunked body, at most budget / `PART_SLOT_COST`: each can reach
+    /// S3's minimum part size within the budget, so waiting for budget never deadlocks.
+    part_slots: Arc<Semaphore>,
     /// Multipart uploads in progress (upload id → key), aborted if shutdown cuts them off.
     active_uploads: Mutex<HashMap<String, String>>,
+    /// Aborts that failed (upload id → retry state), tried again by the sweeper.
+    pending_aborts: Mutex<HashMap<String, PendingAbort>>,
+}
+
+struct PendingAbort {
+    key: String,
+    next: Instant,
+    wait: Duration,
 }
 
 /// Bytes of the upload budget, held while a part sits in memory.
@@ -39,6 +62,21 @@ pub struct BudgetPermit {
     _permit: OwnedSemaphorePermit,
     bytes: u64,
     metrics: Metrics,
+}
+
+impl BudgetPermit {
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    /// Take `other`'s share into this one.
+    pub fn merge(&mut self, mut other: BudgetPermit) {
+        self.bytes += std::mem::take(&mut other.bytes);
+        let all = other._permit.num_permits();
+        if let Some(taken) = other._permit.split(all) {
+            self._permit.merge(taken);
+        }
+    }
 }
 
 impl Drop for BudgetPermit {
@@ -73,7 +111,11 @@ impl App {
             auth,
             transfers: Transfers::disabled(),
             budget: Arc::new(Semaphore::new(units)),
+            part_slots: Arc::new(Semaphore::new(
+                usize::try_from((upload.budget / PART_SLOT_COST).max(1)).unwrap_or(usize::MAX),
+            )),
             active_uploads: Mutex::new(HashMap::new()),
+            pending_aborts: Mutex::new(HashMap::new()),
         }
     }
 
@@ -97,6 +139,18 @@ impl App {
             .acquire_many_owned(units)
             .await
             .expect("the budget semaphore is never closed");
+        self.granted(permit, units)
+    }
+
+    /// `bytes` of the budget if they are free now.
+    pub fn try_reserve(&self, bytes: usize) -> Option<BudgetPermit> {
+        let bytes = (bytes as u64).min(self.upload.budget);
+        let units = u32::try_from(bytes.div_ceil(BUDGET_UNIT)).unwrap_or(u32::MAX);
+        let permit = self.budget.clone().try_acquire_many_owned(units).ok()?;
+        Some(self.granted(permit, units))
+    }
+
+    fn granted(&self, permit: OwnedSemaphorePermit, units: u32) -> BudgetPermit {
         let bytes = u64::from(units) * BUDGET_UNIT;
         self.metrics
             .upload_budget_in_use
@@ -105,6 +159,82 @@ impl App {
             _permit: permit,
             bytes,
             metrics: self.metrics.clone(),
+        }
+    }
+
+    /// Wait for the right to fill one part from a chunked body (see `part_slots`).
+    pub async fn part_slot(&self) -> OwnedSemaphorePermit {
+        self.part_slots
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("the part slot semaphore is never closed")
+    }
+
+    /// Whether this proxy is still writing the upload (the sweep leaves those alone).
+    pub fn is_active_upload(&self, upload_id: &str) -> bool {
+        self.active_uploads
+            .lock()
+            .map(|active| active.contains_key(upload_id))
+            .unwrap_or(true)
+    }
+
+    /// Abort failed (S3 down?): keep it to be tried again until it succeeds.
+    pub fn defer_abort(&self, upload_id: &str, key: &str) {
+        if let Ok(mut pending) = self.pending_aborts.lock() {
+            pending.insert(
+                upload_id.to_owned(),
+                PendingAbort {
+                    key: key.to_owned(),
+                    next: Instant::now() + ABORT_RETRY_FIRST,
+                    wait: ABORT_RETRY_FIRST,
+                },
+            );
+            self.metrics
+                .multipart_aborts_pending
+                .set(i64::try_from(pending.len()).unwrap_or(i64::MAX));
+        }
+    }
+
+    /// Try again the aborts that are due; those that fail again wait twice as long.
+    pub async fn retry_aborts(&self) {
+        let due: Vec<(String, String)> = match self.pending_aborts.lock() {
+            Ok(pending) => {
+                let now = Instant::now();
+                pending
+                    .iter()
+                    .filter(|(_, p)| p.next <= now)
+                    .map(|(id, p)| (id.clone(), p.key.clone()))
+                    .collect()
+            }
+            Err(_) => return,
+        };
+        for (upload_id, key) in due {
+            let result = self.store.abort_multipart(&key, &upload_id).await;
+            let Ok(mut pending) = self.pending_aborts.lock() else {
+                return;
+            };
+            match result {
+                // 404: S3 no longer knows the upload, which is what we wanted.
+                Err(e) if !e.is_not_found() => {
+                    if let Some(p) = pending.get_mut(&upload_id) {
+                        p.wait = (p.wait * 2).min(ABORT_RETRY_MAX);
+                        p.next = Instant::now() + p.wait;
+                        tracing::warn!(
+                            key,
+                            "abort of multipart upload {upload_id} failed again ({e}); next try in {} s",
+                            p.wait.as_secs()
+                        );
+                    }
+                }
+                _ => {
+                    pending.remove(&upload_id);
+                    tracing::info!(key, "multipart upload {upload_id} aborted on retry");
+                }
+            }
+            self.metrics
+                .multipart_aborts_pending
+                .set(i64::try_from(pending.len()).unwrap_or(i64::MAX));
         }
     }
 
@@ -135,7 +265,11 @@ impl App {
                         .inc();
                     tracing::warn!(key, "aborted an upload cut off by shutdown");
                 }
-                Err(e) => tracing::error!(key, "could not abort upload {upload_id}: {e}"),
+                Err(e) => {
+                    // The process is about to end: the sweep of the next start (or of another
+                    // replica) removes it once it is older than PROXY_STALE_UPLOAD_AGE_HOURS.
+                    tracing::error!(key, "could not abort upload {upload_id}: {e}")
+                }
             }
         }
     }

@@ -36,13 +36,6 @@ pub struct TransferArgs {
     /// Largest part accepted (its Content-Length), in MiB; S3 allows 5120.
     #[arg(long, env = "PROXY_MPU_MAX_PART_MIB", default_value_t = 5120)]
     pub mpu_max_part_mib: u64,
-    /// Multipart uploads older than this are aborted by the sweep (never completed: the client
-    /// died). 0 turns the sweep off.
-    #[arg(long, env = "PROXY_MPU_STALE_HOURS", default_value_t = 24)]
-    pub mpu_stale_hours: u64,
-    /// How often each replica sweeps (with jitter); aborting twice is harmless.
-    #[arg(long, env = "PROXY_MPU_SWEEP_INTERVAL_SECS", default_value_t = 3600)]
-    pub mpu_sweep_interval_secs: u64,
     #[command(flatten)]
     pub signing: SigningArgs,
     #[command(flatten)]
@@ -56,9 +49,6 @@ pub struct TransferConfig {
     pub part_url_ttl: Duration,
     pub object_url_ttl: Duration,
     pub max_part: u64,
-    /// None: no sweep.
-    pub stale_after: Option<Duration>,
-    pub sweep_interval: Duration,
     pub signer: Signer,
     pub public_url: PublicUrl,
 }
@@ -87,9 +77,6 @@ impl TransferArgs {
                 return Err(format!("{name}={value} must be between 1 and 604800"));
             }
         }
-        if self.mpu_sweep_interval_secs == 0 {
-            return Err("PROXY_MPU_SWEEP_INTERVAL_SECS must be at least 1".to_owned());
-        }
         let signer = self.signing.build()?;
         if signer.generated && (self.multipart_uploads || self.multipart_downloads) {
             tracing::warn!(
@@ -105,9 +92,6 @@ impl TransferArgs {
             part_url_ttl: Duration::from_secs(self.mpu_url_ttl_secs),
             object_url_ttl: Duration::from_secs(self.presigned_download_url_ttl_seconds),
             max_part,
-            stale_after: (self.mpu_stale_hours > 0)
-                .then(|| Duration::from_secs(self.mpu_stale_hours.saturating_mul(3600))),
-            sweep_interval: Duration::from_secs(self.mpu_sweep_interval_secs),
             signer,
             public_url: self.public_url.build(trusted.clone())?,
         })
@@ -123,8 +107,6 @@ impl TransferConfig {
             part_url_ttl: Duration::from_secs(3600),
             object_url_ttl: Duration::from_secs(300),
             max_part: S3_MAX_PART,
-            stale_after: None,
-            sweep_interval: Duration::from_secs(3600),
             signer: Signer::with_key(key),
             public_url: PublicUrl::default(),
         }

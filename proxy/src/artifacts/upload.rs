@@ -1,27 +1,48 @@
-//! `PUT artifacts/<path>`: the request body goes to S3 as the `Bytes` frames hyper read, never
-//! collected. Small bodies with a Content-Length stream as one PutObject; the rest go as a
-//! multipart upload, cut into parts with `Bytes::split_to`, a few parts in flight, all parts
-//! together bounded by the upload budget. Any failure aborts the multipart upload, so no object
-//! and no orphaned part is left behind. The answer comes only once the object is stored.
+//! `PUT artifacts/<path>`: the request body goes to S3 as it arrives, never collected.
+//!
+//! - With a Content-Length up to the single-PUT limit: one streamed PutObject, nothing held.
+//! - With a larger Content-Length: a multipart upload whose part boundaries are known in
+//!   advance, each part streamed to UploadPart as its bytes arrive, nothing held either.
+//! - Without a length (chunked): parts are filled in memory, a few in flight, all of them
+//!   together bounded by the upload budget, which is taken only for bytes in hand.
+//!
+//! Every read from the client ends after the body idle timeout. Any failure aborts the
+//! multipart upload (retried later if S3 is down), so no object and no orphaned part is left
+//! behind. The answer comes only once the object is stored.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http::{Request, Response, StatusCode, header};
 use http_body_util::BodyExt;
+use tokio::sync::OwnedSemaphorePermit;
 use tokio::task::JoinSet;
 
 use super::store_error;
-use crate::body::{ProxyBody, empty};
+use crate::body::{ProxyBody, empty, idle_timeout};
 use crate::error::{ProxyError, Side};
 use crate::mlflow::content::guess_mime_type;
 use crate::mlflow::path::validate_path_is_safe;
 use crate::s3::StoreError;
-use crate::state::{App, BudgetPermit};
+use crate::state::{App, BudgetPermit, MIN_PART};
 
-/// A part that fails is sent again this many times (its frames are cheap to clone).
+/// A part that fails is sent again this many times (its frames are cheap to clone). Streamed
+/// parts cannot be sent again: their bytes are gone, as with the single PutObject.
 const PART_RETRIES: usize = 2;
+/// S3's largest object and largest part.
+const MAX_OBJECT: u64 = 5 * 1024 * 1024 * 1024 * 1024;
+const MAX_PART: u64 = 5 * 1024 * 1024 * 1024;
+/// Frames shorter than this are copied into the part, so that a part's memory is close to its
+/// length (a tiny frame would otherwise pin a whole read buffer); longer ones are kept as they
+/// are, without a copy.
+const COPY_BELOW: usize = 128 * 1024;
+/// Small frames are copied into blocks of this size (any copied frame fits in a fresh one).
+const BLOCK: usize = COPY_BELOW;
+/// Budget is taken in steps of this much, and frames are handled in pieces of at most this, so
+/// that a part being filled never holds more than S3's minimum part plus a few steps.
+const STEP: usize = 256 * 1024;
+/// Frames waiting between the client's body and a streamed part.
+const STREAM_QUEUE: usize = 2;
 
 pub async fn upload(
     app: &Arc<App>,
@@ -41,17 +62,32 @@ pub async fn upload(
         ));
     }
     let declared = content_length(&request)?;
+    if let Some(len) = declared {
+        check_storable(app.upload.part_size, len)?;
+    }
     let key = app.store.upload_key(head, tail);
     let content_type = guess_mime_type(tail);
-    let body = request.into_body();
+    let fault = ClientFault::default();
+    let body = fault.watch(idle_timeout(
+        request.into_body(),
+        app.upload.body_idle_timeout,
+    ));
 
     // A task of its own: if the client goes away, hyper drops this handler, but the task still
     // sees the broken body and aborts the multipart upload.
     let task_app = app.clone();
-    let stored =
-        tokio::spawn(
-            async move { store_body(&task_app, &key, content_type, declared, body).await },
-        );
+    let stored = tokio::spawn(async move {
+        let result = store_body(&task_app, &key, content_type, declared, body).await;
+        // A failure that followed from the client's body is the client's, whatever failed next.
+        let result = match (result, fault.error(&task_app)) {
+            (Err(_), Some(client)) => Err(client),
+            (result, _) => result,
+        };
+        if let Err(e) = &result {
+            tracing::warn!(key, "upload not stored: {e}");
+        }
+        result
+    });
     match stored.await {
         Ok(Ok(())) => {
             // FastAPI's `Response(status_code=200)`: empty, no Content-Type.
@@ -85,6 +121,56 @@ fn content_length(request: &Request<ProxyBody>) -> Result<Option<u64>, ProxyErro
         })
 }
 
+/// A declared length S3 cannot store is refused before any body byte is read.
+fn check_storable(configured_part: usize, len: u64) -> Result<(), ProxyError> {
+    let part = part_size_for(configured_part, Some(len)) as u64;
+    if len > MAX_OBJECT || part > MAX_PART {
+        return Err(ProxyError::mlflow(
+            Side::Client,
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "INVALID_PARAMETER_VALUE",
+            format!(
+                "Content-Length {len} is larger than the artifact store accepts for one object \
+                 (5 TiB)"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// What went wrong with the client's body, noted as the error passes, so that a failure the
+/// store reports afterwards (a part cut short) is blamed on the client, with the right status.
+#[derive(Clone, Default)]
+struct ClientFault(Arc<OnceLock<(bool, String)>>);
+
+impl ClientFault {
+    fn watch(&self, body: ProxyBody) -> ProxyBody {
+        let fault = self.clone();
+        body.map_err(move |e| {
+            let _ = fault.0.set((e.is_idle_timeout(), e.to_string()));
+            e
+        })
+        .boxed()
+    }
+
+    fn error(&self, app: &App) -> Option<ProxyError> {
+        let (idle, detail) = self.0.get()?;
+        if *idle {
+            app.metrics
+                .body_idle_timeouts
+                .with_label_values(&["upload"])
+                .inc();
+            return Some(ProxyError::mlflow(
+                Side::Client,
+                StatusCode::REQUEST_TIMEOUT,
+                "BAD_REQUEST",
+                format!("The upload body stalled ({detail}); nothing was stored"),
+            ));
+        }
+        Some(client_gone(detail))
+    }
+}
+
 async fn store_body(
     app: &Arc<App>,
     key: &str,
@@ -92,30 +178,17 @@ async fn store_body(
     declared: Option<u64>,
     body: ProxyBody,
 ) -> Result<(), ProxyError> {
-    let result = match declared {
-        Some(len) if len <= app.upload.single_put_max => {
-            // hyper ends the body with an error if the client sends fewer bytes than it
-            // declared, and S3 then discards the partial object. The flag tells that failure
-            // (the client's) from the store's.
-            let client_failed = Arc::new(AtomicBool::new(false));
-            let flag = client_failed.clone();
-            let body = body
-                .map_err(move |e| {
-                    flag.store(true, Ordering::Relaxed);
-                    e
-                })
-                .boxed();
-            match app.store.put_object(key, content_type, len, body).await {
-                Err(e) if client_failed.load(Ordering::Relaxed) => Err(client_gone(&e.to_string())),
-                other => other.map_err(store_error),
-            }
-        }
-        _ => upload_in_parts(app, key, content_type, declared, body).await,
-    };
-    if let Err(e) = &result {
-        tracing::warn!(key, "upload not stored: {e}");
+    match declared {
+        // hyper ends the body with an error if the client sends fewer bytes than it declared,
+        // and S3 then discards the partial object.
+        Some(len) if len <= app.upload.single_put_max => app
+            .store
+            .put_object(key, content_type, len, body)
+            .await
+            .map_err(store_error),
+        Some(len) => stream_parts(app, key, content_type, len, body).await,
+        None => fill_parts(app, key, content_type, body).await,
     }
-    result
 }
 
 fn client_gone(detail: &str) -> ProxyError {
@@ -127,23 +200,6 @@ fn client_gone(detail: &str) -> ProxyError {
     )
 }
 
-/// One part being filled from the body: its frames, their total length, its budget share.
-struct PartBuffer {
-    frames: Vec<Bytes>,
-    len: usize,
-    permit: Option<BudgetPermit>,
-}
-
-impl PartBuffer {
-    fn new(permit: BudgetPermit) -> Self {
-        PartBuffer {
-            frames: Vec::new(),
-            len: 0,
-            permit: Some(permit),
-        }
-    }
-}
-
 /// A multipart upload once it has more than one part.
 struct Multipart {
     upload_id: String,
@@ -152,73 +208,112 @@ struct Multipart {
     done: Vec<(u32, String)>,
 }
 
-async fn upload_in_parts(
+/// A declared length: each part's bytes go to its UploadPart request as they arrive.
+async fn stream_parts(
     app: &Arc<App>,
     key: &str,
     content_type: &'static str,
-    declared: Option<u64>,
+    len: u64,
     mut body: ProxyBody,
 ) -> Result<(), ProxyError> {
-    let part_size = part_size_for(app.upload.part_size, declared);
-    let mut part = PartBuffer::new(app.reserve(part_size).await);
-    let mut multipart: Option<Multipart> = None;
-    let mut received: u64 = 0;
-
-    let outcome: Result<(), ProxyError> = async {
-        while let Some(frame) = body.frame().await {
-            let frame = frame.map_err(|e| client_gone(&e.to_string()))?;
-            let Ok(mut data) = frame.into_data() else {
-                continue;
-            };
-            received += data.len() as u64;
-            while !data.is_empty() {
-                let take = (part_size - part.len).min(data.len());
-                part.frames.push(data.split_to(take));
-                part.len += take;
-                if part.len == part_size {
-                    let full = std::mem::replace(
-                        &mut part,
-                        PartBuffer {
-                            frames: Vec::new(),
-                            len: 0,
-                            permit: None,
+    let part_size = part_size_for(app.upload.part_size, Some(len)) as u64;
+    let mut upload = start_multipart(app, key, content_type).await?;
+    let streamed: Result<(), ProxyError> = async {
+        let mut sent: u64 = 0;
+        let mut carry: Option<Bytes> = None;
+        while sent < len {
+            let this = part_size.min(len - sent);
+            wait_for_room(app, &mut upload).await?;
+            let (tx, part_body) = crate::body::channel(STREAM_QUEUE);
+            let part_number = upload.next_part;
+            upload.next_part += 1;
+            let (task_app, task_key, upload_id) =
+                (app.clone(), key.to_owned(), upload.upload_id.clone());
+            upload.in_flight.spawn(async move {
+                task_app
+                    .store
+                    .upload_part_body(&task_key, &upload_id, part_number, this, part_body)
+                    .await
+                    .map(|etag| (part_number, etag))
+            });
+            let mut left = this;
+            while left > 0 {
+                let mut data = match carry.take() {
+                    Some(data) => data,
+                    None => match body.frame().await {
+                        Some(Ok(frame)) => match frame.into_data() {
+                            Ok(data) => data,
+                            Err(_) => continue,
                         },
-                    );
-                    let upload = match &mut multipart {
-                        Some(upload) => upload,
-                        None => multipart.insert(start_multipart(app, key, content_type).await?),
-                    };
-                    send_part(app, key, upload, full).await?;
-                    // Only now wait for budget for the next part: the full one is on its way
-                    // and will give its share back, so waiting uploads cannot deadlock.
-                    part.permit = Some(app.reserve(part_size).await);
+                        Some(Err(e)) => {
+                            // Cut the part request off too, so that S3 keeps nothing of it.
+                            let detail = e.to_string();
+                            let _ = tx.send(Err(e)).await;
+                            return Err(client_gone(&detail));
+                        }
+                        None => {
+                            let received = sent + this - left;
+                            return Err(client_gone(&format!("{received} of {len} bytes")));
+                        }
+                    },
+                };
+                let take = usize::try_from(left).unwrap_or(usize::MAX).min(data.len());
+                let piece = data.split_to(take);
+                if !data.is_empty() {
+                    carry = Some(data);
+                }
+                left -= take as u64;
+                if tx.send(Ok(piece)).await.is_err() {
+                    // The part request ended before its bytes did: the store failed.
+                    return Err(first_failure(&mut upload).await);
                 }
             }
-        }
-        if let Some(len) = declared
-            && len != received
-        {
-            return Err(client_gone(&format!("{received} of {len} bytes")));
+            sent += this;
         }
         Ok(())
     }
     .await;
+    finish(app, key, upload, streamed).await
+}
 
-    match (outcome, multipart) {
-        // It all fitted in one part: one PutObject from the frames we hold.
-        (Ok(()), None) => {
-            let len = part.len as u64;
-            let body = crate::body::from_frames(part.frames);
-            app.store
-                .put_object(key, content_type, len, body)
-                .await
-                .map_err(store_error)
+/// Wait until fewer than `parts_in_flight` parts of this upload are in flight.
+async fn wait_for_room(app: &App, upload: &mut Multipart) -> Result<(), ProxyError> {
+    while let Some(joined) = upload.in_flight.try_join_next() {
+        upload.done.push(part_result(joined)?);
+    }
+    while upload.in_flight.len() >= app.upload.parts_in_flight {
+        if let Some(joined) = upload.in_flight.join_next().await {
+            upload.done.push(part_result(joined)?);
         }
-        (Ok(()), Some(mut upload)) => {
-            let finished = async {
-                if part.len > 0 {
-                    send_part(app, key, &mut upload, part).await?;
-                }
+    }
+    Ok(())
+}
+
+/// The error of the first part that failed (one has, or its body would not have been closed).
+async fn first_failure(upload: &mut Multipart) -> ProxyError {
+    while let Some(joined) = upload.in_flight.join_next().await {
+        match part_result(joined) {
+            Ok(done) => upload.done.push(done),
+            Err(e) => return e,
+        }
+    }
+    ProxyError::store(
+        StatusCode::BAD_GATEWAY,
+        "Artifact store error: a part upload ended early",
+    )
+}
+
+/// All bytes read: wait for the parts, complete the upload; on any failure, abort it.
+async fn finish(
+    app: &Arc<App>,
+    key: &str,
+    mut upload: Multipart,
+    read: Result<(), ProxyError>,
+) -> Result<(), ProxyError> {
+    let finished = match read {
+        Err(e) => Err(e),
+        Ok(()) => {
+            async {
                 while let Some(joined) = upload.in_flight.join_next().await {
                     upload.done.push(part_result(joined)?);
                 }
@@ -227,28 +322,204 @@ async fn upload_in_parts(
                     .await
                     .map_err(store_error)
             }
-            .await;
-            match finished {
-                Ok(()) => {
-                    app.untrack_upload(&upload.upload_id);
-                    app.metrics
-                        .multipart_uploads
-                        .with_label_values(&["completed"])
-                        .inc();
-                    Ok(())
-                }
-                Err(e) => {
-                    abort(app, key, upload).await;
-                    Err(e)
-                }
-            }
+            .await
         }
-        (Err(e), Some(upload)) => {
+    };
+    match finished {
+        Ok(()) => {
+            app.untrack_upload(&upload.upload_id);
+            app.metrics
+                .multipart_uploads
+                .with_label_values(&["completed"])
+                .inc();
+            Ok(())
+        }
+        Err(e) => {
             abort(app, key, upload).await;
             Err(e)
         }
+    }
+}
+
+/// One part being filled from a chunked body: large frames as they came, small ones copied
+/// into blocks; `held` is the memory that takes, covered by `permit`.
+struct PartBuffer {
+    frames: Vec<Bytes>,
+    block: BytesMut,
+    len: usize,
+    held: usize,
+    permit: Option<BudgetPermit>,
+    /// The right to fill a part (see `App::part_slot`), taken at its first byte.
+    slot: Option<OwnedSemaphorePermit>,
+}
+
+impl PartBuffer {
+    fn new() -> Self {
+        PartBuffer {
+            frames: Vec::new(),
+            block: BytesMut::new(),
+            len: 0,
+            held: 0,
+            permit: None,
+            slot: None,
+        }
+    }
+
+    /// What `held` becomes once `data` is added.
+    fn held_with(&self, data: &Bytes) -> usize {
+        if data.len() >= COPY_BELOW {
+            self.held + data.len()
+        } else if self.block.capacity() - self.block.len() >= data.len() {
+            self.held
+        } else {
+            self.held + BLOCK
+        }
+    }
+
+    fn reserved(&self) -> usize {
+        self.permit
+            .as_ref()
+            .map_or(0, |p| usize::try_from(p.bytes()).unwrap_or(usize::MAX))
+    }
+
+    fn push(&mut self, data: Bytes) {
+        self.len += data.len();
+        if data.len() >= COPY_BELOW {
+            self.seal();
+            self.held += data.len();
+            self.frames.push(data);
+            return;
+        }
+        if self.block.capacity() - self.block.len() < data.len() {
+            self.seal();
+            self.block = BytesMut::with_capacity(BLOCK);
+            self.held += BLOCK;
+        }
+        self.block.extend_from_slice(&data);
+    }
+
+    /// Close the block being filled; a partly filled one is copied to its exact size.
+    fn seal(&mut self) {
+        if self.block.capacity() == 0 {
+            return;
+        }
+        let block = std::mem::take(&mut self.block);
+        self.held -= block.capacity();
+        if block.is_empty() {
+            return;
+        }
+        if block.len() == block.capacity() {
+            self.held += block.len();
+            self.frames.push(block.freeze());
+        } else {
+            self.held += block.len();
+            self.frames.push(Bytes::copy_from_slice(&block));
+        }
+    }
+
+    /// The part as it goes to S3: frames only, the right to fill given back.
+    fn close(mut self) -> (Vec<Bytes>, usize, Option<BudgetPermit>) {
+        self.seal();
+        drop(self.slot.take());
+        (
+            std::mem::take(&mut self.frames),
+            self.len,
+            self.permit.take(),
+        )
+    }
+}
+
+/// No declared length: fill parts in memory, within the budget, and send each when full.
+async fn fill_parts(
+    app: &Arc<App>,
+    key: &str,
+    content_type: &'static str,
+    mut body: ProxyBody,
+) -> Result<(), ProxyError> {
+    let part_size = app.upload.part_size;
+    let mut part = PartBuffer::new();
+    let mut multipart: Option<Multipart> = None;
+
+    let outcome: Result<(), ProxyError> = async {
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| client_gone(&e.to_string()))?;
+            let Ok(mut data) = frame.into_data() else {
+                continue;
+            };
+            while !data.is_empty() {
+                let take = (part_size - part.len).min(data.len()).min(STEP);
+                let piece = data.split_to(take);
+                if part.slot.is_none() {
+                    part.slot = Some(app.part_slot().await);
+                }
+                // Budget for the bytes in hand only. When it is short, a part S3 accepts
+                // (5 MiB or more) goes at once, smaller than planned; a smaller one waits,
+                // which cannot deadlock since every part being filled can reach 5 MiB.
+                loop {
+                    let needed = part.held_with(&piece).saturating_sub(part.reserved());
+                    if needed == 0 {
+                        break;
+                    }
+                    let granted = match app.try_reserve(needed.max(STEP)) {
+                        Some(granted) => granted,
+                        None if part.len as u64 >= MIN_PART => {
+                            let full = std::mem::replace(&mut part, PartBuffer::new());
+                            send_full(app, key, content_type, &mut multipart, full).await?;
+                            part.slot = Some(app.part_slot().await);
+                            continue;
+                        }
+                        None => app.reserve(needed.max(STEP)).await,
+                    };
+                    match &mut part.permit {
+                        Some(permit) => permit.merge(granted),
+                        None => part.permit = Some(granted),
+                    }
+                }
+                part.push(piece);
+                if part.len == part_size {
+                    let full = std::mem::replace(&mut part, PartBuffer::new());
+                    send_full(app, key, content_type, &mut multipart, full).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+    .await;
+
+    match (outcome, multipart) {
+        // It all fitted in one part: one PutObject from the frames we hold.
+        (Ok(()), None) => {
+            let (frames, len, _permit) = part.close();
+            let body = crate::body::from_frames(frames);
+            app.store
+                .put_object(key, content_type, len as u64, body)
+                .await
+                .map_err(store_error)
+        }
+        (read, Some(mut upload)) => {
+            let read = match read {
+                Ok(()) if part.len > 0 => send_part(app, key, &mut upload, part).await,
+                other => other,
+            };
+            finish(app, key, upload, read).await
+        }
         (Err(e), None) => Err(e),
     }
+}
+
+/// Send a full part, starting the multipart upload with the first one.
+async fn send_full(
+    app: &Arc<App>,
+    key: &str,
+    content_type: &'static str,
+    multipart: &mut Option<Multipart>,
+    part: PartBuffer,
+) -> Result<(), ProxyError> {
+    let upload = match multipart {
+        Some(upload) => upload,
+        None => multipart.insert(start_multipart(app, key, content_type).await?),
+    };
+    send_part(app, key, upload, part).await
 }
 
 /// S3 allows 10,000 parts: a declared length that needs more gets bigger parts.
@@ -289,23 +560,13 @@ async fn send_part(
     upload: &mut Multipart,
     part: PartBuffer,
 ) -> Result<(), ProxyError> {
-    while let Some(joined) = upload.in_flight.try_join_next() {
-        upload.done.push(part_result(joined)?);
-    }
-    while upload.in_flight.len() >= app.upload.parts_in_flight {
-        if let Some(joined) = upload.in_flight.join_next().await {
-            upload.done.push(part_result(joined)?);
-        }
-    }
+    // Give the right to fill a part back before waiting: this part is complete.
+    let (frames, len, permit) = part.close();
+    wait_for_room(app, upload).await?;
     let part_number = upload.next_part;
     upload.next_part += 1;
     let (app, key, upload_id) = (app.clone(), key.to_owned(), upload.upload_id.clone());
     upload.in_flight.spawn(async move {
-        let PartBuffer {
-            frames,
-            len,
-            permit,
-        } = part;
         let mut attempt = 0;
         let result = loop {
             match app
@@ -345,11 +606,14 @@ async fn abort(app: &Arc<App>, key: &str, mut upload: Multipart) {
     while upload.in_flight.join_next().await.is_some() {}
     match app.store.abort_multipart(key, &upload.upload_id).await {
         Ok(()) => tracing::info!(key, "multipart upload aborted"),
-        Err(e) => tracing::error!(
-            key,
-            "could not abort multipart upload {}: {e}",
-            upload.upload_id
-        ),
+        Err(e) => {
+            tracing::warn!(
+                key,
+                "could not abort multipart upload {} ({e}); will try again",
+                upload.upload_id
+            );
+            app.defer_abort(&upload.upload_id, key);
+        }
     }
     app.untrack_upload(&upload.upload_id);
     app.metrics
@@ -360,7 +624,60 @@ async fn abort(app: &Arc<App>, key: &str, mut upload: Multipart) {
 
 #[cfg(test)]
 mod tests {
-    use super::part_size_for;
+    use super::*;
+
+    /// Frames of every size go into parts unchanged, and what a part holds stays within a
+    /// block of its length.
+    #[test]
+    fn parts_hold_what_they_say() {
+        use rand::Rng;
+        let mut rng = rand::rng();
+        let part_size = 5 * 1024 * 1024;
+        let mut part = PartBuffer::new();
+        let (mut sent, mut stored) = (Vec::new(), Vec::new());
+        for i in 0..300u32 {
+            let n = match i % 3 {
+                0 => rng.random_range(1..100),
+                1 => rng.random_range(100..140_000),
+                _ => rng.random_range(140_000..500_000),
+            };
+            let bytes: Vec<u8> = (0..n).map(|j| (i as usize * 7 + j) as u8).collect();
+            sent.extend_from_slice(&bytes);
+            let mut data = Bytes::from(bytes);
+            while !data.is_empty() {
+                let take = (part_size - part.len).min(data.len()).min(STEP);
+                part.push(data.split_to(take));
+                assert!(
+                    part.held <= part.len + BLOCK,
+                    "{} > {}",
+                    part.held,
+                    part.len
+                );
+                if part.len == part_size {
+                    let (frames, len, _) = std::mem::replace(&mut part, PartBuffer::new()).close();
+                    assert_eq!(frames.iter().map(Bytes::len).sum::<usize>(), len);
+                    frames.iter().for_each(|f| stored.extend_from_slice(f));
+                }
+            }
+        }
+        let (frames, _, _) = part.close();
+        frames.iter().for_each(|f| stored.extend_from_slice(f));
+        assert!(
+            sent == stored,
+            "the bytes changed on their way through parts"
+        );
+    }
+
+    /// A tiny frame costs its length once sealed, not a block.
+    #[test]
+    fn small_frames_are_copied() {
+        let mut part = PartBuffer::new();
+        part.push(Bytes::from_static(b"x"));
+        assert_eq!(part.held, BLOCK);
+        part.push(Bytes::from(vec![1u8; COPY_BELOW]));
+        assert_eq!(part.held, 1 + COPY_BELOW);
+        assert_eq!(part.len, 1 + COPY_BELOW);
+    }
 
     #[test]
     fn parts_grow_to_fit_ten_thousand() {

@@ -1,0 +1,414 @@
+//! Hostile and stalled upload clients, over raw sockets, against the proxy binary as its own
+//! process (so that its RSS, read from /proc, is the proxy's alone) in front of a real S3
+//! server (s3s-fs). Bounds are generous: they catch buffering proportional to what a client
+//! declares or sends, not allocator noise.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const TIB: u64 = 1024 * 1024 * 1024 * 1024;
+const PATH: &str = "/api/2.0/mlflow-artifacts/artifacts";
+
+/// The proxy binary, started against the test's S3 server and MLflow stand-in.
+struct ProxyProcess {
+    child: Child,
+    addr: SocketAddr,
+    metrics: SocketAddr,
+}
+
+impl ProxyProcess {
+    async fn start(s3: &S3Server, mlflow: &FakeMlflow, extra: &[(&str, &str)]) -> ProxyProcess {
+        let port = free_port();
+        let metrics_port = free_port();
+        // HOSTILE_PROXY_BIN: another build of the proxy (to show that these tests fail on one
+        // without the bounds).
+        let binary = std::env::var("HOSTILE_PROXY_BIN")
+            .unwrap_or_else(|_| env!("CARGO_BIN_EXE_mlflow-artifact-proxy").to_owned());
+        let mut command = Command::new(binary);
+        command
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("RUST_LOG", "warn")
+            .env("MLFLOW_ARTIFACTS_DESTINATION", format!("s3://{BUCKET}/"))
+            .env("MLFLOW_S3_ENDPOINT_URL", &s3.endpoint)
+            .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+            .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+            .env("PROXY_LISTEN", format!("127.0.0.1:{port}"))
+            .env("PROXY_METRICS_LISTEN", format!("127.0.0.1:{metrics_port}"))
+            .env("PROXY_UPSTREAM", format!("http://{}", mlflow.addr))
+            .env("PROXY_SINGLE_PUT_MAX_MIB", "8")
+            .env("PROXY_PART_SIZE_MIB", "8")
+            .env("PROXY_UPLOAD_BUDGET_MIB", "64")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
+        for (name, value) in extra {
+            command.env(name, value);
+        }
+        let child = command.spawn().expect("start the proxy binary");
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let metrics: SocketAddr = format!("127.0.0.1:{metrics_port}").parse().unwrap();
+        let started = Instant::now();
+        while TcpStream::connect(addr).await.is_err() {
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "the proxy did not listen"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        ProxyProcess {
+            child,
+            addr,
+            metrics,
+        }
+    }
+
+    /// Resident memory, in MiB, from /proc.
+    fn rss_mib(&self) -> f64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        let kib: f64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap();
+        kib / 1024.0
+    }
+
+    async fn metrics(&self) -> String {
+        let (status, body) = exchange(
+            self.metrics,
+            "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+            &[],
+        )
+        .await;
+        assert_eq!(status, 200);
+        body
+    }
+}
+
+impl Drop for ProxyProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Send a request head and body bytes on a fresh socket, read the whole answer (bounded).
+async fn exchange(addr: SocketAddr, head: &str, body: &[u8]) -> (u16, String) {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream.write_all(body).await.unwrap();
+    read_answer(&mut stream, Duration::from_secs(60)).await
+}
+
+async fn read_answer(stream: &mut TcpStream, within: Duration) -> (u16, String) {
+    let mut raw = Vec::new();
+    tokio::time::timeout(within, stream.read_to_end(&mut raw))
+        .await
+        .expect("no answer in time")
+        .ok();
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+fn put_head(path: &str, length: Option<u64>) -> String {
+    let framing = match length {
+        Some(n) => format!("Content-Length: {n}"),
+        None => "Transfer-Encoding: chunked".to_owned(),
+    };
+    format!(
+        "PUT {PATH}/{path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n{framing}\r\n\r\n"
+    )
+}
+
+/// `data` as one HTTP chunk.
+fn chunk(data: &[u8]) -> Vec<u8> {
+    let mut out = format!("{:x}\r\n", data.len()).into_bytes();
+    out.extend_from_slice(data);
+    out.extend_from_slice(b"\r\n");
+    out
+}
+
+fn metric(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or(f64::NAN)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_declared_huge_upload_is_streamed_not_buffered() {
+    let s3 = S3Server::start().await;
+    let mlflow = FakeMlflow::start().await;
+    let proxy = ProxyProcess::start(&s3, &mlflow, &[]).await;
+    let before = proxy.rss_mib();
+
+    // 5 TiB declared (S3's largest object), 256 MiB sent, then the client goes away.
+    let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
+    stream
+        .write_all(put_head("huge/declared.bin", Some(5 * TIB)).as_bytes())
+        .await
+        .unwrap();
+    let block = random_bytes(MIB);
+    let mut peak = before;
+    for i in 0..256 {
+        tokio::time::timeout(Duration::from_secs(60), stream.write_all(&block))
+            .await
+            .expect("the proxy stopped reading")
+            .unwrap();
+        if i % 16 == 0 {
+            peak = peak.max(proxy.rss_mib());
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    peak = peak.max(proxy.rss_mib());
+    drop(stream);
+    eprintln!("declared 5 TiB, sent 256 MiB: RSS {before:.1} MiB before, peak {peak:.1} MiB");
+    assert!(peak < 160.0, "RSS reached {peak:.1} MiB");
+
+    // Nothing is stored, and the multipart upload is aborted.
+    eventually("the upload is aborted", || {
+        s3.keys().is_empty()
+            && s3
+                .multipart_leftovers()
+                .iter()
+                .all(|f| !f.contains(".upload-"))
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_length_s3_cannot_store_is_refused_before_the_body() {
+    let s3 = S3Server::start().await;
+    let mlflow = FakeMlflow::start().await;
+    let proxy = ProxyProcess::start(&s3, &mlflow, &[]).await;
+    // No body byte is sent: the answer must come from the headers alone.
+    let (status, body) = exchange(
+        proxy.addr,
+        &put_head("huge/too-big.bin", Some(5 * TIB + 1)),
+        &[],
+    )
+    .await;
+    assert_eq!(status, 413, "{body}");
+    let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(json["error_code"], "INVALID_PARAMETER_VALUE");
+    assert!(
+        json["message"].as_str().unwrap().contains("5 TiB"),
+        "{body}"
+    );
+    assert!(s3.keys().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tiny_chunks_cost_about_their_length() {
+    let s3 = S3Server::start().await;
+    let mlflow = FakeMlflow::start().await;
+    let proxy = ProxyProcess::start(&s3, &mlflow, &[]).await;
+    let before = proxy.rss_mib();
+
+    // 4 MiB sent as 1-byte chunks (24 MiB on the wire), in writes of 6 KiB of chunks.
+    let data = random_bytes(4 * MIB);
+    let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
+    stream
+        .write_all(put_head("tiny/chunks.bin", None).as_bytes())
+        .await
+        .unwrap();
+    let mut peak = before;
+    for (i, slice) in data.chunks(1024).enumerate() {
+        let wire: Vec<u8> = slice.iter().flat_map(|b| chunk(&[*b])).collect();
+        stream.write_all(&wire).await.unwrap();
+        if i % 256 == 0 {
+            peak = peak.max(proxy.rss_mib());
+        }
+    }
+    stream.write_all(b"0\r\n\r\n").await.unwrap();
+    let (status, body) = read_answer(&mut stream, Duration::from_secs(120)).await;
+    peak = peak.max(proxy.rss_mib());
+    assert_eq!(status, 200, "{body}");
+    eprintln!("4 MiB in 1-byte chunks: RSS {before:.1} MiB before, peak {peak:.1} MiB");
+    assert!(
+        peak - before < 48.0,
+        "RSS grew by {:.1} MiB (from {before:.1})",
+        peak - before
+    );
+    let stored = std::fs::read(s3.object_path("tiny/chunks.bin")).unwrap();
+    assert_eq!(sha256(&stored), sha256(&data));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_uploads_do_not_block_the_others() {
+    let s3 = S3Server::start().await;
+    let mlflow = FakeMlflow::start().await;
+    let proxy = ProxyProcess::start(&s3, &mlflow, &[]).await;
+
+    // Eight stalled uploads: chunked ones that send only headers or one byte, declared ones
+    // (5 TiB, and above the single-PUT limit) that send nothing or a little.
+    let mut stalled = Vec::new();
+    for i in 0..8u64 {
+        let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
+        let (head, body) = match i % 4 {
+            0 => (put_head(&format!("stall/{i}"), None), Vec::new()),
+            1 => (put_head(&format!("stall/{i}"), None), chunk(b"x")),
+            2 => (put_head(&format!("stall/{i}"), Some(5 * TIB)), Vec::new()),
+            _ => (
+                put_head(&format!("stall/{i}"), Some(64 << 20)),
+                vec![7; 1000],
+            ),
+        };
+        stream.write_all(head.as_bytes()).await.unwrap();
+        stream.write_all(&body).await.unwrap();
+        stalled.push(stream);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // A 16 MiB chunked upload (multipart: two parts and a bit) still goes through.
+    let data = random_bytes(16 * MIB + 3);
+    let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
+    stream
+        .write_all(put_head("ok/chunked.bin", None).as_bytes())
+        .await
+        .unwrap();
+    for slice in data.chunks(100_000) {
+        tokio::time::timeout(Duration::from_secs(30), stream.write_all(&chunk(slice)))
+            .await
+            .expect("the upload is blocked behind the stalled ones")
+            .unwrap();
+    }
+    stream.write_all(b"0\r\n\r\n").await.unwrap();
+    let (status, body) = read_answer(&mut stream, Duration::from_secs(30)).await;
+    assert_eq!(status, 200, "{body}");
+    let stored = std::fs::read(s3.object_path("ok/chunked.bin")).unwrap();
+    assert_eq!(sha256(&stored), sha256(&data));
+    drop(stalled);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_body_is_ended_and_nothing_is_stored() {
+    let s3 = S3Server::start().await;
+    let mlflow = FakeMlflow::start().await;
+    let proxy = ProxyProcess::start(&s3, &mlflow, &[("PROXY_BODY_IDLE_TIMEOUT_SECS", "2")]).await;
+
+    // Each kind of upload: chunked (parts in memory), declared large (parts streamed),
+    // declared small (one PutObject). Each sends some bytes, then nothing.
+    let cases: [(&str, Option<u64>, Vec<u8>); 3] = [
+        ("silent/chunked", None, chunk(&random_bytes(6 * MIB))),
+        ("silent/streamed", Some(64 << 20), random_bytes(9 * MIB)),
+        ("silent/single", Some(4 << 20), random_bytes(MIB)),
+    ];
+    let mut streams = Vec::new();
+    for (path, length, body) in &cases {
+        let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
+        stream
+            .write_all(put_head(path, *length).as_bytes())
+            .await
+            .unwrap();
+        stream.write_all(body).await.unwrap();
+        streams.push(stream);
+    }
+    for (stream, (path, _, _)) in streams.iter_mut().zip(&cases) {
+        let (status, body) = read_answer(stream, Duration::from_secs(30)).await;
+        assert_eq!(status, 408, "{path}: {body}");
+        let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(json["error_code"], "BAD_REQUEST", "{path}: {body}");
+    }
+    eventually("nothing stored, no upload left open", || {
+        s3.keys().is_empty()
+            && s3
+                .multipart_leftovers()
+                .iter()
+                .all(|f| !f.contains(".upload-"))
+    })
+    .await;
+    let metrics = proxy.metrics().await;
+    assert_eq!(
+        metric(
+            &metrics,
+            "mlflow_proxy_body_idle_timeouts_total{direction=\"upload\"}"
+        ),
+        3.0,
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_abort_that_fails_is_tried_again() {
+    let s3 = S3Server::start().await;
+    let mlflow = FakeMlflow::start().await;
+    let proxy = ProxyProcess::start(&s3, &mlflow, &[]).await;
+
+    // A chunked upload with one part stored, then S3 goes down and the client goes away:
+    // the abort fails.
+    let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
+    stream
+        .write_all(put_head("retry/abort.bin", None).as_bytes())
+        .await
+        .unwrap();
+    stream
+        .write_all(&chunk(&random_bytes(9 * MIB)))
+        .await
+        .unwrap();
+    eventually("a part is stored", || {
+        s3.multipart_leftovers()
+            .iter()
+            .any(|f| f.contains(".part-1"))
+    })
+    .await;
+    s3.stop();
+    drop(stream);
+    let mut pending = 0.0;
+    for _ in 0..100 {
+        pending = metric(
+            &proxy.metrics().await,
+            "mlflow_proxy_multipart_aborts_pending",
+        );
+        if pending == 1.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(pending, 1.0, "the failed abort is not pending");
+    assert!(!s3.multipart_leftovers().is_empty());
+
+    // S3 is back: the abort goes through on a retry, and no part is left.
+    s3.restart().await;
+    let mut left = Vec::new();
+    for _ in 0..100 {
+        left = s3.multipart_leftovers();
+        if left.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(left, Vec::<String>::new());
+    assert_eq!(
+        metric(
+            &proxy.metrics().await,
+            "mlflow_proxy_multipart_aborts_pending"
+        ),
+        0.0
+    );
+    assert!(s3.keys().is_empty());
+}
