@@ -36,10 +36,16 @@ impl ProxyProcess {
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("RUST_LOG", "warn")
-            .env("MLFLOW_ARTIFACTS_DESTINATION", format!("s3://{BUCKET}/"))
+            .env(
+                "MLFLOW_ARTIFACTS_DESTINATION",
+                format!("s3://{}/", s3.bucket),
+            )
             .env("MLFLOW_S3_ENDPOINT_URL", &s3.endpoint)
-            .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
-            .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+            .env("AWS_ACCESS_KEY_ID", &s3.access_key)
+            .env("AWS_SECRET_ACCESS_KEY", &s3.secret_key)
+            .env("AWS_DEFAULT_REGION", &s3.region)
+            // The fake MLflow has no auth app to ask: these tests are about uploads.
+            .env("PROXY_MLFLOW_AUTH", "off")
             .env("PROXY_LISTEN", format!("127.0.0.1:{port}"))
             .env("PROXY_METRICS_LISTEN", format!("127.0.0.1:{metrics_port}"))
             .env("PROXY_UPSTREAM", format!("http://{}", mlflow.addr))
@@ -254,7 +260,7 @@ async fn tiny_chunks_cost_about_their_length() {
         "RSS grew by {:.1} MiB (from {before:.1})",
         peak - before
     );
-    let stored = std::fs::read(s3.object_path("tiny/chunks.bin")).unwrap();
+    let stored = s3.object("tiny/chunks.bin").expect("stored");
     assert_eq!(sha256(&stored), sha256(&data));
 }
 
@@ -300,7 +306,7 @@ async fn stalled_uploads_do_not_block_the_others() {
     stream.write_all(b"0\r\n\r\n").await.unwrap();
     let (status, body) = read_answer(&mut stream, Duration::from_secs(30)).await;
     assert_eq!(status, 200, "{body}");
-    let stored = std::fs::read(s3.object_path("ok/chunked.bin")).unwrap();
+    let stored = s3.object("ok/chunked.bin").expect("stored");
     assert_eq!(sha256(&stored), sha256(&data));
     drop(stalled);
 }
