@@ -172,7 +172,7 @@ async fn mlflow_unreachable_fails_closed_with_503() {
             .await
             .unwrap();
         assert_eq!(put.status(), 503, "{mode:?}");
-        assert!(!s3.object_path("1/b.txt").exists(), "nothing stored");
+        assert_eq!(s3.object("1/b.txt"), None, "nothing stored");
         assert_eq!(
             metric(
                 &proxy,
@@ -233,8 +233,7 @@ async fn decisions_are_cached_briefly_and_follow_mlflow() {
     policy.alice_allowed.store(true, Ordering::SeqCst);
     let mlflow = start_auth_mlflow(policy.clone()).await;
     let s3 = S3Server::start().await;
-    std::fs::create_dir_all(s3.object_path("1")).unwrap();
-    std::fs::write(s3.object_path("1/a.txt"), b"hello").unwrap();
+    s3.client().put_object("1/a.txt", b"hello").await.unwrap();
     let ttl = Duration::from_millis(800);
     let proxy = proxy(&s3, mlflow, Mode::Auto, ttl).await;
 
