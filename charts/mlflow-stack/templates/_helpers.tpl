@@ -148,8 +148,11 @@ rollout or a database that refuses connections.
 {{- if gt (int $db.total) (int .Values.database.maxConnections) -}}
 {{- fail (printf "MLflow could open %v database connections (%s), more than database.maxConnections=%v: lower mlflow.replicas, mlflow.workers or the pool settings, or raise the server's max_connections" $db.total $db.formula .Values.database.maxConnections) -}}
 {{- end -}}
-{{- if and (not .Values.secrets.existingSecret) (not (and .Values.secrets.create.backendStoreUri .Values.secrets.create.awsAccessKeyId .Values.secrets.create.awsSecretAccessKey)) -}}
-{{- fail "set secrets.existingSecret (recommended) or all of secrets.create.backendStoreUri, .awsAccessKeyId and .awsSecretAccessKey" -}}
+{{- if and (not .Values.secrets.existingSecret) (not (and .Values.secrets.create.backendStoreUri .Values.secrets.create.awsAccessKeyId .Values.secrets.create.awsSecretAccessKey .Values.secrets.create.signingKey)) -}}
+{{- fail "set secrets.existingSecret (recommended) or all of secrets.create.backendStoreUri, .awsAccessKeyId, .awsSecretAccessKey and .signingKey" -}}
+{{- end -}}
+{{- if and (not .Values.secrets.existingSecret) (lt (len .Values.secrets.create.signingKey) 32) -}}
+{{- fail "secrets.create.signingKey must be at least 32 characters (e.g. openssl rand -hex 32)" -}}
 {{- end -}}
 {{- if and .Values.secrets.create.backendStoreUri (hasPrefix "sqlite" .Values.secrets.create.backendStoreUri) -}}
 {{- fail "a sqlite backend store cannot be shared by replicas: use MySQL" -}}
