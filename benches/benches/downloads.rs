@@ -110,44 +110,6 @@ impl Config {
     }
 }
 
-/// The proxy binary: BENCH_PROXY_BIN, or built here (release) like `load.rs` does.
-fn proxy_binary(root: &Path, target_dir: &Path) -> Result<PathBuf, String> {
-    if let Some(bin) = std::env::var_os("BENCH_PROXY_BIN") {
-        return Ok(PathBuf::from(bin));
-    }
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    println!("building the proxy: cargo build --release -p mlflow-artifact-proxy");
-    let mut command = Command::new(cargo);
-    command
-        .args(["build", "--release", "-p", "mlflow-artifact-proxy"])
-        .current_dir(root);
-    // Build in the environment a shell would have (see load.rs).
-    for (name, _) in std::env::vars_os() {
-        let name = name.to_string_lossy();
-        if name.starts_with("CARGO_PKG_")
-            || name.starts_with("CARGO_CRATE_")
-            || name.starts_with("CARGO_BIN_")
-            || matches!(
-                name.as_ref(),
-                "CARGO_MANIFEST_DIR"
-                    | "CARGO_MANIFEST_PATH"
-                    | "CARGO_PRIMARY_PACKAGE"
-                    | "CARGO_TARGET_TMPDIR"
-                    | "OUT_DIR"
-            )
-        {
-            command.env_remove(name.as_ref());
-        }
-    }
-    let status = command
-        .status()
-        .map_err(|e| format!("cannot run cargo: {e}"))?;
-    if !status.success() {
-        return Err(format!("building the proxy failed: {status}"));
-    }
-    Ok(target_dir.join("release").join("mlflow-artifact-proxy"))
-}
-
 struct ProxyProc {
     process: Managed,
     url: String,
@@ -487,7 +449,7 @@ fn run() -> Result<(), String> {
         config.rounds,
         load_average()
     );
-    let proxy_bin = proxy_binary(&root, &target_dir)?;
+    let proxy_bin = procs::proxy_binary(&root)?;
     let work = std::env::temp_dir().join(format!("mlflow-proxy-dlbench-{}", std::process::id()));
     // boto3 writes its files to RAM (tmpfs), so that no disk is in its figures either.
     let shm = Path::new("/dev/shm");

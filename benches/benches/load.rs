@@ -344,44 +344,7 @@ fn run() -> Result<(), String> {
     );
 
     // 1. The proxy binary.
-    let proxy_bin = match std::env::var_os("BENCH_PROXY_BIN") {
-        Some(bin) => PathBuf::from(bin),
-        None => {
-            let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-            println!("building the proxy: cargo build --release -p mlflow-artifact-proxy");
-            let mut command = Command::new(cargo);
-            command
-                .args(["build", "--release", "-p", "mlflow-artifact-proxy"])
-                .current_dir(&root);
-            // `cargo bench` sets per-package variables (CARGO_PKG_*, CARGO_MANIFEST_DIR, ...) for
-            // this binary; build scripts that watch them would rebuild the proxy's dependencies
-            // on every run. Build in the environment a shell would have.
-            for (name, _) in std::env::vars_os() {
-                let name = name.to_string_lossy();
-                if name.starts_with("CARGO_PKG_")
-                    || name.starts_with("CARGO_CRATE_")
-                    || name.starts_with("CARGO_BIN_")
-                    || matches!(
-                        name.as_ref(),
-                        "CARGO_MANIFEST_DIR"
-                            | "CARGO_MANIFEST_PATH"
-                            | "CARGO_PRIMARY_PACKAGE"
-                            | "CARGO_TARGET_TMPDIR"
-                            | "OUT_DIR"
-                    )
-                {
-                    command.env_remove(name.as_ref());
-                }
-            }
-            let status = command
-                .status()
-                .map_err(|e| format!("cannot run cargo: {e}"))?;
-            if !status.success() {
-                return Err(format!("building the proxy failed: {status}"));
-            }
-            target_dir.join("release").join("mlflow-artifact-proxy")
-        }
-    };
+    let proxy_bin = procs::proxy_binary(&root)?;
 
     // 2. Scratch space (the S3 server's files, stock MLflow's TMPDIR, logs).
     let work = std::env::temp_dir().join(format!("mlflow-proxy-bench-{}", std::process::id()));

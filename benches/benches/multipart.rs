@@ -58,42 +58,6 @@ fn load_average() -> String {
         .unwrap_or_default()
 }
 
-fn proxy_binary(root: &Path) -> Result<PathBuf, String> {
-    if let Some(bin) = std::env::var_os("BENCH_PROXY_BIN") {
-        return Ok(PathBuf::from(bin));
-    }
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let mut command = Command::new(cargo);
-    command
-        .args(["build", "--release", "-p", "mlflow-artifact-proxy"])
-        .current_dir(root);
-    // As in load.rs: build in a shell's environment, not cargo bench's per-package one.
-    for (name, _) in std::env::vars_os() {
-        let name = name.to_string_lossy();
-        if name.starts_with("CARGO_PKG_")
-            || name.starts_with("CARGO_CRATE_")
-            || name.starts_with("CARGO_BIN_")
-            || matches!(
-                name.as_ref(),
-                "CARGO_MANIFEST_DIR"
-                    | "CARGO_MANIFEST_PATH"
-                    | "CARGO_PRIMARY_PACKAGE"
-                    | "CARGO_TARGET_TMPDIR"
-                    | "OUT_DIR"
-            )
-        {
-            command.env_remove(name.as_ref());
-        }
-    }
-    let status = command.status().map_err(|e| format!("cargo: {e}"))?;
-    if !status.success() {
-        return Err(format!("building the proxy failed: {status}"));
-    }
-    let target =
-        std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
-    Ok(target.join("release").join("mlflow-artifact-proxy"))
-}
-
 /// CPU seconds of the proxy and of s3s-fs over one scenario.
 struct Cpu {
     pids: [u32; 2],
@@ -158,7 +122,7 @@ async fn run() -> Result<(), String> {
         .parent()
         .ok_or("no workspace root")?
         .to_path_buf();
-    let proxy_bin = proxy_binary(&root)?;
+    let proxy_bin = procs::proxy_binary(&root)?;
     let work = std::env::temp_dir().join(format!("mlflow-mpu-bench-{}", std::process::id()));
     std::fs::create_dir_all(work.join("s3").join(BUCKET)).map_err(|e| e.to_string())?;
     let result = scenarios(&proxy_bin, &work, size, wan_rate, wan_size).await;

@@ -221,50 +221,6 @@ async fn upload_distinct(
     Ok(batch)
 }
 
-fn proxy_binary(root: &Path) -> Result<PathBuf, String> {
-    if let Some(bin) = std::env::var_os("BENCH_PROXY_BIN") {
-        return Ok(PathBuf::from(bin));
-    }
-    let target_dir =
-        std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let mut command = Command::new(cargo);
-    command
-        .args([
-            "build",
-            "--release",
-            "--locked",
-            "-p",
-            "mlflow-artifact-proxy",
-        ])
-        .current_dir(root);
-    // As in load.rs: build in a shell's environment, or build scripts rebuild the dependencies.
-    for (name, _) in std::env::vars_os() {
-        let name = name.to_string_lossy();
-        if name.starts_with("CARGO_PKG_")
-            || name.starts_with("CARGO_CRATE_")
-            || name.starts_with("CARGO_BIN_")
-            || matches!(
-                name.as_ref(),
-                "CARGO_MANIFEST_DIR"
-                    | "CARGO_MANIFEST_PATH"
-                    | "CARGO_PRIMARY_PACKAGE"
-                    | "CARGO_TARGET_TMPDIR"
-                    | "OUT_DIR"
-            )
-        {
-            command.env_remove(name.as_ref());
-        }
-    }
-    let status = command
-        .status()
-        .map_err(|e| format!("cannot run cargo: {e}"))?;
-    if !status.success() {
-        return Err(format!("building the proxy failed: {status}"));
-    }
-    Ok(target_dir.join("release").join("mlflow-artifact-proxy"))
-}
-
 fn start_proxy(
     bin: &Path,
     store: &S3Store,
@@ -313,7 +269,7 @@ fn run() -> Result<(), String> {
         config.concurrent.1,
         names.join(", ")
     );
-    let proxy_bin = proxy_binary(&root)?;
+    let proxy_bin = procs::proxy_binary(&root)?;
     let tools = std::env::var_os("MLFLOW_STACK_TOOLS").map_or_else(
         || {
             PathBuf::from(std::env::var_os("HOME").unwrap_or_default())

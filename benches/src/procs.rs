@@ -463,3 +463,52 @@ impl Drop for Sampler {
         self.stop.store(true, Ordering::Relaxed);
     }
 }
+
+/// The proxy binary the benches run: `BENCH_PROXY_BIN`, or `cargo build --release --locked` of the
+/// workspace at `root`.
+pub fn proxy_binary(root: &Path) -> Result<PathBuf, String> {
+    if let Some(bin) = std::env::var_os("BENCH_PROXY_BIN") {
+        return Ok(PathBuf::from(bin));
+    }
+    let target_dir =
+        std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    println!("building the proxy: cargo build --release --locked -p mlflow-artifact-proxy");
+    let mut command = Command::new(cargo);
+    command
+        .args([
+            "build",
+            "--release",
+            "--locked",
+            "-p",
+            "mlflow-artifact-proxy",
+        ])
+        .current_dir(root);
+    // `cargo bench` sets per-package variables (CARGO_PKG_*, CARGO_MANIFEST_DIR, ...) for the
+    // bench binary; build scripts that watch them would rebuild the proxy's dependencies on every
+    // run. Build in the environment a shell would have.
+    for (name, _) in std::env::vars_os() {
+        let name = name.to_string_lossy();
+        if name.starts_with("CARGO_PKG_")
+            || name.starts_with("CARGO_CRATE_")
+            || name.starts_with("CARGO_BIN_")
+            || matches!(
+                name.as_ref(),
+                "CARGO_MANIFEST_DIR"
+                    | "CARGO_MANIFEST_PATH"
+                    | "CARGO_PRIMARY_PACKAGE"
+                    | "CARGO_TARGET_TMPDIR"
+                    | "OUT_DIR"
+            )
+        {
+            command.env_remove(name.as_ref());
+        }
+    }
+    let status = command
+        .status()
+        .map_err(|e| format!("cannot run cargo: {e}"))?;
+    if !status.success() {
+        return Err(format!("building the proxy failed: {status}"));
+    }
+    Ok(target_dir.join("release").join("mlflow-artifact-proxy"))
+}
