@@ -376,10 +376,14 @@ async fn an_abort_that_fails_is_tried_again() {
         .write_all(&chunk(&random_bytes(9 * MIB)))
         .await
         .unwrap();
+    // s3s-fs shows its part files; an external store lists the open upload.
     eventually("a part is stored", || {
-        s3.multipart_leftovers()
-            .iter()
-            .any(|f| f.contains(".part-1"))
+        let left = s3.multipart_leftovers();
+        if s3.is_external() {
+            !left.is_empty()
+        } else {
+            left.iter().any(|f| f.contains(".part-1"))
+        }
     })
     .await;
     s3.stop();

@@ -151,7 +151,6 @@ type Case = (&'static str, Vec<(&'static str, &'static str)>, u16, usize);
 /// are the HTTP ones (RFC 9110 §13), which the proxy must give on every store once it evaluates
 /// them itself (issue 11, the conditional-request work on download.rs).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "store-dependent until the proxy evaluates If-Match/If-(Un)Modified-Since/If-Range itself (issue 11); run with --ignored"]
 async fn other_conditionals_are_the_same_on_every_store() {
     let h = Harness::start().await;
     let data = random_bytes(100);
