@@ -342,6 +342,9 @@ STORE_QUIRKS: dict[str, dict[str, dict]] = {
         "get-double-slash": D(
             MISSING_404 + " (on a real S3 store the key '{P}//hello.txt' does not exist; s3s-fs maps it to the "
             "file {P}/hello.txt, so there both sides answer 200)", 500, 404, "RESOURCE_DOES_NOT_EXIST"),
+        # A real store says NoSuchUpload for an unknown upload id: the proxy answers 404.
+        "mpu-complete": D(UNKNOWN_UPLOAD, 500, 404, "RESOURCE_DOES_NOT_EXIST"),
+        "mpu-abort": D(UNKNOWN_UPLOAD, 500, 404, "RESOURCE_DOES_NOT_EXIST"),
     },
 }
 DELIBERATE.update(STORE_QUIRKS[STORE])
