@@ -88,7 +88,7 @@ pub struct ServeArgs {
     #[command(flatten)]
     pub forwarding: crate::forwarding::ForwardingArgs,
     #[command(flatten)]
-    pub download: crate::artifacts::ranged::DownloadArgs,
+    pub download: crate::downloads::DownloadArgs,
     #[command(flatten)]
     pub transfers: crate::transfers::TransferArgs,
     /// Uploads with a Content-Length up to this size go to S3 as one streamed PutObject (no
@@ -175,7 +175,7 @@ pub struct ServeConfig {
     pub upstream: http::Uri,
     pub store: StoreConfig,
     pub upload: UploadConfig,
-    pub download: crate::artifacts::ranged::DownloadConfig,
+    pub download: crate::downloads::DownloadConfig,
     pub security: crate::security::Security,
     pub auth: crate::auth::AuthConfig,
     pub transfers: crate::transfers::TransferConfig,
@@ -287,7 +287,7 @@ impl ServeArgs {
                 stale_upload_age: (self.stale_upload_age_hours > 0)
                     .then(|| Duration::from_secs(self.stale_upload_age_hours * 3600)),
             },
-            download: crate::artifacts::ranged::DownloadConfig {
+            download: crate::downloads::DownloadConfig {
                 // One idle limit for every transfer (PROXY_BODY_IDLE_TIMEOUT_SECS).
                 idle_timeout: Duration::from_secs(self.body_idle_timeout_secs.max(1)),
                 ..self.download.build()?

@@ -10,6 +10,7 @@ pub mod artifacts;
 pub mod auth;
 pub mod body;
 pub mod config;
+pub mod downloads;
 pub mod error;
 pub mod forwarding;
 pub mod metrics;

@@ -386,7 +386,7 @@ pub async fn serve_operations<P: ReadinessProbe>(
             // The same header timeout as the main port: a silent client cannot hold a task.
             let _ = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
-                .header_read_timeout(crate::server::HEADER_READ_TIMEOUT)
+                .header_read_timeout(crate::timeouts::HEADER_READ_TIMEOUT)
                 .serve_connection(TokioIo::new(stream), service)
                 .await;
         });

@@ -107,8 +107,10 @@ impl Write for QuickAckStream {
 
 impl Connection for QuickAckStream {
     fn connected(&self) -> Connected {
-        self.0
-            .connected()
-            .extra(crate::upstream_pool::OpenedAt(self.1))
+        self.0.connected().extra(OpenedAt(self.1))
     }
 }
+
+/// When a connection was opened; the connector puts it on every response it carries.
+#[derive(Clone, Copy, Debug)]
+pub struct OpenedAt(pub Instant);

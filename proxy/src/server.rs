@@ -27,9 +27,6 @@ use crate::request_line;
 use crate::router::{Route, classify};
 use crate::state::App;
 
-/// How long a client may take to send a request's headers (main and operations ports).
-pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
-
 /// What one connection's tasks share: the request lines hyper read (for their fragments), and
 /// whether a response body waits on the client to read.
 struct Connection {
@@ -99,7 +96,7 @@ pub async fn serve(
         let io = request_line::Watched::new(stream, state.seen.clone());
         let connection = hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())
-            .header_read_timeout(HEADER_READ_TIMEOUT)
+            .header_read_timeout(crate::timeouts::HEADER_READ_TIMEOUT)
             .serve_connection(TokioIo::new(io), service);
         let connection = graceful.watch(connection);
         connections.spawn(async move {

@@ -6,9 +6,9 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::artifacts::ranged::{DownloadConfig, Downloads};
 use crate::auth::Auth;
 use crate::config::UploadConfig;
+use crate::downloads::{DownloadConfig, Downloads};
 use crate::metrics::Metrics;
 use crate::s3::Store;
 use crate::security::Security;

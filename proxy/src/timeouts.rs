@@ -164,6 +164,9 @@ impl Body for Watched {
     }
 }
 
+/// How long a client may take to send a request's headers (main and operations ports).
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -13,7 +13,7 @@
 //! - a connection is retired after [`LIFETIME`], so that behind a Service with several MLflow
 //!   pods the load rebalances after a scale-out or a restart instead of staying pinned.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use http::{Request, Response};
 use hyper_util::client::legacy::Client;
@@ -21,15 +21,11 @@ use hyper_util::client::legacy::connect::{CaptureConnection, HttpConnector, capt
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::body::ProxyBody;
-use crate::quickack::QuickAckConnector;
+use crate::quickack::{OpenedAt, QuickAckConnector};
 
 pub const MAX_IDLE: usize = 32;
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(2);
 pub const LIFETIME: Duration = Duration::from_secs(60);
-
-/// When a connection was opened; the connector puts it on every response it carries.
-#[derive(Clone, Copy, Debug)]
-pub struct OpenedAt(pub Instant);
 
 /// The client every upstream request goes through.
 pub fn client(connector: HttpConnector) -> Client<QuickAckConnector, ProxyBody> {

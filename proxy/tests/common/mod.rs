@@ -16,8 +16,8 @@ use hyper::body::{Frame, Incoming};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use mlflow_artifact_proxy::Proxy;
-use mlflow_artifact_proxy::artifacts::ranged::DownloadConfig;
 use mlflow_artifact_proxy::config::{ServeConfig, StoreConfig, UploadConfig};
+use mlflow_artifact_proxy::downloads::DownloadConfig;
 use sha2::{Digest, Sha256};
 use tokio::net::TcpListener;
 
