@@ -5,57 +5,35 @@
 //!
 //! The client does what MLflow's does: mpu/create, PUT of 10 MiB parts by 4 workers
 //! (`min(2 x CPUs, 20)` on this 2-core machine), mpu/complete; presigned/ then 100 MiB ranges by
-//! 4 workers. Processes: the release proxy (built first, or BENCH_PROXY_BIN), the s3s-fs 0.14.1
-//! binary (MLFLOW_STACK_TOOLS/bin), a stand-in for MLflow (server-info etc.) in this process.
+//! 4 workers. Processes: the release proxy (built first, or BENCH_PROXY_BIN), s3s-fs 0.14.1 (the
+//! binary in MLFLOW_STACK_TOOLS/bin, else the same code embedded in this bench), a stand-in for
+//! MLflow (server-info etc.) on a thread of this process.
 //! BENCH_QUICK=1: 256 MiB instead of 1 GiB; BENCH_WAN_MIBS: the link's rate per connection.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use benches::client::{self, GenBody, MIB, Target};
-use benches::procs::{self, Managed};
+use benches::client::{self, GenBody, MIB, Target, artifact_url};
+use benches::procs::{self, load_average};
+use benches::proxy::start_proxy;
+use benches::s3store::start_s3s_fs;
 use benches::servers;
+use benches::setup::{self, ACCESS_KEY, SECRET_KEY, Scratch, env_u64};
 use bytes::Bytes;
 use http::header;
 use http_body_util::BodyExt;
 use s3::Bucket;
-use s3::creds::Credentials;
-use s3::region::Region;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-const ACCESS_KEY: &str = "benchkey";
-const SECRET_KEY: &str = "benchsecret123";
-const BUCKET: &str = "bench";
 const PART: u64 = 10 * MIB;
 const RANGE: u64 = 100 * MIB;
 const WORKERS: usize = 4;
 
 fn main() {
-    if std::env::args().any(|a| a == "--list") {
-        return;
-    }
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    if let Err(e) = runtime.block_on(run()) {
-        eprintln!("\nbench failed: {e}");
-        std::process::exit(1);
-    }
-}
-
-fn env_u64(name: &str) -> Option<u64> {
-    std::env::var(name).ok().and_then(|v| v.trim().parse().ok())
-}
-
-fn load_average() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_default()
+    setup::bench_main(|| setup::client_runtime()?.block_on(run()));
 }
 
 /// CPU seconds of the proxy and of s3s-fs over one scenario.
@@ -107,7 +85,7 @@ impl Row {
 }
 
 async fn run() -> Result<(), String> {
-    let quick = std::env::var("BENCH_QUICK").is_ok_and(|v| v == "1");
+    let quick = setup::quick();
     let size = env_u64("BENCH_MPU_MIB").unwrap_or(if quick { 256 } else { 1024 }) * MIB;
     let wan_rate = env_u64("BENCH_WAN_MIBS").unwrap_or(16) * MIB;
     let wan_size = if quick { 64 * MIB } else { 128 * MIB };
@@ -118,15 +96,10 @@ async fn run() -> Result<(), String> {
         RANGE / MIB,
         load_average()
     );
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .ok_or("no workspace root")?
-        .to_path_buf();
-    let proxy_bin = procs::proxy_binary(&root)?;
-    let work = std::env::temp_dir().join(format!("mlflow-mpu-bench-{}", std::process::id()));
-    std::fs::create_dir_all(work.join("s3").join(BUCKET)).map_err(|e| e.to_string())?;
-    let result = scenarios(&proxy_bin, &work, size, wan_rate, wan_size).await;
-    let _ = std::fs::remove_dir_all(&work);
+    let proxy_bin = procs::proxy_binary(&setup::workspace_root())?;
+    let work = Scratch::create("mlflow-mpu-bench")?;
+    let result = scenarios(&proxy_bin, work.path(), size, wan_rate, wan_size).await;
+    drop(work);
     println!("load average at the end: {}", load_average());
     result
 }
@@ -138,73 +111,27 @@ async fn scenarios(
     wan_rate: u64,
     wan_size: u64,
 ) -> Result<(), String> {
-    let tools = std::env::var_os("MLFLOW_STACK_TOOLS").map_or_else(
-        || {
-            PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
-                .join(".cache/mlflow-stack/tools")
-        },
-        PathBuf::from,
-    );
-    let s3s_bin = tools.join("bin").join("s3s-fs");
-    if !s3s_bin.is_file() {
-        return Err(format!(
-            "{} is missing (scripts/stack setup installs it)",
-            s3s_bin.display()
-        ));
-    }
-    let s3_port = procs::free_port().map_err(|e| e.to_string())?;
-    let mut s3_process = Managed::spawn(
-        "s3s-fs",
-        Command::new(&s3s_bin)
-            .args(["--host", "127.0.0.1", "--port", &s3_port.to_string()])
-            .args(["--access-key", ACCESS_KEY, "--secret-key", SECRET_KEY])
-            .arg(work.join("s3")),
-        None,
-    )?;
-    let s3_url = format!("http://127.0.0.1:{s3_port}");
-    client::wait_ok(&format!("{s3_url}/"), Duration::from_secs(20))
-        .await
-        .ok();
+    let mut s3 = start_s3s_fs(&setup::tools_dir(), work, ACCESS_KEY, SECRET_KEY)?;
+    let bucket = s3.create_bucket().await?;
+    let chunk = client::pattern();
 
     // MLflow's other routes (server-info) answered by the bench's stand-in.
-    let upstream = TcpListener::bind("127.0.0.1:0")
-        .await
-        .map_err(|e| e.to_string())?;
-    let upstream_url = format!(
-        "http://{}",
-        upstream.local_addr().map_err(|e| e.to_string())?
-    );
-    tokio::spawn(servers::serve(upstream, servers::upstream_stand_in()));
+    let upstream_url = servers::start_null_store_and_stand_in(chunk.clone())?.stand_in_url;
 
-    let port = procs::free_port().map_err(|e| e.to_string())?;
-    let metrics_port = procs::free_port().map_err(|e| e.to_string())?;
-    let mut proxy = Managed::spawn(
+    let mut proxy = start_proxy(
+        proxy_bin,
         "proxy",
-        Command::new(proxy_bin)
-            .arg("serve")
-            .env("PROXY_LISTEN", format!("127.0.0.1:{port}"))
-            .env("PROXY_METRICS_LISTEN", format!("127.0.0.1:{metrics_port}"))
-            .env("PROXY_UPSTREAM", &upstream_url)
-            .env(
-                "PROXY_SIGNING_KEY",
-                "bench-signing-key-0123456789abcdef0123",
-            )
-            .env("MLFLOW_ARTIFACTS_DESTINATION", format!("s3://{BUCKET}/"))
-            .env("MLFLOW_S3_ENDPOINT_URL", &s3_url)
-            .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
-            .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
-            .env_remove("RUST_LOG"),
-        None,
+        &s3.url,
+        s3.region,
+        &upstream_url,
+        &[(
+            "PROXY_SIGNING_KEY",
+            "bench-signing-key-0123456789abcdef0123".to_owned(),
+        )],
     )?;
-    let proxy_url = format!("http://127.0.0.1:{port}");
-    client::wait_ok(
-        &format!("http://127.0.0.1:{metrics_port}/readyz"),
-        Duration::from_secs(30),
-    )
-    .await?;
-    let pids = [proxy.pid(), s3_process.pid()];
-    let bucket = bucket_for(&s3_url)?;
-    let chunk = client::pattern();
+    proxy.wait_ready(Duration::from_secs(30)).await?;
+    let proxy_url = proxy.url.clone();
+    let pids = [proxy.pid(), s3.process.pid()];
 
     let rounds = env_u64("BENCH_ROUNDS").unwrap_or(3).max(1) as usize;
     println!(
@@ -274,7 +201,8 @@ async fn scenarios(
         .await
         .map_err(|e| e.to_string())?;
     let relay_url = format!("http://{}", relay.local_addr().map_err(|e| e.to_string())?);
-    tokio::spawn(relay_loop(relay, format!("127.0.0.1:{port}"), wan_rate));
+    let proxy_addr = proxy_url.trim_start_matches("http://").to_owned();
+    tokio::spawn(relay_loop(relay, proxy_addr, wan_rate));
     let mut all = Vec::new();
     for _ in 0..rounds {
         let mut wan = Vec::new();
@@ -323,8 +251,8 @@ async fn scenarios(
         wan[0].secs / wan[1].secs,
         wan[2].secs / wan[3].secs
     );
-    proxy.stop();
-    s3_process.stop();
+    proxy.process.stop();
+    s3.process.stop();
     Ok(())
 }
 
@@ -349,22 +277,6 @@ fn row(name: &'static str, cpu: Cpu, bytes: u64) -> Row {
         cpu,
         bytes,
     }
-}
-
-fn bucket_for(endpoint: &str) -> Result<Box<Bucket>, String> {
-    let region = Region::Custom {
-        region: "us-east-1".to_owned(),
-        endpoint: endpoint.to_owned(),
-    };
-    let credentials = Credentials::new(Some(ACCESS_KEY), Some(SECRET_KEY), None, None, None)
-        .map_err(|e| e.to_string())?;
-    Ok(Bucket::new(BUCKET, region, credentials)
-        .map_err(|e| e.to_string())?
-        .with_path_style())
-}
-
-fn artifact_url(base: &str, path: &str) -> String {
-    format!("{base}/api/2.0/mlflow-artifacts/artifacts/{path}")
 }
 
 /// A small JSON request (create, complete, presigned).

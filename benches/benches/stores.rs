@@ -14,47 +14,23 @@
 //! measure nothing.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::time::Duration;
 
-use benches::client::{self, Batch, MIB, Transfer};
+use benches::client::{self, MIB, Transfer, artifact_url};
 use benches::garage::distinct_pattern;
-use benches::procs::{self, Managed};
-use benches::s3store::S3Store;
+use benches::procs;
+use benches::proxy::start_proxy;
+use benches::s3store::{S3Store, presign_list};
 use benches::servers;
-use benches::stats::{percentile, spread};
-use s3::Bucket;
-use s3::creds::Credentials;
-use s3::region::Region;
+use benches::setup::{self, ACCESS_KEY, SECRET_KEY, Scratch, env_u64};
+use benches::stats::{percentile, round, spread};
 use serde_json::{Value, json};
 
-const ACCESS_KEY: &str = "benchkey";
-/// Garage imports keys with secrets of at least 16 characters.
-const SECRET_KEY: &str = "bench-secret-0123";
-const BUCKET: &str = "bench";
 const GIB: f64 = (1u64 << 30) as f64;
 
 fn main() {
-    if std::env::var("BENCH_ROLE").as_deref() == Ok("s3s-fs") {
-        let root = std::env::var("BENCH_S3_ROOT").unwrap_or_default();
-        let port = std::env::var("BENCH_S3_PORT")
-            .ok()
-            .and_then(|p| p.parse().ok())
-            .unwrap_or(0);
-        if let Err(e) = servers::run_embedded_s3s_fs(&root, port, ACCESS_KEY, SECRET_KEY) {
-            eprintln!("embedded s3s-fs: {e}");
-            std::process::exit(1);
-        }
-        return;
-    }
-    if std::env::args().any(|a| a == "--list") {
-        return;
-    }
-    if let Err(e) = run() {
-        eprintln!("\nbench failed: {e}");
-        std::process::exit(1);
-    }
+    setup::bench_main(run);
 }
 
 struct Config {
@@ -66,13 +42,9 @@ struct Config {
     small_n: usize,
 }
 
-fn env_u64(name: &str) -> Option<u64> {
-    std::env::var(name).ok().and_then(|v| v.trim().parse().ok())
-}
-
 impl Config {
     fn from_env() -> Config {
-        let quick = std::env::var("BENCH_QUICK").is_ok_and(|v| !v.is_empty() && v != "0");
+        let quick = setup::quick();
         Config {
             quick,
             size: env_u64("BENCH_SIZE_MIB").unwrap_or(if quick { 64 } else { 1024 }) * MIB,
@@ -175,85 +147,8 @@ impl Table {
     }
 }
 
-fn round(x: f64, decimals: i32) -> f64 {
-    let f = 10f64.powi(decimals);
-    (x * f).round() / f
-}
-
-fn bucket_for(store: &S3Store) -> Result<Box<Bucket>, String> {
-    let region = Region::Custom {
-        region: store.region.to_owned(),
-        endpoint: store.url.clone(),
-    };
-    let credentials = Credentials::new(Some(ACCESS_KEY), Some(SECRET_KEY), None, None, None)
-        .map_err(|e| e.to_string())?;
-    Ok(Bucket::new(BUCKET, region, credentials)
-        .map_err(|e| e.to_string())?
-        .with_path_style())
-}
-
-fn artifact_url(proxy: &str, path: &str) -> String {
-    format!("{proxy}/api/2.0/mlflow-artifacts/artifacts/{path}")
-}
-
-/// Upload `urls` at once, each with bytes of its own.
-async fn upload_distinct(
-    urls: Vec<String>,
-    len: u64,
-    exact: bool,
-    seed: u64,
-) -> Result<Batch, String> {
-    let started = Instant::now();
-    let mut tasks = Vec::new();
-    for (i, url) in urls.into_iter().enumerate() {
-        let chunk = distinct_pattern(seed + i as u64);
-        tasks.push(tokio::spawn(async move {
-            client::upload(&url, len, chunk, exact).await
-        }));
-    }
-    let mut batch = Batch::default();
-    for task in tasks {
-        batch
-            .transfers
-            .push(task.await.map_err(|e| e.to_string())??);
-    }
-    batch.wall_secs = started.elapsed().as_secs_f64();
-    Ok(batch)
-}
-
-fn start_proxy(
-    bin: &Path,
-    store: &S3Store,
-    upstream: &str,
-) -> Result<(Managed, String, String), String> {
-    let port = procs::free_port().map_err(|e| e.to_string())?;
-    let metrics_port = procs::free_port().map_err(|e| e.to_string())?;
-    let mut command = Command::new(bin);
-    command
-        .arg("serve")
-        .env("PROXY_LISTEN", format!("127.0.0.1:{port}"))
-        .env("PROXY_METRICS_LISTEN", format!("127.0.0.1:{metrics_port}"))
-        .env("PROXY_UPSTREAM", upstream)
-        .env("MLFLOW_ARTIFACTS_DESTINATION", format!("s3://{BUCKET}/"))
-        .env("MLFLOW_S3_ENDPOINT_URL", &store.url)
-        .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
-        .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
-        .env("AWS_DEFAULT_REGION", store.region)
-        .env_remove("RUST_LOG");
-    let process = Managed::spawn(&format!("proxy ({})", store.name), &mut command, None)?;
-    Ok((
-        process,
-        format!("http://127.0.0.1:{port}"),
-        format!("http://127.0.0.1:{metrics_port}"),
-    ))
-}
-
 fn run() -> Result<(), String> {
     let config = Config::from_env();
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .ok_or("no workspace root")?
-        .to_path_buf();
     let names: Vec<String> = std::env::var("BENCH_STORES")
         .unwrap_or_else(|_| "s3s-fs,garage".into())
         .split(',')
@@ -269,49 +164,22 @@ fn run() -> Result<(), String> {
         config.concurrent.1,
         names.join(", ")
     );
-    let proxy_bin = procs::proxy_binary(&root)?;
-    let tools = std::env::var_os("MLFLOW_STACK_TOOLS").map_or_else(
-        || {
-            PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
-                .join(".cache/mlflow-stack/tools")
-        },
-        PathBuf::from,
-    );
-    let work =
-        std::env::temp_dir().join(format!("mlflow-proxy-bench-stores-{}", std::process::id()));
-    let _cleanup = Cleanup(work.clone());
+    let proxy_bin = procs::proxy_binary(&setup::workspace_root())?;
+    let tools = setup::tools_dir();
+    let work = Scratch::create("mlflow-proxy-bench-stores")?;
 
-    // The MLflow stand-in (the proxy needs an upstream; nothing here goes to it).
-    let stand_in = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
-    let stand_in_url = format!(
-        "http://{}",
-        stand_in.local_addr().map_err(|e| e.to_string())?
-    );
-    stand_in.set_nonblocking(true).map_err(|e| e.to_string())?;
-    std::thread::spawn(move || {
-        let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-        else {
-            return;
-        };
-        runtime.block_on(async move {
-            if let Ok(listener) = tokio::net::TcpListener::from_std(stand_in) {
-                servers::serve(listener, servers::upstream_stand_in()).await;
-            }
-        });
-    });
-    // The load client: one thread, as in load.rs.
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| e.to_string())?;
+    // The MLflow stand-in (the proxy needs an upstream; nothing here goes to it; the null store
+    // beside it goes unused).
+    let stand_in_url = servers::start_null_store_and_stand_in(client::pattern())?.stand_in_url;
+    // The load client: one thread, as in the load bench.
+    let runtime = setup::client_runtime()?;
 
     let mut tables = Vec::new();
     let mut missing = Vec::new();
     for name in &names {
         println!("\n== {name} ==");
-        let store = match servers::start_s3_store(name, &tools, &work, ACCESS_KEY, SECRET_KEY) {
+        let store = match servers::start_s3_store(name, &tools, work.path(), ACCESS_KEY, SECRET_KEY)
+        {
             Ok(store) => store,
             Err(e) => {
                 println!("  {name}: NOT RUN: {e}");
@@ -333,8 +201,7 @@ fn run() -> Result<(), String> {
     for table in &tables {
         table.print();
     }
-    let out_dir =
-        std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
+    let out_dir = setup::target_dir();
     let out = out_dir.join("bench-stores.json");
     std::fs::create_dir_all(&out_dir).map_err(|e| e.to_string())?;
     let report = json!({
@@ -363,28 +230,17 @@ fn run_store(
     store: &S3Store,
     stand_in_url: &str,
 ) -> Result<Table, String> {
-    let bucket = bucket_for(store)?;
-    let created = runtime
-        .block_on(Bucket::create_with_path_style(
-            BUCKET,
-            bucket.region(),
-            runtime
-                .block_on(bucket.credentials())
-                .map_err(|e| e.to_string())?,
-            s3::BucketConfiguration::default(),
-        ))
-        .map_err(|e| format!("create bucket on {}: {e}", store.name))?;
-    if !created.success() {
-        return Err(format!(
-            "create bucket on {}: {}",
-            store.name, created.response_text
-        ));
-    }
-    let (proxy, proxy_url, metrics_url) = start_proxy(proxy_bin, store, stand_in_url)?;
-    runtime.block_on(client::wait_ok(
-        &format!("{metrics_url}/readyz"),
-        Duration::from_secs(30),
-    ))?;
+    let bucket = runtime.block_on(store.create_bucket())?;
+    let mut proxy = start_proxy(
+        proxy_bin,
+        &format!("proxy ({})", store.name),
+        &store.url,
+        store.region,
+        stand_in_url,
+        &[],
+    )?;
+    runtime.block_on(proxy.wait_ready(Duration::from_secs(30)))?;
+    let proxy_url = proxy.url.clone();
     let (pp, sp) = (proxy.pid(), store.process.pid());
     let mut table = Table {
         store: format!("{} ({})", store.name, store.kind),
@@ -492,7 +348,12 @@ fn run_store(
         let (batch, cpu) = with_cpu(pp, sp, || {
             runtime.block_on(async {
                 if upload {
-                    upload_distinct(urls, each, true, seed).await
+                    let uploads = urls
+                        .into_iter()
+                        .zip(seed..)
+                        .map(|(url, seed)| (url, distinct_pattern(seed)))
+                        .collect();
+                    client::upload_batch_each(uploads, each, true).await
                 } else {
                     client::download_batch(urls, each).await
                 }
@@ -550,17 +411,7 @@ fn run_store(
             true,
         ))?;
     }
-    let direct_list = runtime
-        .block_on(bucket.presign_get(
-            "/",
-            3600,
-            Some(HashMap::from([
-                ("list-type".to_owned(), "2".to_owned()),
-                ("prefix".to_owned(), "small/".to_owned()),
-                ("delimiter".to_owned(), "/".to_owned()),
-            ])),
-        ))
-        .map_err(|e| e.to_string())?;
+    let direct_list = runtime.block_on(presign_list(&bucket, "small/"))?;
     let proxy_list = format!("{proxy_url}/api/2.0/mlflow-artifacts/artifacts?path=small");
     let p = runtime.block_on(client::small_requests(&proxy_list, config.small_n, true))?;
     let d = runtime.block_on(client::small_requests(&direct_list, config.small_n, true))?;
@@ -583,15 +434,4 @@ fn run_store(
     table.json.push(json!({"scenario": "artifact list 20 files, keep-alive", "proxy_p50_ms": round(p50, 3), "proxy_p99_ms": round(p99, 3), "direct_p50_ms": round(d50, 3), "direct_p99_ms": round(d99, 3)}));
     drop(proxy);
     Ok(table)
-}
-
-/// Removes the scratch directory at the end (also on error).
-struct Cleanup(PathBuf);
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        if std::env::var_os("BENCH_KEEP").is_none() {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
 }

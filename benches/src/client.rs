@@ -22,6 +22,11 @@ pub type ReqBody = BoxBody<Bytes, Infallible>;
 
 pub const MIB: u64 = 1024 * 1024;
 
+/// The URL of artifact `path` (PUT uploads, GET downloads) behind `base`, the proxy or MLflow.
+pub fn artifact_url(base: &str, path: &str) -> String {
+    format!("{base}/api/2.0/mlflow-artifacts/artifacts/{path}")
+}
+
 /// 1 MiB of xorshift bytes: incompressible, made once.
 pub fn pattern() -> Bytes {
     let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
@@ -300,10 +305,20 @@ pub async fn upload_batch(
     chunk: Bytes,
     exact: bool,
 ) -> Result<Batch, String> {
+    let uploads = urls.into_iter().map(|url| (url, chunk.clone())).collect();
+    upload_batch_each(uploads, len, exact).await
+}
+
+/// Upload `len` bytes to each URL at once, each body made of the chunk paired with its URL (for
+/// stores that deduplicate: `garage::distinct_pattern`).
+pub async fn upload_batch_each(
+    uploads: Vec<(String, Bytes)>,
+    len: u64,
+    exact: bool,
+) -> Result<Batch, String> {
     let started = Instant::now();
     let mut tasks = Vec::new();
-    for url in urls {
-        let chunk = chunk.clone();
+    for (url, chunk) in uploads {
         tasks.push(tokio::spawn(async move {
             upload(&url, len, chunk, exact).await
         }));

@@ -73,7 +73,8 @@ pub fn start_store(
         ));
     }
     let port = procs::free_port().map_err(|e| e.to_string())?;
-    let (process, health) = start(&bin, &work.join("garage"), port, access_key, secret_key)?;
+    let files = work.join("garage");
+    let (process, health) = start(&bin, &files, port, access_key, secret_key)?;
     wait_ready(&health).map_err(|e| format!("garage: {e}"))?;
     Ok(S3Store {
         name: "garage",
@@ -81,6 +82,7 @@ pub fn start_store(
         url: format!("http://127.0.0.1:{port}"),
         region: REGION,
         kind: format!("Garage 2.5.0 ({}), one node", bin.display()),
+        files,
     })
 }
 

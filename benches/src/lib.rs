@@ -1,11 +1,16 @@
-//! Load benchmarks for mlflow-artifact-proxy. The drivers are `benches/load.rs` and
-//! `benches/stores.rs` (the main scenarios on each S3 store) (`cargo bench`);
-//! this library holds its parts: the loopback HTTP client, the servers the bench runs itself
-//! (null store, MLflow stand-in, embedded s3s-fs), /proc sampling and statistics.
+//! Load benchmarks for mlflow-artifact-proxy (`cargo bench`). The drivers are under
+//! `benches/`: `load/` (one file per scenario), `downloads.rs`, `multipart.rs` and `stores.rs`
+//! (the main scenarios on each S3 store). This library holds their shared parts: what every
+//! driver sets up (`setup`), the proxy process (`proxy`), the S3 stores (`s3store`, `garage`),
+//! stock MLflow (`stock`), the loopback HTTP client, the servers the bench runs itself (null
+//! store, MLflow stand-in, embedded s3s-fs), /proc sampling and statistics.
 
 pub mod client;
 pub mod garage;
 pub mod procs;
+pub mod proxy;
 pub mod s3store;
 pub mod servers;
+pub mod setup;
 pub mod stats;
+pub mod stock;

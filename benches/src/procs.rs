@@ -296,6 +296,16 @@ pub fn machine_busy_secs() -> f64 {
     machine_ticks().0 as f64 / TICKS_PER_SEC
 }
 
+/// The machine's 1, 5 and 15 minute load averages, as /proc/loadavg shows them.
+pub fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 /// Wait (at most `max`) until the machine is nearly idle: other work on a shared host would
 /// otherwise land in our figures. Returns the busy cores seen last and the seconds waited.
 pub fn wait_quiet(threshold_cores: f64, max: Duration) -> (f64, f64) {

@@ -349,6 +349,55 @@ fn parse_range(value: &str, size: u64) -> Option<(u64, u64)> {
     (start <= end).then_some((start, end))
 }
 
+/// The servers a bench runs in its own process: the null store and the MLflow stand-in.
+pub struct LocalServers {
+    /// The null store's endpoint (`http://127.0.0.1:P`).
+    pub null_url: String,
+    /// The MLflow stand-in's URL, for `PROXY_UPSTREAM`.
+    pub stand_in_url: String,
+}
+
+/// Start the null store (serving slices of `chunk`) and the MLflow stand-in on a thread of their
+/// own with one single-threaded runtime, so that together they never take more than one core and
+/// never share the load client's thread. They serve until the process ends.
+pub fn start_null_store_and_stand_in(chunk: Bytes) -> Result<LocalServers, String> {
+    let bind = || -> Result<(std::net::TcpListener, String), String> {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+        listener.set_nonblocking(true).map_err(|e| e.to_string())?;
+        let url = format!(
+            "http://{}",
+            listener.local_addr().map_err(|e| e.to_string())?
+        );
+        Ok((listener, url))
+    };
+    let (null_listener, null_url) = bind()?;
+    let (stand_in_listener, stand_in_url) = bind()?;
+    std::thread::spawn(move || {
+        let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        else {
+            return;
+        };
+        runtime.block_on(async move {
+            let (Ok(null), Ok(stand_in)) = (
+                TcpListener::from_std(null_listener),
+                TcpListener::from_std(stand_in_listener),
+            ) else {
+                return;
+            };
+            tokio::join!(
+                serve(null, null_store(chunk)),
+                serve(stand_in, upstream_stand_in()),
+            );
+        });
+    });
+    Ok(LocalServers {
+        null_url,
+        stand_in_url,
+    })
+}
+
 /// The embedded S3 server (s3s 0.14.1 + s3s-fs 0.14.1, the code the s3s-fs binary runs), for
 /// machines without the binary. Runs until the process is killed.
 pub fn run_embedded_s3s_fs(

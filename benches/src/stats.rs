@@ -23,6 +23,12 @@ pub fn spread(values: &[f64]) -> Spread {
     }
 }
 
+/// `x` rounded to `decimals` places, for the JSON reports.
+pub fn round(x: f64, decimals: i32) -> f64 {
+    let f = 10f64.powi(decimals);
+    (x * f).round() / f
+}
+
 /// Percentile by linear interpolation between closest ranks.
 pub fn percentile(values: &[f64], p: f64) -> f64 {
     let mut v = values.to_vec();

@@ -4,9 +4,8 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -129,59 +128,20 @@ async fn draining_answers_503_refuses_new_connections_and_finishes_transfers() {
     );
 }
 
-/// A child process that is killed when the test ends, passed or not.
-struct Killed(std::process::Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// The real binary: SIGTERM while an upload is half sent; the upload completes, the process
 /// exits 0 without waiting out the grace period.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_lets_the_upload_in_flight_finish_and_exits_0() {
     let s3 = S3Server::start().await;
     let mlflow = FakeMlflow::start().await;
-    let mut child = Killed(
-        Command::new(env!("CARGO_BIN_EXE_mlflow-artifact-proxy"))
-            .env_clear()
-            .env(
-                "MLFLOW_ARTIFACTS_DESTINATION",
-                format!("s3://{}/", s3.bucket),
-            )
-            .env("MLFLOW_S3_ENDPOINT_URL", &s3.endpoint)
-            .env("AWS_ACCESS_KEY_ID", &s3.access_key)
-            .env("AWS_SECRET_ACCESS_KEY", &s3.secret_key)
-            .env("AWS_DEFAULT_REGION", &s3.region)
-            .env("PROXY_LISTEN", "127.0.0.1:0")
-            .env("PROXY_METRICS_LISTEN", "127.0.0.1:0")
-            .env("PROXY_UPSTREAM", format!("http://{}", mlflow.addr))
-            .env("PROXY_SHUTDOWN_GRACE_SECS", "30")
-            // The fake MLflow has no auth app to ask: this test is about shutdown.
-            .env("PROXY_MLFLOW_AUTH", "off")
-            .env("RUST_LOG", "info")
-            .env("NO_COLOR", "1")
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap(),
+    let mut proxy = ProxyBinary::spawn(
+        &s3,
+        &mlflow,
+        &[("PROXY_SHUTDOWN_GRACE_SECS", "30"), ("NO_COLOR", "1")],
     );
-    let stderr = child.0.stderr.take().unwrap();
-    let (lines_tx, lines_rx) = std::sync::mpsc::channel::<String>();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines() {
-            let Ok(line) = line else { break };
-            if lines_tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
     // "listening on 127.0.0.1:P (metrics on 127.0.0.1:Q), ..."
     let (addr, ops): (SocketAddr, SocketAddr) = loop {
-        let line = tokio::task::block_in_place(|| lines_rx.recv_timeout(Duration::from_secs(10)))
-            .expect("a log line within 10 s");
+        let line = proxy.next_line();
         if let Some(rest) = line.split("listening on ").nth(1) {
             let addr = rest.split(' ').next().unwrap().parse().unwrap();
             let ops = rest
@@ -200,7 +160,7 @@ async fn sigterm_lets_the_upload_in_flight_finish_and_exits_0() {
 
     let signalled = Instant::now();
     let kill = Command::new("kill")
-        .args(["-TERM", &child.0.id().to_string()])
+        .args(["-TERM", &proxy.child.id().to_string()])
         .status()
         .unwrap();
     assert!(kill.success());
@@ -218,7 +178,7 @@ async fn sigterm_lets_the_upload_in_flight_finish_and_exits_0() {
     let status = tokio::task::block_in_place(|| {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            if let Some(status) = child.0.try_wait().unwrap() {
+            if let Some(status) = proxy.child.try_wait().unwrap() {
                 return status;
             }
             assert!(

@@ -4,7 +4,6 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -561,59 +560,16 @@ async fn readyz_follows_the_store_down_and_up() {
     assert_eq!(h.get("x.txt").await.text().await.unwrap(), "x");
 }
 
-/// A child process that is killed when the test ends, passed or not.
-struct Killed(std::process::Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// The real binary with `PROXY_LOG_FORMAT=json`: every line on stderr is one JSON object, and
 /// each request gets one access line with the fields a log shipper needs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_access_log_has_one_object_per_request() {
     let s3 = S3Server::start().await;
     let mlflow = FakeMlflow::start().await;
-    let mut child = Killed(
-        Command::new(env!("CARGO_BIN_EXE_mlflow-artifact-proxy"))
-            .env_clear()
-            .env(
-                "MLFLOW_ARTIFACTS_DESTINATION",
-                format!("s3://{}/", s3.bucket),
-            )
-            .env("MLFLOW_S3_ENDPOINT_URL", &s3.endpoint)
-            .env("AWS_ACCESS_KEY_ID", &s3.access_key)
-            .env("AWS_SECRET_ACCESS_KEY", &s3.secret_key)
-            .env("AWS_DEFAULT_REGION", &s3.region)
-            .env("PROXY_LISTEN", "127.0.0.1:0")
-            .env("PROXY_METRICS_LISTEN", "127.0.0.1:0")
-            .env("PROXY_UPSTREAM", format!("http://{}", mlflow.addr))
-            .env("PROXY_LOG_FORMAT", "json")
-            // The fake MLflow has no auth app to ask: this test is about the log.
-            .env("PROXY_MLFLOW_AUTH", "off")
-            .env("RUST_LOG", "info")
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap(),
-    );
-    let (lines_tx, lines_rx) = std::sync::mpsc::channel::<String>();
-    let stderr = child.0.stderr.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines() {
-            let Ok(line) = line else { break };
-            if lines_tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
+    let child = ProxyBinary::spawn(&s3, &mlflow, &[("PROXY_LOG_FORMAT", "json")]);
     let mut lines = Vec::new();
     let next_line = |lines: &mut Vec<String>| {
-        // The in-process S3 and MLflow keep running on the other worker meanwhile.
-        let line = tokio::task::block_in_place(|| lines_rx.recv_timeout(Duration::from_secs(10)))
-            .expect("a log line within 10 s");
+        let line = child.next_line();
         lines.push(line.clone());
         line
     };

@@ -788,3 +788,64 @@ pub async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
     }
     panic!("still not true after 5 s: {what}");
 }
+
+/// The real proxy binary in front of `s3` and `mlflow`, on ports it picks itself (its log says
+/// which), its log (stderr) read line by line; killed when the test ends, passed or not.
+pub struct ProxyBinary {
+    pub child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl ProxyBinary {
+    /// Start it with an empty environment but the store, the upstream and `RUST_LOG=info`, plus
+    /// `extra`. The fake MLflow has no auth app to ask, so `PROXY_MLFLOW_AUTH=off`.
+    pub fn spawn(s3: &S3Server, mlflow: &FakeMlflow, extra: &[(&str, &str)]) -> ProxyBinary {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_mlflow-artifact-proxy"));
+        command
+            .env_clear()
+            .env(
+                "MLFLOW_ARTIFACTS_DESTINATION",
+                format!("s3://{}/", s3.bucket),
+            )
+            .env("MLFLOW_S3_ENDPOINT_URL", &s3.endpoint)
+            .env("AWS_ACCESS_KEY_ID", &s3.access_key)
+            .env("AWS_SECRET_ACCESS_KEY", &s3.secret_key)
+            .env("AWS_DEFAULT_REGION", &s3.region)
+            .env("PROXY_LISTEN", "127.0.0.1:0")
+            .env("PROXY_METRICS_LISTEN", "127.0.0.1:0")
+            .env("PROXY_UPSTREAM", format!("http://{}", mlflow.addr))
+            .env("PROXY_MLFLOW_AUTH", "off")
+            .env("RUST_LOG", "info")
+            .stderr(std::process::Stdio::piped());
+        for (name, value) in extra {
+            command.env(name, value);
+        }
+        let mut child = command.spawn().unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (lines_tx, lines) = std::sync::mpsc::channel::<String>();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if lines_tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        ProxyBinary { child, lines }
+    }
+
+    /// The next line of its log, within 10 s. Blocks this worker thread only: the in-process S3
+    /// and MLflow keep running on the other (the tests use a multi-threaded runtime).
+    pub fn next_line(&self) -> String {
+        tokio::task::block_in_place(|| self.lines.recv_timeout(Duration::from_secs(10)))
+            .expect("a log line within 10 s")
+    }
+}
+
+impl Drop for ProxyBinary {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
