@@ -8,4 +8,5 @@ pub mod garage;
 pub mod procs;
 pub mod s3store;
 pub mod servers;
+pub mod stack;
 pub mod stats;
