@@ -24,7 +24,9 @@
 //! every row alike. Stock MLflow is also measured with a new connection per request (connect
 //! included): uvicorn sends a response's head and body in two segments with Nagle on, which
 //! costs a kept-alive client a delayed ACK (about 40 ms) per response; a client without a pool
-//! does not pay it.
+//! does not pay it. A last row GETs the object straight from s3s-fs with a presigned URL (the
+//! store's own floor; s3s-fs writes head and body in two segments without TCP_NODELAY, so kept-alive
+//! readers, the proxy's pooled S3 connections included, can wait a delayed ACK too).
 //!
 //! Before measuring, the bench checks that each target is what it claims: the user gets the
 //! exact bytes everywhere; anonymous gets 401 and a user with DENY gets 403 from the proxies with
