@@ -1,8 +1,8 @@
 //! Load benchmarks for mlflow-artifact-proxy (`cargo bench`). The drivers are under
-//! `benches/`: `load/` (one file per scenario), `downloads.rs`, `multipart.rs` and `stores.rs`
+//! `benches/`: `load/` (one file per scenario), `auth.rs`, `downloads.rs`, `multipart.rs` and `stores.rs`
 //! (the main scenarios on each S3 store). This library holds their shared parts: what every
 //! driver sets up (`setup`), the proxy process (`proxy`), the S3 stores (`s3store`, `garage`),
-//! stock MLflow (`stock`), the loopback HTTP client, the servers the bench runs itself (null
+//! stock MLflow (`stock`; with its auth app and the proxies beside it: `stack`), the loopback HTTP client, the servers the bench runs itself (null
 //! store, MLflow stand-in, embedded s3s-fs), /proc sampling and statistics.
 
 pub mod client;
@@ -12,5 +12,6 @@ pub mod proxy;
 pub mod s3store;
 pub mod servers;
 pub mod setup;
+pub mod stack;
 pub mod stats;
 pub mod stock;
