@@ -9,6 +9,11 @@
 //! measured, none asserted; CPU seconds of each process come from /proc, and the machine's load
 //! average is recorded with each scenario. `BENCH_QUICK=1` shrinks everything to seconds.
 //! `BENCH_DOWNLOAD_SWEEP=1` adds the chunk × parallelism sweep the defaults were chosen from.
+//! `BENCH_DOWNLOAD_ONLY=single,concurrent,slow,null` runs only the scenarios named.
+//! `BENCH_BIGFILE=1` adds the opt-in big-file scenario (the real MLflow client, 10 GiB by default,
+//! `BENCH_BIGFILE_MIB`; see `downloads/bigfile.rs`); `BENCH_DOWNLOAD_ONLY=bigfile` runs it alone.
+//! `BENCH_NULL_BASELINE_BIN=<proxy binary>` adds that binary (e.g. a build of an older commit)
+//! to the null-store ceiling, in the same run, so a regression of the proxy itself shows.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -24,6 +29,9 @@ use s3::Bucket;
 use s3::creds::Credentials;
 use s3::region::Region;
 use serde_json::{Value, json};
+
+#[path = "downloads/bigfile.rs"]
+mod bigfile;
 
 const ACCESS_KEY: &str = "benchkey";
 const SECRET_KEY: &str = "benchsecret123";
@@ -84,6 +92,13 @@ struct Config {
     slow_secs: f64,
     sweep: bool,
     stock: bool,
+    /// The null-store object: large even in the quick variant (it costs no disk, and at
+    /// ~1–2 GiB/s a 128 MiB object is over too soon to time).
+    null_size: u64,
+    /// Scenarios to run (`BENCH_DOWNLOAD_ONLY`); empty = all.
+    only: Vec<String>,
+    /// The big file's size, when the opt-in scenario is asked for (`BENCH_BIGFILE=1`).
+    bigfile: Option<u64>,
 }
 
 impl Config {
@@ -106,7 +121,22 @@ impl Config {
                 Ok("1") => true,
                 _ => !quick,
             },
+            null_size: env_u64("BENCH_NULL_MIB").unwrap_or(1024) * MIB,
+            only: std::env::var("BENCH_DOWNLOAD_ONLY")
+                .unwrap_or_default()
+                .split(',')
+                .map(|s| s.trim().to_owned())
+                .filter(|s| !s.is_empty())
+                .collect(),
+            bigfile: bigfile::requested(),
         }
+    }
+
+    fn runs(&self, scenario: &str) -> bool {
+        if scenario == "bigfile" && self.bigfile.is_none() {
+            return false;
+        }
+        self.only.is_empty() || self.only.iter().any(|s| s == scenario)
     }
 }
 
@@ -461,6 +491,10 @@ fn run() -> Result<(), String> {
     let _cleanup = Cleanup(vec![work.clone(), boto_dest.clone()]);
     std::fs::create_dir_all(work.join("s3").join(BUCKET)).map_err(|e| e.to_string())?;
     std::fs::create_dir_all(&boto_dest).map_err(|e| e.to_string())?;
+    if let (true, Some(size)) = (config.runs("bigfile"), config.bigfile) {
+        // Refuse before anything is started or written.
+        bigfile::check_disk(&work, size)?;
+    }
 
     // The S3 server: the s3s-fs binary, or the same code embedded in this binary.
     let s3_port = procs::free_port().map_err(|e| e.to_string())?;
@@ -566,6 +600,16 @@ fn run() -> Result<(), String> {
         &stand_in_url,
         &single,
     )?;
+    let null_baseline = match std::env::var_os("BENCH_NULL_BASELINE_BIN") {
+        Some(bin) => Some(start_proxy(
+            Path::new(&bin),
+            "baseline proxy (parallel), null store",
+            &null_url,
+            &stand_in_url,
+            &[],
+        )?),
+        None => None,
+    };
     runtime.block_on(async {
         client::wait_ok(
             &format!("{s3_url}/{BUCKET}?list-type=2&max-keys=1"),
@@ -573,7 +617,10 @@ fn run() -> Result<(), String> {
         )
         .await
         .or_else(|e| if e.contains("403") { Ok(()) } else { Err(e) })?;
-        for p in [&proxy, &proxy_single, &null, &null_single] {
+        for p in [&proxy, &proxy_single, &null, &null_single]
+            .into_iter()
+            .chain(null_baseline.as_ref())
+        {
             client::wait_ok(&format!("{}/readyz", p.metrics), Duration::from_secs(30))
                 .await
                 .map_err(|e| format!("{}: {e}\n{}", p.label, p.process.last_lines()))?;
@@ -589,24 +636,79 @@ fn run() -> Result<(), String> {
         rows.push(text);
     };
 
+    let stock = if (config.stock && config.runs("single")) || config.runs("bigfile") {
+        start_stock(&runtime, &root, &work, &s3_url)?
+    } else {
+        println!("  stock MLflow: skipped (quick variant; BENCH_STOCK=1 starts it)");
+        None
+    };
+
+    // 0. Opt-in: a big file through the real MLflow client, proxy against stock MLflow. First,
+    // before the other objects take disk.
+    if let (true, Some(size)) = (config.runs("bigfile"), config.bigfile) {
+        println!(
+            "\n== big file, {} MiB, real MLflow client (load average {}) ==",
+            size / MIB,
+            load_average()
+        );
+        bigfile::check_disk(&work, size)?;
+        let python = bigfile::find_mlflow_python(&root)
+            .ok_or("big-file scenario: no Python with mlflow (set MLFLOW_STACK_VENV)")?;
+        let stock = stock
+            .as_ref()
+            .ok_or("big-file scenario: stock MLflow did not start")?;
+        let front = start_proxy(
+            &proxy_bin,
+            "proxy (in front of stock MLflow)",
+            &s3_url,
+            &stock.url,
+            &[],
+        )?;
+        runtime.block_on(client::wait_ok(
+            &format!("{}/readyz", front.metrics),
+            Duration::from_secs(30),
+        ))?;
+        let (lines, value) = bigfile::run(
+            &python,
+            &work,
+            size,
+            &chunk,
+            &front,
+            stock,
+            &work.join("stock-tmp"),
+        )?;
+        for line in lines {
+            row(line);
+        }
+        results.insert("bigfile".into(), value);
+    }
+
     // The objects: uploaded once through the proxy (a single streamed PUT each).
     let big = "dl/big.bin";
-    runtime.block_on(client::upload(
-        &artifact_url(&proxy.url, big),
-        config.size,
-        chunk.clone(),
-        true,
-    ))?;
-    runtime.block_on(client::upload(
-        &artifact_url(&null.url, big),
-        config.size,
-        chunk.clone(),
-        true,
-    ))?;
+    if config.runs("single") || config.runs("slow") || config.sweep {
+        runtime.block_on(client::upload(
+            &artifact_url(&proxy.url, big),
+            config.size,
+            chunk.clone(),
+            true,
+        ))?;
+    }
+    let null_key = "dl/null.bin";
+    if config.runs("null") {
+        runtime.block_on(client::upload(
+            &artifact_url(&null.url, null_key),
+            config.null_size,
+            chunk.clone(),
+            true,
+        ))?;
+    }
     let conc_keys: Vec<String> = (0..config.concurrent)
         .map(|i| format!("dl/c{i}.bin"))
         .collect();
-    for key in &conc_keys {
+    for key in conc_keys
+        .iter()
+        .filter(|_| config.runs("concurrent") || config.sweep)
+    {
         runtime.block_on(client::upload(
             &artifact_url(&proxy.url, key),
             config.concurrent_size,
@@ -614,299 +716,312 @@ fn run() -> Result<(), String> {
             true,
         ))?;
     }
-    let stock = if config.stock {
-        start_stock(&runtime, &root, &work, &s3_url)?
-    } else {
-        println!("  stock MLflow: skipped (quick variant; BENCH_STOCK=1 starts it)");
-        None
-    };
 
     // 1. One large download, every side interleaved round by round.
-    println!(
-        "\n== one {} MiB download (load average {}) ==",
-        config.size / MIB,
-        load_average()
-    );
-    let presigned = runtime
-        .block_on(s3_bucket.presign_get(big, 3600, None))
-        .map_err(|e| e.to_string())?;
-    let mut sides: Vec<(&str, Side)> = vec![
-        ("proxy", Side::default()),
-        ("proxy, parallelism 1", Side::default()),
-        ("direct presigned GET", Side::default()),
-    ];
-    if python.is_some() {
-        sides.push(("boto3 download_file", Side::default()));
-    }
-    if stock.is_some() {
-        sides.push(("stock MLflow", Side::default()));
-    }
-    for r in 0..config.rounds {
-        let n = sides.len();
-        for k in 0..n {
-            let i = (k + r) % n;
-            let name = sides[i].0;
-            let mut pids = vec![("s3s-fs".to_owned(), s3_pid, false)];
-            let url = match name {
-                "proxy" => {
-                    pids.push(("proxy".into(), proxy.process.pid(), false));
-                    Some(artifact_url(&proxy.url, big))
-                }
-                "proxy, parallelism 1" => {
-                    pids.push(("proxy".into(), proxy_single.process.pid(), false));
-                    Some(artifact_url(&proxy_single.url, big))
-                }
-                "direct presigned GET" => Some(presigned.clone()),
-                "stock MLflow" => {
-                    let s = stock.as_ref().ok_or("no stock")?;
-                    pids.push(("stock MLflow tree".into(), s.pid, true));
-                    Some(artifact_url(&s.url, big))
-                }
-                _ => None,
-            };
-            if url.is_some() {
-                pids.push(("client".into(), std::process::id(), false));
-            }
-            let cpu = Cpu::start(pids);
-            let side = &mut sides[i].1;
-            match url {
-                Some(url) => {
-                    let t: Transfer =
-                        runtime.block_on(client::download(&url, Some(config.size)))?;
-                    side.mib_s.push(t.mib_s());
-                    side.ttfb_ms.push(t.first_byte_secs * 1000.0);
-                }
-                None => {
-                    let python = python.as_ref().ok_or("no python")?;
-                    let (secs, py_cpu, bytes) =
-                        boto3_download(python, &s3_url, &[big.to_owned()], &boto_dest)?;
-                    side.mib_s.push(bytes as f64 / MIB as f64 / secs.max(1e-9));
-                    side.cpu
-                        .entry("client (boto3)".into())
-                        .and_modify(|c| *c += py_cpu)
-                        .or_insert(py_cpu);
-                }
-            }
-            side.add_cpu(cpu.end());
-            side.bytes += config.size;
+    if config.runs("single") {
+        println!(
+            "\n== one {} MiB download (load average {}) ==",
+            config.size / MIB,
+            load_average()
+        );
+        let presigned = runtime
+            .block_on(s3_bucket.presign_get(big, 3600, None))
+            .map_err(|e| e.to_string())?;
+        let mut sides: Vec<(&str, Side)> = vec![
+            ("proxy", Side::default()),
+            ("proxy, parallelism 1", Side::default()),
+            ("direct presigned GET", Side::default()),
+        ];
+        if python.is_some() {
+            sides.push(("boto3 download_file", Side::default()));
         }
-    }
-    let base = spread(&sides[0].1.mib_s).median;
-    let mut single_json = serde_json::Map::new();
-    for (name, side) in &sides {
-        let s = spread(&side.mib_s);
-        let ttfb = spread(&side.ttfb_ms);
-        row(format!(
-            "{:<28} {:>16} MiB/s  proxy/this {:>5.2}  TTFB {:>8} ms  CPU-s/GiB: {}",
-            name,
-            s.show(1),
-            base / s.median.max(1e-9),
-            if side.ttfb_ms.is_empty() {
-                "-".to_owned()
-            } else {
-                ttfb.show(2)
-            },
-            side.cpu_text()
-        ));
-        single_json.insert(
+        if stock.is_some() {
+            sides.push(("stock MLflow", Side::default()));
+        }
+        for r in 0..config.rounds {
+            let n = sides.len();
+            for k in 0..n {
+                let i = (k + r) % n;
+                let name = sides[i].0;
+                let mut pids = vec![("s3s-fs".to_owned(), s3_pid, false)];
+                let url = match name {
+                    "proxy" => {
+                        pids.push(("proxy".into(), proxy.process.pid(), false));
+                        Some(artifact_url(&proxy.url, big))
+                    }
+                    "proxy, parallelism 1" => {
+                        pids.push(("proxy".into(), proxy_single.process.pid(), false));
+                        Some(artifact_url(&proxy_single.url, big))
+                    }
+                    "direct presigned GET" => Some(presigned.clone()),
+                    "stock MLflow" => {
+                        let s = stock.as_ref().ok_or("no stock")?;
+                        pids.push(("stock MLflow tree".into(), s.pid, true));
+                        Some(artifact_url(&s.url, big))
+                    }
+                    _ => None,
+                };
+                if url.is_some() {
+                    pids.push(("client".into(), std::process::id(), false));
+                }
+                let cpu = Cpu::start(pids);
+                let side = &mut sides[i].1;
+                match url {
+                    Some(url) => {
+                        let t: Transfer =
+                            runtime.block_on(client::download(&url, Some(config.size)))?;
+                        side.mib_s.push(t.mib_s());
+                        side.ttfb_ms.push(t.first_byte_secs * 1000.0);
+                    }
+                    None => {
+                        let python = python.as_ref().ok_or("no python")?;
+                        let (secs, py_cpu, bytes) =
+                            boto3_download(python, &s3_url, &[big.to_owned()], &boto_dest)?;
+                        side.mib_s.push(bytes as f64 / MIB as f64 / secs.max(1e-9));
+                        side.cpu
+                            .entry("client (boto3)".into())
+                            .and_modify(|c| *c += py_cpu)
+                            .or_insert(py_cpu);
+                    }
+                }
+                side.add_cpu(cpu.end());
+                side.bytes += config.size;
+            }
+        }
+        let base = spread(&sides[0].1.mib_s).median;
+        let mut single_json = serde_json::Map::new();
+        for (name, side) in &sides {
+            let s = spread(&side.mib_s);
+            let ttfb = spread(&side.ttfb_ms);
+            row(format!(
+                "{:<28} {:>16} MiB/s  proxy/this {:>5.2}  TTFB {:>8} ms  CPU-s/GiB: {}",
+                name,
+                s.show(1),
+                base / s.median.max(1e-9),
+                if side.ttfb_ms.is_empty() {
+                    "-".to_owned()
+                } else {
+                    ttfb.show(2)
+                },
+                side.cpu_text()
+            ));
+            single_json.insert(
             (*name).to_owned(),
             json!({"mib_s": s.json(), "ttfb_ms": ttfb.json(), "cpu_s_per_gib": side.cpu_per_gib(),
                    "proxy_over_this": round(base / s.median.max(1e-9), 3)}),
         );
+        }
+        results.insert("single".into(), Value::Object(single_json));
     }
-    results.insert("single".into(), Value::Object(single_json));
 
     // 2. Concurrent downloads: aggregate, and the proxy's peak RSS against its bound.
-    println!(
-        "\n== {} concurrent × {} MiB (load average {}) ==",
-        config.concurrent,
-        config.concurrent_size / MIB,
-        load_average()
-    );
-    let mut conc_json = serde_json::Map::new();
-    for r in 0..config.rounds.min(2) {
-        let order = if r % 2 == 0 {
-            ["proxy", "boto3", "direct"]
-        } else {
-            ["direct", "boto3", "proxy"]
-        };
-        for side in order {
-            if side == "boto3" && python.is_none() {
-                continue;
-            }
-            procs::reset_peak(proxy.process.pid());
-            let sampler = Sampler::start(vec![proxy.process.pid()], Vec::new(), Vec::new());
-            let mut pids = vec![("s3s-fs".to_owned(), s3_pid, false)];
-            if side == "proxy" {
-                pids.push(("proxy".into(), proxy.process.pid(), false));
-            }
-            if side != "boto3" {
-                pids.push(("client".into(), std::process::id(), false));
-            }
-            let cpu = Cpu::start(pids);
-            let (mib_s, extra_cpu) = match side {
-                "proxy" => {
-                    let urls = conc_keys
-                        .iter()
-                        .map(|k| artifact_url(&proxy.url, k))
-                        .collect();
-                    let b =
-                        runtime.block_on(client::download_batch(urls, config.concurrent_size))?;
-                    (b.mib_s(), None)
-                }
-                "direct" => {
-                    let mut urls = Vec::new();
-                    for k in &conc_keys {
-                        urls.push(
-                            runtime
-                                .block_on(s3_bucket.presign_get(k, 3600, None))
-                                .map_err(|e| e.to_string())?,
-                        );
-                    }
-                    let b =
-                        runtime.block_on(client::download_batch(urls, config.concurrent_size))?;
-                    (b.mib_s(), None)
-                }
-                _ => {
-                    let python = python.as_ref().ok_or("no python")?;
-                    let (secs, py_cpu, bytes) =
-                        boto3_download(python, &s3_url, &conc_keys, &boto_dest)?;
-                    (bytes as f64 / MIB as f64 / secs.max(1e-9), Some(py_cpu))
-                }
-            };
-            let samples = sampler.finish();
-            let peak = procs::hwm_kib(proxy.process.pid()).max(
-                samples
-                    .peak_rss_kib
-                    .get(&proxy.process.pid())
-                    .copied()
-                    .unwrap_or(0),
-            );
-            let mut used = cpu.end();
-            if let Some(c) = extra_cpu {
-                used.push(("client (boto3)".into(), c));
-            }
-            let gib =
-                (config.concurrent as u64 * config.concurrent_size) as f64 / (1024.0 * MIB as f64);
-            let cpu_text: Vec<String> = used
-                .iter()
-                .map(|(n, c)| format!("{n} {:.2}", c / gib))
-                .collect();
-            let rss = if side == "proxy" {
-                format!(", proxy peak RSS {:.1} MiB", peak as f64 / 1024.0)
+    if config.runs("concurrent") {
+        println!(
+            "\n== {} concurrent × {} MiB (load average {}) ==",
+            config.concurrent,
+            config.concurrent_size / MIB,
+            load_average()
+        );
+        let mut conc_json = serde_json::Map::new();
+        for r in 0..config.rounds.min(2) {
+            let order = if r % 2 == 0 {
+                ["proxy", "boto3", "direct"]
             } else {
-                String::new()
+                ["direct", "boto3", "proxy"]
             };
-            row(format!(
-                "{:<28} {:>8.1} MiB/s aggregate{rss}  CPU-s/GiB: {}",
-                format!("{side}, round {r}"),
-                mib_s,
-                cpu_text.join(", ")
-            ));
-            conc_json.insert(format!("{side} round {r}"), json!({"aggregate_mib_s": round(mib_s, 1),
+            for side in order {
+                if side == "boto3" && python.is_none() {
+                    continue;
+                }
+                procs::reset_peak(proxy.process.pid());
+                let sampler = Sampler::start(vec![proxy.process.pid()], Vec::new(), Vec::new());
+                let mut pids = vec![("s3s-fs".to_owned(), s3_pid, false)];
+                if side == "proxy" {
+                    pids.push(("proxy".into(), proxy.process.pid(), false));
+                }
+                if side != "boto3" {
+                    pids.push(("client".into(), std::process::id(), false));
+                }
+                let cpu = Cpu::start(pids);
+                let (mib_s, extra_cpu) = match side {
+                    "proxy" => {
+                        let urls = conc_keys
+                            .iter()
+                            .map(|k| artifact_url(&proxy.url, k))
+                            .collect();
+                        let b = runtime
+                            .block_on(client::download_batch(urls, config.concurrent_size))?;
+                        (b.mib_s(), None)
+                    }
+                    "direct" => {
+                        let mut urls = Vec::new();
+                        for k in &conc_keys {
+                            urls.push(
+                                runtime
+                                    .block_on(s3_bucket.presign_get(k, 3600, None))
+                                    .map_err(|e| e.to_string())?,
+                            );
+                        }
+                        let b = runtime
+                            .block_on(client::download_batch(urls, config.concurrent_size))?;
+                        (b.mib_s(), None)
+                    }
+                    _ => {
+                        let python = python.as_ref().ok_or("no python")?;
+                        let (secs, py_cpu, bytes) =
+                            boto3_download(python, &s3_url, &conc_keys, &boto_dest)?;
+                        (bytes as f64 / MIB as f64 / secs.max(1e-9), Some(py_cpu))
+                    }
+                };
+                let samples = sampler.finish();
+                let peak = procs::hwm_kib(proxy.process.pid()).max(
+                    samples
+                        .peak_rss_kib
+                        .get(&proxy.process.pid())
+                        .copied()
+                        .unwrap_or(0),
+                );
+                let mut used = cpu.end();
+                if let Some(c) = extra_cpu {
+                    used.push(("client (boto3)".into(), c));
+                }
+                let gib = (config.concurrent as u64 * config.concurrent_size) as f64
+                    / (1024.0 * MIB as f64);
+                let cpu_text: Vec<String> = used
+                    .iter()
+                    .map(|(n, c)| format!("{n} {:.2}", c / gib))
+                    .collect();
+                let rss = if side == "proxy" {
+                    format!(", proxy peak RSS {:.1} MiB", peak as f64 / 1024.0)
+                } else {
+                    String::new()
+                };
+                row(format!(
+                    "{:<28} {:>8.1} MiB/s aggregate{rss}  CPU-s/GiB: {}",
+                    format!("{side}, round {r}"),
+                    mib_s,
+                    cpu_text.join(", ")
+                ));
+                conc_json.insert(format!("{side} round {r}"), json!({"aggregate_mib_s": round(mib_s, 1),
                 "proxy_peak_rss_mib": if side == "proxy" { json!(round(peak as f64 / 1024.0, 1)) } else { Value::Null },
                 "cpu_s_per_gib": used.iter().map(|(n, c)| (n.clone(), json!(round(c / gib, 2)))).collect::<serde_json::Map<_, _>>()}));
+            }
         }
+        results.insert("concurrent".into(), Value::Object(conc_json));
     }
-    results.insert("concurrent".into(), Value::Object(conc_json));
 
     // 3. Slow readers: read-ahead stops when clients do not read; memory stays bounded.
-    println!(
-        "\n== {} slow readers at {} MiB/s for {} s of a {} MiB object (load average {}) ==",
-        config.slow_readers,
-        config.slow_rate / MIB,
-        config.slow_secs,
-        config.size / MIB,
-        load_average()
-    );
-    {
-        let pid = proxy.process.pid();
-        procs::reset_peak(pid);
-        let rss_before = procs::rss_kib(pid);
-        let sampler = Sampler::start(vec![pid], Vec::new(), Vec::new());
-        let get_objects = r#"mlflow_proxy_s3_requests_total{operation="get_object",outcome="ok"}"#;
-        let gets_before = runtime
-            .block_on(scrape(&proxy.metrics, get_objects))
-            .unwrap_or(0.0);
-        let (bytes, budget_peak) = runtime.block_on(async {
-            let mut tasks = Vec::new();
-            for _ in 0..config.slow_readers {
-                tasks.push(tokio::spawn(slow_read(
-                    artifact_url(&proxy.url, big),
-                    config.slow_rate,
-                    config.slow_secs,
-                )));
-            }
-            let mut budget_peak: f64 = 0.0;
-            while !tasks.iter().all(tokio::task::JoinHandle::is_finished) {
-                if let Some(v) =
-                    scrape(&proxy.metrics, "mlflow_proxy_download_budget_in_use_bytes").await
-                {
-                    budget_peak = budget_peak.max(v);
+    if config.runs("slow") {
+        println!(
+            "\n== {} slow readers at {} MiB/s for {} s of a {} MiB object (load average {}) ==",
+            config.slow_readers,
+            config.slow_rate / MIB,
+            config.slow_secs,
+            config.size / MIB,
+            load_average()
+        );
+        {
+            let pid = proxy.process.pid();
+            procs::reset_peak(pid);
+            let rss_before = procs::rss_kib(pid);
+            let sampler = Sampler::start(vec![pid], Vec::new(), Vec::new());
+            let get_objects =
+                r#"mlflow_proxy_s3_requests_total{operation="get_object",outcome="ok"}"#;
+            let gets_before = runtime
+                .block_on(scrape(&proxy.metrics, get_objects))
+                .unwrap_or(0.0);
+            let (bytes, budget_peak) = runtime.block_on(async {
+                let mut tasks = Vec::new();
+                for _ in 0..config.slow_readers {
+                    tasks.push(tokio::spawn(slow_read(
+                        artifact_url(&proxy.url, big),
+                        config.slow_rate,
+                        config.slow_secs,
+                    )));
                 }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            let mut bytes = 0;
-            for t in tasks {
-                bytes += t.await.map_err(|e| e.to_string())??;
-            }
-            Ok::<_, String>((bytes, budget_peak))
-        })?;
-        let gets = runtime
-            .block_on(scrape(&proxy.metrics, get_objects))
-            .unwrap_or(0.0)
-            - gets_before;
-        let samples = sampler.finish();
-        let peak = procs::hwm_kib(pid).max(samples.peak_rss_kib.get(&pid).copied().unwrap_or(0));
-        row(format!(
-            "slow readers: {:.1} MiB read, {gets} GETs, budget peak {:.1} MiB, proxy RSS {:.1} → peak {:.1} MiB",
-            bytes as f64 / MIB as f64,
-            budget_peak / MIB as f64,
-            rss_before as f64 / 1024.0,
-            peak as f64 / 1024.0
-        ));
-        results.insert("slow_readers".into(), json!({"readers": config.slow_readers, "rate_mib_s": config.slow_rate / MIB,
+                let mut budget_peak: f64 = 0.0;
+                while !tasks.iter().all(tokio::task::JoinHandle::is_finished) {
+                    if let Some(v) =
+                        scrape(&proxy.metrics, "mlflow_proxy_download_budget_in_use_bytes").await
+                    {
+                        budget_peak = budget_peak.max(v);
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                let mut bytes = 0;
+                for t in tasks {
+                    bytes += t.await.map_err(|e| e.to_string())??;
+                }
+                Ok::<_, String>((bytes, budget_peak))
+            })?;
+            let gets = runtime
+                .block_on(scrape(&proxy.metrics, get_objects))
+                .unwrap_or(0.0)
+                - gets_before;
+            let samples = sampler.finish();
+            let peak =
+                procs::hwm_kib(pid).max(samples.peak_rss_kib.get(&pid).copied().unwrap_or(0));
+            row(format!(
+                "slow readers: {:.1} MiB read, {gets} GETs, budget peak {:.1} MiB, proxy RSS {:.1} → peak {:.1} MiB",
+                bytes as f64 / MIB as f64,
+                budget_peak / MIB as f64,
+                rss_before as f64 / 1024.0,
+                peak as f64 / 1024.0
+            ));
+            results.insert("slow_readers".into(), json!({"readers": config.slow_readers, "rate_mib_s": config.slow_rate / MIB,
             "secs": config.slow_secs, "bytes_read": bytes, "get_objects": gets, "budget_peak_bytes": budget_peak,
             "proxy_rss_before_mib": round(rss_before as f64 / 1024.0, 1), "proxy_peak_rss_mib": round(peak as f64 / 1024.0, 1)}));
+        }
     }
 
-    // 4. The proxy's own ceiling (null store), parallel against parallelism 1.
-    println!(
-        "\n== null store ceiling, {} MiB (load average {}) ==",
-        config.size / MIB,
-        load_average()
-    );
-    let mut null_json = serde_json::Map::new();
-    for (name, p) in [
-        ("parallel (defaults)", &null),
-        ("parallelism 1", &null_single),
-    ] {
-        let mut side = Side::default();
-        for _ in 0..config.rounds {
-            let cpu = Cpu::start(vec![("proxy".into(), p.process.pid(), false)]);
-            let t = runtime.block_on(client::download(
-                &artifact_url(&p.url, big),
-                Some(config.size),
-            ))?;
-            side.mib_s.push(t.mib_s());
-            side.ttfb_ms.push(t.first_byte_secs * 1000.0);
-            side.add_cpu(cpu.end());
-            side.bytes += config.size;
-        }
-        let s = spread(&side.mib_s);
-        row(format!(
-            "null store, {:<22} {:>16} MiB/s  TTFB {} ms  CPU-s/GiB: {}",
-            name,
-            s.show(1),
-            spread(&side.ttfb_ms).show(2),
-            side.cpu_text()
-        ));
-        null_json.insert(
-            name.into(),
-            json!({"mib_s": s.json(), "cpu_s_per_gib": side.cpu_per_gib()}),
+    // 4. The proxy's own ceiling (null store), parallel against parallelism 1 (and against a
+    // baseline binary when one is given), interleaved round by round.
+    if config.runs("null") {
+        println!(
+            "\n== null store ceiling, {} MiB (load average {}) ==",
+            config.null_size / MIB,
+            load_average()
         );
+        let mut null_json = serde_json::Map::new();
+        let mut null_sides: Vec<(&str, &ProxyProc, Side)> = vec![
+            ("parallel (defaults)", &null, Side::default()),
+            ("parallelism 1", &null_single, Side::default()),
+        ];
+        if let Some(p) = &null_baseline {
+            null_sides.push(("parallel, baseline binary", p, Side::default()));
+        }
+        for r in 0..config.rounds.max(3) {
+            let n = null_sides.len();
+            for k in 0..n {
+                let (_, p, side) = &mut null_sides[(k + r) % n];
+                let cpu = Cpu::start(vec![("proxy".into(), p.process.pid(), false)]);
+                let t = runtime.block_on(client::download(
+                    &artifact_url(&p.url, null_key),
+                    Some(config.null_size),
+                ))?;
+                side.mib_s.push(t.mib_s());
+                side.ttfb_ms.push(t.first_byte_secs * 1000.0);
+                side.add_cpu(cpu.end());
+                side.bytes += config.null_size;
+            }
+        }
+        for (name, _, side) in &null_sides {
+            let s = spread(&side.mib_s);
+            row(format!(
+                "null store, {:<22} {:>16} MiB/s  TTFB {} ms  CPU-s/GiB: {}",
+                name,
+                s.show(1),
+                spread(&side.ttfb_ms).show(2),
+                side.cpu_text()
+            ));
+            null_json.insert(
+                (*name).to_owned(),
+                json!({"mib_s": s.json(), "ttfb_ms": spread(&side.ttfb_ms).json(),
+                   "cpu_s_per_gib": side.cpu_per_gib()}),
+            );
+        }
+        results.insert("null_store".into(), Value::Object(null_json));
     }
-    results.insert("null_store".into(), Value::Object(null_json));
 
     // 5. Optional: the sweep the defaults were chosen from.
     if config.sweep {

@@ -22,7 +22,7 @@ pub struct DownloadArgs {
     pub download_chunk_mib: u64,
     /// Ranged GETs of one download in flight at once (the chunk being sent included); 1 turns
     /// parallel downloads off. Memory per download: at most parallelism × chunk.
-    #[arg(long, env = "PROXY_DOWNLOAD_PARALLELISM", default_value_t = 4)]
+    #[arg(long, env = "PROXY_DOWNLOAD_PARALLELISM", default_value_t = 8)]
     pub download_parallelism: usize,
     /// Memory all downloads together may hold in chunks read ahead; when it is spent, downloads
     /// go on as one stream each until it frees up.
@@ -52,7 +52,7 @@ impl Default for DownloadConfig {
     fn default() -> Self {
         DownloadConfig {
             chunk: 8 * MIB,
-            parallelism: 4,
+            parallelism: 8,
             budget: 256 * MIB,
             threshold: 16 * MIB,
             retries: 3,

@@ -7,13 +7,15 @@
 //! ranged GETs, each carrying `If-Match` with the first answer's ETag.
 //!
 //! Memory, named: at most `parallelism` chunks of one download are in flight, the one being sent
-//! (the head) included. A chunk read ahead goes into one buffer of at most `chunk` bytes, and only
-//! after taking `chunk` bytes of the global download budget (`try_acquire`: when the budget is
-//! spent nothing is read ahead, and a head that was not read ahead passes through frame by frame
-//! with the client's backpressure, unbuffered, as a small download does; so no download ever
-//! waits on another). Per download that is at most parallelism × chunk, and all downloads
-//! together at most the budget. New ranged GETs start only when the head advances, i.e. when the
-//! client has taken a chunk: a slow client stops them.
+//! (the head) included. A chunk is read ahead only after taking `chunk` bytes of the global
+//! download budget (`try_acquire`: when the budget is spent nothing is read ahead, and a head
+//! that was not read ahead passes through frame by frame with the client's backpressure,
+//! unbuffered, as a small download does; so no download ever waits on another), and it holds at
+//! most its own `chunk` bytes: the frames as S3's connection delivered them, without a copy,
+//! except frames under 128 KiB, which are copied into 128 KiB blocks (as uploads do) so that a
+//! tiny frame does not pin a whole read buffer. Per download that is at most parallelism × chunk,
+//! and all downloads together at most the budget. New ranged GETs start only when the head
+//! advances, i.e. when the client has taken a chunk: a slow client stops them.
 //!
 //! The answer's status and headers stay the first answer's. Anything that would make the body
 //! differ from that object (a changed ETag, Content-Range or 412 on a ranged GET, a range that
@@ -31,16 +33,17 @@ use futures_util::Stream;
 use http::{HeaderMap, HeaderValue, Response, StatusCode, header};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 
 use crate::body::{BodyError, ProxyBody};
 use crate::downloads::{Cut, DownloadConfig, DownloadMetrics, Reserved};
 use crate::state::App;
 
-/// A read-ahead chunk is handed on in blocks of this size, so the head can start sending a
-/// chunk that is still arriving.
-const BLOCK: usize = 1024 * 1024;
+/// Frames read ahead shorter than this are copied into blocks of this size; longer ones are kept
+/// as they arrived (hyper's read buffer is at most ~408 KiB, so a kept frame pins at most ~3×
+/// its length, and only while a store delivers short reads).
+const COPY_BELOW: usize = 128 * 1024;
 /// How long a ranged GET may take to answer, and its body between two frames, before the
 /// attempt counts as failed (and is retried).
 const STORE_STALL: Duration = Duration::from_secs(30);
@@ -160,9 +163,9 @@ pub fn parallelize(
 
 /// The frames of one chunk, in order.
 enum Source {
-    /// Read ahead by a task of its own into one buffer, handed on in blocks.
+    /// Read ahead by a task of its own, frame by frame as they arrive.
     Ahead {
-        rx: mpsc::Receiver<Result<Bytes, Cut>>,
+        frames: Arc<Mutex<Ahead>>,
         task: JoinHandle<()>,
         _budget: Reserved,
         _slot: OwnedSemaphorePermit,
@@ -178,7 +181,10 @@ enum Source {
 impl Source {
     fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes, Cut>>> {
         match self {
-            Source::Ahead { rx, .. } => rx.poll_recv(cx),
+            Source::Ahead { frames, .. } => frames
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .poll_next(cx),
             Source::Direct { frames, .. } => frames.as_mut().poll_next(cx),
         }
     }
@@ -188,6 +194,43 @@ impl Drop for Source {
     fn drop(&mut self) {
         if let Source::Ahead { task, .. } = self {
             task.abort();
+        }
+    }
+}
+
+/// The frames of one chunk read ahead, shared by its reading task and the body: at most the
+/// chunk's bytes (the reader stops at the chunk's end), in the order they arrived.
+#[derive(Default)]
+struct Ahead {
+    frames: VecDeque<Bytes>,
+    /// Set when the reader is done: every frame is queued, or the chunk failed.
+    end: Option<Result<(), Cut>>,
+    waker: Option<Waker>,
+}
+
+impl Ahead {
+    fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes, Cut>>> {
+        if let Some(frame) = self.frames.pop_front() {
+            return Poll::Ready(Some(Ok(frame)));
+        }
+        match self.end {
+            Some(Ok(())) => Poll::Ready(None),
+            Some(Err(cut)) => Poll::Ready(Some(Err(cut))),
+            None => {
+                self.waker = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        }
+    }
+
+    fn push(shared: &Mutex<Ahead>, frame: Option<Bytes>, end: Option<Result<(), Cut>>) {
+        let mut ahead = shared.lock().unwrap_or_else(PoisonError::into_inner);
+        ahead.frames.extend(frame);
+        if end.is_some() {
+            ahead.end = end;
+        }
+        if let Some(waker) = ahead.waker.take() {
+            waker.wake();
         }
     }
 }
@@ -337,10 +380,10 @@ impl Download {
             let (from, to) = self.chunk(i);
             let source = match self.app.downloads.try_reserve(to - from) {
                 Some(budget) => {
-                    let (tx, rx) = mpsc::channel((to - from) as usize / BLOCK + 2);
-                    let task = tokio::spawn(self.clone().read_ahead(from, to, tx));
+                    let frames = Arc::new(Mutex::new(Ahead::default()));
+                    let task = tokio::spawn(self.clone().read_ahead(from, to, frames.clone()));
                     Source::Ahead {
-                        rx,
+                        frames,
                         task,
                         _budget: budget,
                         _slot: slot,
@@ -396,33 +439,36 @@ impl Download {
         true
     }
 
-    /// Read `[from, to)` into one buffer and pass it on in blocks as it fills.
-    async fn read_ahead(self: Arc<Self>, from: u64, to: u64, tx: mpsc::Sender<Result<Bytes, Cut>>) {
-        // One allocation per chunk: frames are copied in, so the memory held is the chunk's
-        // size however the store cuts its frames.
-        let mut buffer = BytesMut::with_capacity((to - from) as usize);
+    /// Read `[from, to)` and queue its frames as they arrive: no copy, except that frames under
+    /// `COPY_BELOW` are gathered into blocks of that size (a partly filled block is copied to
+    /// its exact size when closed), so the chunk holds close to its length in memory.
+    async fn read_ahead(self: Arc<Self>, from: u64, to: u64, shared: Arc<Mutex<Ahead>>) {
         let mut reader = RangeReader::new(self, from, to, None);
-        loop {
+        let mut block = BytesMut::new();
+        let end = loop {
             match reader.next().await {
+                Ok(Some(frame)) if frame.len() >= COPY_BELOW => {
+                    Ahead::push(&shared, seal(&mut block), None);
+                    Ahead::push(&shared, Some(frame), None);
+                }
                 Ok(Some(frame)) => {
-                    buffer.extend_from_slice(&frame);
-                    if buffer.len() >= BLOCK && tx.send(Ok(buffer.split().freeze())).await.is_err()
-                    {
-                        return;
+                    if block.capacity() - block.len() < frame.len() {
+                        Ahead::push(&shared, seal(&mut block), None);
+                        block = BytesMut::with_capacity(COPY_BELOW);
+                    }
+                    block.extend_from_slice(&frame);
+                    if block.len() == block.capacity() {
+                        Ahead::push(&shared, seal(&mut block), None);
                     }
                 }
                 Ok(None) => {
-                    if !buffer.is_empty() {
-                        let _ = tx.send(Ok(buffer.split().freeze())).await;
-                    }
-                    return;
+                    Ahead::push(&shared, seal(&mut block), None);
+                    break Ok(());
                 }
-                Err(cut) => {
-                    let _ = tx.send(Err(cut)).await;
-                    return;
-                }
+                Err(cut) => break Err(cut),
             }
-        }
+        };
+        Ahead::push(&shared, None, Some(end));
     }
 
     /// One ranged GET of `[from, to)`, checked against the first answer.
@@ -466,6 +512,19 @@ impl Download {
             _ => return Err(Attempt::Failed("S3 answered another range".into())),
         }
         Ok(crate::body::boxed(response.into_body()))
+    }
+}
+
+/// The block being filled with small frames, closed: as it is when full, copied to its exact
+/// size when not (so that a few bytes do not keep a whole block); `None` when empty.
+fn seal(block: &mut BytesMut) -> Option<Bytes> {
+    let block = std::mem::take(block);
+    if block.is_empty() {
+        None
+    } else if block.len() == block.capacity() {
+        Some(block.freeze())
+    } else {
+        Some(Bytes::copy_from_slice(&block))
     }
 }
 
@@ -615,6 +674,27 @@ mod tests {
             (header::ETAG, "\"e\""),
         ]);
         assert_eq!(plan(StatusCode::PARTIAL_CONTENT, &odd), None);
+    }
+
+    #[test]
+    fn small_frames_are_gathered_and_a_partial_block_shrinks_to_its_length() {
+        let mut block = BytesMut::new();
+        assert_eq!(seal(&mut block), None);
+        block = BytesMut::with_capacity(COPY_BELOW);
+        block.extend_from_slice(b"abc");
+        let partial = seal(&mut block).unwrap();
+        assert_eq!(&partial[..], b"abc");
+        // A copy of its own: the 128 KiB block it came from is free.
+        assert_eq!(block.capacity(), 0);
+        block = BytesMut::with_capacity(COPY_BELOW);
+        block.resize(block.capacity(), 7);
+        let full_ptr = block.as_ptr();
+        let full = seal(&mut block).unwrap();
+        assert_eq!(
+            full.as_ptr(),
+            full_ptr,
+            "a full block is handed on without a copy"
+        );
     }
 
     #[test]
