@@ -25,7 +25,7 @@ use tokio::net::TcpStream;
 pub struct QuickAckConnector(pub HttpConnector);
 
 /// The stream, and when it was opened (for `upstream_pool`'s lifetime bound).
-pub struct QuickAckStream(TokioIo<TcpStream>, Instant);
+pub struct QuickAckStream(TokioIo<TcpStream>, OpenedAt);
 
 impl QuickAckStream {
     fn ack_now(&self) {
@@ -46,7 +46,7 @@ impl tower_service::Service<Uri> for QuickAckConnector {
     fn call(&mut self, uri: Uri) -> Self::Future {
         let connecting = self.0.call(uri);
         Box::pin(async move {
-            let stream = QuickAckStream(connecting.await?, Instant::now());
+            let stream = QuickAckStream(connecting.await?, OpenedAt::now());
             stream.ack_now();
             Ok(stream)
         })
@@ -107,10 +107,25 @@ impl Write for QuickAckStream {
 
 impl Connection for QuickAckStream {
     fn connected(&self) -> Connected {
-        self.0.connected().extra(OpenedAt(self.1))
+        self.0.connected().extra(self.1)
     }
 }
 
-/// When a connection was opened; the connector puts it on every response it carries.
+/// When a connection was opened, and a random draw made then; the connector puts both on every
+/// response the connection carries. The draw lets `upstream_pool` give connections opened in
+/// the same instant different lifetimes.
 #[derive(Clone, Copy, Debug)]
-pub struct OpenedAt(pub Instant);
+pub struct OpenedAt {
+    pub at: Instant,
+    pub draw: u32,
+}
+
+impl OpenedAt {
+    fn now() -> Self {
+        OpenedAt {
+            at: Instant::now(),
+            // Without randomness all lifetimes are equal: still bounded, only less spread.
+            draw: getrandom::u32().unwrap_or(0),
+        }
+    }
+}

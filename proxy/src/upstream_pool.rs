@@ -1,17 +1,29 @@
-//! How the proxy holds its connections to MLflow: a bounded pool of kept-alive connections.
+//! How the proxy holds its connections to MLflow: a bounded pool of kept-alive connections, each
+//! retired after a short, randomly spread lifetime.
 //!
 //! A fresh connection per request left one socket in TIME_WAIT per request on the proxy's side
 //! (1,200 requests → 1,231 TIME_WAIT); at a few hundred requests per second across a pod network
 //! that exhausts the ephemeral ports in about a minute. Kept-alive connections do not, and with
-//! `TCP_QUICKACK` re-armed after every read (`quickack`) they do not bring back uvicorn's 40 ms
-//! Nagle/delayed-ACK stall either. Three bounds:
+//! `TCP_QUICKACK` re-armed after every read and write (`quickack`) they do not bring back
+//! uvicorn's 40 ms Nagle/delayed-ACK stall either (no pile of requests at 40–50 ms in
+//! `scripts/passthrough-load --histogram`). What made the first version of this pool slower than
+//! fresh connections at 8 clients / 150 req/s was pinning: each uvicorn worker accepts
+//! connections on its own, one worker often takes a whole burst of new ones (8 kept-alive
+//! clients straight to MLflow all sat on one of its 4 workers), and a kept-alive connection stays
+//! on its worker for its life. Over a 60 s life the busiest worker did 2–4 times the work of
+//! the idlest; a fresh connection is taken by whichever worker is free. So connections live
+//! [`LIFETIME`] ± 50% (a random draw per connection, so that connections opened together do
+//! not retire together): placement is re-drawn every few seconds, at the cost of a few
+//! TIME_WAIT sockets per second, not one per request. Figures: docs/kubernetes.md.
+//!
+//! The bounds:
 //! - at most [`MAX_IDLE`] idle connections are kept; a burst above that opens extra connections
 //!   that close after their response;
 //! - an idle connection is dropped after [`IDLE_TIMEOUT`], well before uvicorn closes it (its
 //!   keep-alive timeout is 5 s), so that a request is never written onto a connection the server
 //!   is closing (hyper retries the rare one that was not yet written);
-//! - a connection is retired after [`LIFETIME`], so that behind a Service with several MLflow
-//!   pods the load rebalances after a scale-out or a restart instead of staying pinned.
+//! - a connection is retired after its lifetime (see above), which also rebalances the load
+//!   behind a Service with several MLflow pods after a scale-out or a restart.
 
 use std::time::Duration;
 
@@ -25,7 +37,8 @@ use crate::quickack::{OpenedAt, QuickAckConnector};
 
 pub const MAX_IDLE: usize = 32;
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(2);
-pub const LIFETIME: Duration = Duration::from_secs(60);
+/// The mean lifetime of a connection; each one lives between half and one and a half of it.
+pub const LIFETIME: Duration = Duration::from_secs(5);
 
 /// The client every upstream request goes through.
 pub fn client(connector: HttpConnector) -> Client<QuickAckConnector, ProxyBody> {
@@ -36,7 +49,13 @@ pub fn client(connector: HttpConnector) -> Client<QuickAckConnector, ProxyBody> 
         .build(QuickAckConnector(connector))
 }
 
-/// Follows one request's connection, to retire it once it is older than [`LIFETIME`].
+/// How long the connection opened with this draw lives: from `LIFETIME / 2` up to (not
+/// including) `LIFETIME * 3 / 2`, spread evenly over the draws.
+pub fn lifetime(opened: &OpenedAt) -> Duration {
+    LIFETIME / 2 + LIFETIME * (opened.draw % 1000) / 1000
+}
+
+/// Follows one request's connection, to retire it once it has lived its [`lifetime`].
 pub struct Retire(CaptureConnection);
 
 impl Retire {
@@ -50,9 +69,34 @@ impl Retire {
         let old = response
             .extensions()
             .get::<OpenedAt>()
-            .is_some_and(|opened| opened.0.elapsed() >= LIFETIME);
+            .is_some_and(|opened| opened.at.elapsed() >= lifetime(opened));
         if old && let Some(connection) = self.0.connection_metadata().as_ref() {
             connection.poison();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Instant;
+
+    #[test]
+    fn lifetimes_spread_over_half_to_one_and_a_half_of_the_mean() {
+        let at = Instant::now();
+        let lifetimes: Vec<Duration> = (0..5000u32)
+            .map(|draw| lifetime(&OpenedAt { at, draw }))
+            .collect();
+        let min = *lifetimes.iter().min().unwrap();
+        let max = *lifetimes.iter().max().unwrap();
+        assert_eq!(min, LIFETIME / 2);
+        assert!(max < LIFETIME * 3 / 2 && max > LIFETIME * 3 / 2 - Duration::from_millis(50));
+        let mean = lifetimes.iter().sum::<Duration>() / 5000;
+        assert!(
+            mean.abs_diff(LIFETIME) < Duration::from_millis(50),
+            "{mean:?}"
+        );
+        // Extreme draws stay in range.
+        assert!(lifetime(&OpenedAt { at, draw: u32::MAX }) < LIFETIME * 3 / 2);
     }
 }

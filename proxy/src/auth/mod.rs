@@ -20,7 +20,6 @@ use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, Ur
 use http_body_util::{BodyExt, Limited};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use ring::hmac;
 use tokio::sync::OnceCell;
 
@@ -259,12 +258,9 @@ impl Auth {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(Duration::from_secs(5)));
-        // A fresh connection per check, as for pass-through: no race with uvicorn closing idle
-        // keep-alive connections.
-        let client = Client::builder(TokioExecutor::new())
-            .pool_max_idle_per_host(0)
-            .pool_timer(TokioTimer::new())
-            .build(QuickAckConnector(connector));
+        // The same kept-alive, retired-in-time connections as pass-through (`upstream_pool`): a
+        // fresh connection per check left a socket in TIME_WAIT per check.
+        let client = crate::upstream_pool::client(connector);
         let rng = ring::rand::SystemRandom::new();
         let key = hmac::Key::generate(hmac::HMAC_SHA256, &rng)
             .map_err(|_| "no randomness for the auth cache key".to_owned())?;
@@ -700,12 +696,14 @@ impl Auth {
         *request.method_mut() = method;
         *request.uri_mut() = uri;
         *request.headers_mut() = headers;
+        let retire = crate::upstream_pool::Retire::watch(&mut request);
         let exchange = async {
             let response = self
                 .client
                 .request(request)
                 .await
                 .map_err(|e| format!("MLflow at {}: {e}", self.base))?;
+            retire.after(&response);
             let status = response.status();
             let www = response.headers().get(header::WWW_AUTHENTICATE).cloned();
             let body = Limited::new(response.into_body(), ANSWER_LIMIT)
