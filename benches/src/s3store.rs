@@ -11,7 +11,13 @@ use s3::creds::Credentials;
 use s3::region::Region;
 
 use crate::procs::{self, Managed};
-use crate::setup::{ACCESS_KEY, BUCKET, SECRET_KEY};
+
+/// The key the bench's S3 servers accept and its clients sign with.
+pub const ACCESS_KEY: &str = "benchkey";
+/// Garage imports keys with secrets of at least 16 characters, so one secret serves every store.
+pub const SECRET_KEY: &str = "bench-secret-0123";
+/// The bucket the proxies store into (`MLFLOW_ARTIFACTS_DESTINATION=s3://bench/`).
+pub const BUCKET: &str = "bench";
 
 pub struct S3Store {
     pub name: &'static str,

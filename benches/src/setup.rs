@@ -5,12 +5,9 @@
 
 use std::path::{Path, PathBuf};
 
-/// The key the bench's S3 servers accept and its clients sign with.
-pub const ACCESS_KEY: &str = "benchkey";
-/// Garage imports keys with secrets of at least 16 characters, so one secret serves every store.
-pub const SECRET_KEY: &str = "bench-secret-0123";
-/// The bucket the proxies store into (`MLFLOW_ARTIFACTS_DESTINATION=s3://bench/`).
-pub const BUCKET: &str = "bench";
+// The store's credentials and bucket live with the store (so that `s3store` does not reach back
+// up here); drivers keep finding them in `setup`.
+pub use crate::s3store::{ACCESS_KEY, BUCKET, SECRET_KEY};
 
 /// The repository root (the bench crate sits one level below it).
 pub fn workspace_root() -> PathBuf {
