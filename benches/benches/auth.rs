@@ -43,15 +43,14 @@ use std::time::{Duration, Instant};
 use benches::client::{self, Target};
 use benches::procs;
 use benches::servers;
+use benches::setup::{self, ACCESS_KEY, SECRET_KEY};
 use benches::stack::{self, MlflowApi, MlflowAuth, S3Access};
-use benches::stats::percentile;
+use benches::stats::{self, percentile};
 use bytes::Bytes;
 use http::{Method, StatusCode};
 use hyper::client::conn::http1::SendRequest;
 use serde_json::{Value, json};
 
-const ACCESS_KEY: &str = "benchkey";
-const SECRET_KEY: &str = "bench-secret-0123";
 const BUCKET: &str = "bench";
 const ADMIN: &str = "admin";
 const ADMIN_PASSWORD: &str = "bench-admin-password-1";
@@ -67,25 +66,7 @@ const WARM: usize = 3;
 const MAX_IDLE: Duration = Duration::from_secs(3);
 
 fn main() {
-    if std::env::var("BENCH_ROLE").as_deref() == Ok("s3s-fs") {
-        let root = std::env::var("BENCH_S3_ROOT").unwrap_or_default();
-        let port = std::env::var("BENCH_S3_PORT")
-            .ok()
-            .and_then(|p| p.parse().ok())
-            .unwrap_or(0);
-        if let Err(e) = servers::run_embedded_s3s_fs(&root, port, ACCESS_KEY, SECRET_KEY) {
-            eprintln!("embedded s3s-fs: {e}");
-            std::process::exit(1);
-        }
-        return;
-    }
-    if std::env::args().any(|a| a == "--list") {
-        return;
-    }
-    if let Err(e) = run() {
-        eprintln!("\nbench failed: {e}");
-        std::process::exit(1);
-    }
+    setup::bench_main(run);
 }
 
 struct Config {
@@ -267,16 +248,6 @@ async fn decisions(metrics_url: &str) -> Result<(f64, f64), String> {
     ))
 }
 
-fn load_average() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_default()
-}
-
-fn round3(x: f64) -> f64 {
-    (x * 1000.0).round() / 1000.0
-}
-
 fn run() -> Result<(), String> {
     let config = Config::from_env();
     let root = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -288,7 +259,7 @@ fn run() -> Result<(), String> {
         if config.quick { "quick" } else { "full" },
         config.requests,
         config.round,
-        load_average()
+        procs::load_average()
     );
     let proxy_bin = procs::proxy_binary(&root)?;
     let tools = std::env::var_os("MLFLOW_STACK_TOOLS").map_or_else(
@@ -506,7 +477,7 @@ fn run() -> Result<(), String> {
 
     let (busy, waited) =
         procs::wait_quiet(0.5, Duration::from_secs(if config.quick { 5 } else { 30 }));
-    let load_before = load_average();
+    let load_before = procs::load_average();
     println!(
         "  measuring: other work {busy:.2} cores after waiting {waited:.0} s for a quiet machine; load average {load_before}"
     );
@@ -527,7 +498,7 @@ fn run() -> Result<(), String> {
     let wall = wall.elapsed().as_secs_f64();
     let foreign_cores =
         ((procs::machine_busy_secs() - machine0) - (ours_cpu() - ours0)).max(0.0) / wall;
-    let load_after = load_average();
+    let load_after = procs::load_average();
     let after_cached = runtime.block_on(decisions(&cached.metrics_url))?;
     let after_uncached = runtime.block_on(decisions(&uncached.metrics_url))?;
 
@@ -604,10 +575,10 @@ fn run() -> Result<(), String> {
             "row": row.name,
             "connection": if row.connection == Connection::KeepAlive { "keep-alive" } else { "new per request" },
             "requests": row.millis.len(),
-            "median_ms": round3(p50), "p90_ms": round3(p90), "p99_ms": round3(p99),
-            "median_over_auth_off": round3(p50 / base.max(1e-9)),
-            "p99_over_auth_off": round3(p99 / base99.max(1e-9)),
-            "cpu_ms_per_request": {"proxy": row.proxy_pid.map(|_| round3(per[0])), "mlflow": round3(per[1]), "s3s_fs": round3(per[2])},
+            "median_ms": stats::round(p50, 3), "p90_ms": stats::round(p90, 3), "p99_ms": stats::round(p99, 3),
+            "median_over_auth_off": stats::round(p50 / base.max(1e-9), 3),
+            "p99_over_auth_off": stats::round(p99 / base99.max(1e-9), 3),
+            "cpu_ms_per_request": {"proxy": row.proxy_pid.map(|_| stats::round(per[0], 3)), "mlflow": stats::round(per[1], 3), "s3s_fs": stats::round(per[2], 3)},
             "unmeasured_requests": row.unmeasured,
             "reconnects": row.reconnects,
             "metrics": match i {
@@ -631,8 +602,8 @@ fn run() -> Result<(), String> {
         "config": {"variant": if config.quick { "quick" } else { "full" }, "requests_per_row": config.requests,
             "round": config.round, "artifact_bytes": SIZE, "store": store.kind, "mlflow": mlflow.kind,
             "cpus": std::thread::available_parallelism().map_or(0, |n| n.get())},
-        "machine": {"foreign_cores": round3(foreign_cores), "load_average_before": load_before,
-            "load_average_after": load_after, "measured_secs": round3(wall)},
+        "machine": {"foreign_cores": stats::round(foreign_cores, 3), "load_average_before": load_before,
+            "load_average_after": load_after, "measured_secs": stats::round(wall, 3)},
         "rows": json_rows,
     });
     std::fs::write(

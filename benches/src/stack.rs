@@ -184,34 +184,25 @@ pub fn start_proxy(
     s3: &S3Access,
     env: &[(&str, String)],
 ) -> Result<Proxy, String> {
-    let port = procs::free_port().map_err(|e| e.to_string())?;
-    let metrics_port = procs::free_port().map_err(|e| e.to_string())?;
-    let mut command = Command::new(bin);
-    command
-        .arg("serve")
-        .env("PROXY_LISTEN", format!("127.0.0.1:{port}"))
-        .env("PROXY_METRICS_LISTEN", format!("127.0.0.1:{metrics_port}"))
-        .env("PROXY_UPSTREAM", upstream)
-        .env(
+    let mut settings = vec![
+        (
             "MLFLOW_ARTIFACTS_DESTINATION",
             format!("s3://{}/", s3.bucket),
-        )
-        .env("MLFLOW_S3_ENDPOINT_URL", &s3.url)
-        .env("AWS_ACCESS_KEY_ID", &s3.access_key)
-        .env("AWS_SECRET_ACCESS_KEY", &s3.secret_key)
-        .env("AWS_DEFAULT_REGION", &s3.region)
-        .env_remove("RUST_LOG");
-    for (key, value) in env {
-        command.env(key, value);
-    }
-    let process = Managed::spawn(name, &mut command, None)?;
-    let metrics_url = format!("http://127.0.0.1:{metrics_port}");
-    wait_ok_blocking(&format!("{metrics_url}/readyz"), Duration::from_secs(30))
-        .map_err(|e| format!("{name}: {e}\n{}", process.last_lines()))?;
+        ),
+        ("AWS_ACCESS_KEY_ID", s3.access_key.clone()),
+        ("AWS_SECRET_ACCESS_KEY", s3.secret_key.clone()),
+    ];
+    settings.extend(env.iter().cloned());
+    let proxy = crate::proxy::start_proxy(bin, name, &s3.url, &s3.region, upstream, &settings)?;
+    wait_ok_blocking(
+        &format!("{}/readyz", proxy.metrics),
+        Duration::from_secs(30),
+    )
+    .map_err(|e| format!("{name}: {e}\n{}", proxy.process.last_lines()))?;
     Ok(Proxy {
-        process,
-        url: format!("http://127.0.0.1:{port}"),
-        metrics_url,
+        process: proxy.process,
+        url: proxy.url,
+        metrics_url: proxy.metrics,
     })
 }
 
