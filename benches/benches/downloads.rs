@@ -22,7 +22,9 @@ use std::time::{Duration, Instant};
 
 use benches::client::{self, MIB, Target, Transfer};
 use benches::procs::{self, Managed, Sampler};
+use benches::proxy::ProxyProc;
 use benches::servers;
+use benches::setup::{ACCESS_KEY, BUCKET, SECRET_KEY};
 use benches::stats::spread;
 use http_body_util::BodyExt;
 use s3::Bucket;
@@ -32,10 +34,6 @@ use serde_json::{Value, json};
 
 #[path = "downloads/bigfile.rs"]
 mod bigfile;
-
-const ACCESS_KEY: &str = "benchkey";
-const SECRET_KEY: &str = "benchsecret123";
-const BUCKET: &str = "bench";
 
 fn main() {
     if std::env::var("BENCH_ROLE").as_deref() == Ok("s3s-fs") {
@@ -140,13 +138,7 @@ impl Config {
     }
 }
 
-struct ProxyProc {
-    process: Managed,
-    url: String,
-    metrics: String,
-    label: String,
-}
-
+/// The proxy on free loopback ports (`benches::proxy`), signing for the bench stores' region.
 fn start_proxy(
     bin: &Path,
     label: &str,
@@ -154,29 +146,7 @@ fn start_proxy(
     upstream: &str,
     env: &[(&str, String)],
 ) -> Result<ProxyProc, String> {
-    let port = procs::free_port().map_err(|e| e.to_string())?;
-    let metrics_port = procs::free_port().map_err(|e| e.to_string())?;
-    let mut command = Command::new(bin);
-    command
-        .arg("serve")
-        .env("PROXY_LISTEN", format!("127.0.0.1:{port}"))
-        .env("PROXY_METRICS_LISTEN", format!("127.0.0.1:{metrics_port}"))
-        .env("PROXY_UPSTREAM", upstream)
-        .env("MLFLOW_ARTIFACTS_DESTINATION", format!("s3://{BUCKET}/"))
-        .env("MLFLOW_S3_ENDPOINT_URL", s3_url)
-        .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
-        .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
-        .env_remove("RUST_LOG");
-    for (k, v) in env {
-        command.env(k, v);
-    }
-    let process = Managed::spawn(label, &mut command, None)?;
-    Ok(ProxyProc {
-        process,
-        url: format!("http://127.0.0.1:{port}"),
-        metrics: format!("http://127.0.0.1:{metrics_port}"),
-        label: label.to_owned(),
-    })
+    benches::proxy::start_proxy(bin, label, s3_url, "us-east-1", upstream, env)
 }
 
 fn bucket_for(endpoint: &str) -> Result<Box<Bucket>, String> {
