@@ -74,8 +74,10 @@ pub struct ServeArgs {
     /// The MLflow server that answers everything but the artifact routes.
     #[arg(long, env = "PROXY_UPSTREAM", default_value = "http://127.0.0.1:5001")]
     pub upstream: String,
-    /// Operations listener: /metrics, /healthz, /readyz.
-    #[arg(long, env = "PROXY_METRICS_LISTEN", default_value = "0.0.0.0:9464")]
+    /// Operations listener: /metrics, /healthz, /readyz. Loopback by default, so that a proxy run
+    /// by hand exposes nothing but its client port; the image, compose and the chart set
+    /// 0.0.0.0:9464, where Prometheus and the kubelet reach it across the container network.
+    #[arg(long, env = "PROXY_METRICS_LISTEN", default_value = "127.0.0.1:9464")]
     pub metrics_listen: SocketAddr,
     #[command(flatten)]
     pub store: StoreArgs,
@@ -319,6 +321,17 @@ mod tests {
         );
         assert!(parse_destination("file:///x").is_err());
         assert!(parse_destination("s3:///x").is_err());
+    }
+
+    /// Without PROXY_METRICS_LISTEN the operations listener is on loopback only (issue 20).
+    #[test]
+    fn metrics_listen_defaults_to_loopback() {
+        let command = ServeArgs::augment_args(clap::Command::new("serve"));
+        let arg = command
+            .get_arguments()
+            .find(|a| a.get_id() == "metrics_listen")
+            .unwrap();
+        assert_eq!(arg.get_default_values(), ["127.0.0.1:9464"]);
     }
 
     #[test]

@@ -158,6 +158,10 @@ impl ReadinessProbe for Readiness {
         self.draining.load(Ordering::SeqCst)
     }
 
+    fn configured(&self) -> Result<(), String> {
+        self.app.auth.readiness()
+    }
+
     async fn probe(&self) -> Vec<(&'static str, Result<(), String>)> {
         let store = tokio::time::timeout(std::time::Duration::from_secs(3), self.app.store.check());
         let (store, upstream) = tokio::join!(store, self.app.upstream.check());
