@@ -64,6 +64,12 @@ pub struct StoreArgs {
     /// Region used in request signatures.
     #[arg(long, env = "AWS_DEFAULT_REGION", default_value = "us-east-1")]
     pub region: String,
+    /// PEM file of the certificate authorities an https:// endpoint may be signed by (a store
+    /// behind a private CA), besides Mozilla's roots; boto3's variable, so MLflow reads the same.
+    /// Unset: Mozilla's roots and the system's store (SSL_CERT_FILE, SSL_CERT_DIR, else the
+    /// distribution's).
+    #[arg(long, env = "AWS_CA_BUNDLE")]
+    pub ca_bundle: Option<std::path::PathBuf>,
 }
 
 #[derive(Clone, Debug, Args)]
@@ -155,6 +161,8 @@ pub struct StoreConfig {
     pub access_key: String,
     pub secret_key: String,
     pub region: String,
+    /// AWS_CA_BUNDLE (`tls`).
+    pub ca_bundle: Option<std::path::PathBuf>,
 }
 
 /// How uploads are cut into parts.
@@ -217,6 +225,8 @@ impl StoreArgs {
             access_key,
             secret_key,
             region: self.region.clone(),
+            // An empty value (compose passes one when nothing is set) means none.
+            ca_bundle: self.ca_bundle.clone().filter(|p| !p.as_os_str().is_empty()),
         })
     }
 }

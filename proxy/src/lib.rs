@@ -27,6 +27,7 @@ pub mod stale_uploads;
 pub mod state;
 pub mod sweep;
 pub mod timeouts;
+pub mod tls;
 pub mod transfers;
 pub mod upstream;
 mod upstream_pool;

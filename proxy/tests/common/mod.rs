@@ -178,6 +178,7 @@ impl S3Server {
             access_key: self.access_key.clone(),
             secret_key: self.secret_key.clone(),
             region: self.region.clone(),
+            ca_bundle: None,
         }
     }
 
@@ -562,6 +563,7 @@ pub fn store_config(endpoint: &str, prefix: &str) -> StoreConfig {
         access_key: ACCESS_KEY.into(),
         secret_key: SECRET_KEY.into(),
         region: "us-east-1".into(),
+        ca_bundle: None,
     }
 }
 
