@@ -21,9 +21,7 @@ endpoint value (http://s3.chart-test:9000, an s3s-fs process). Exit status 0 onl
 from __future__ import annotations
 
 import argparse
-import hashlib
 import http.client
-import json
 import os
 import secrets
 import shutil
