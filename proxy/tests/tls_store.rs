@@ -8,11 +8,10 @@ mod common;
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
-use common::{S3Server, raw_request};
+use common::{S3Server, free_port, proxy_command, raw_request, wait_listening};
 use tokio::net::{TcpListener, TcpStream};
 
 /// A CA and a server certificate for 127.0.0.1 signed by it: (CA PEM, server TLS settings).
@@ -78,53 +77,24 @@ impl Drop for ProxyProcess {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// The real binary, with a clean environment plus `extra`, against the store at `endpoint`.
 async fn start_proxy(s3: &S3Server, endpoint: &str, extra: &[(&str, &Path)]) -> ProxyProcess {
     let port = free_port();
-    let mut command = Command::new(env!("CARGO_BIN_EXE_mlflow-artifact-proxy"));
-    command
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("RUST_LOG", "warn")
-        .env(
-            "MLFLOW_ARTIFACTS_DESTINATION",
-            format!("s3://{}/", s3.bucket),
-        )
-        .env("MLFLOW_S3_ENDPOINT_URL", endpoint)
-        .env("AWS_ACCESS_KEY_ID", &s3.access_key)
-        .env("AWS_SECRET_ACCESS_KEY", &s3.secret_key)
-        .env("AWS_DEFAULT_REGION", &s3.region)
-        .env("PROXY_MLFLOW_AUTH", "off")
-        .env("PROXY_LISTEN", format!("127.0.0.1:{port}"))
-        .env("PROXY_METRICS_LISTEN", "127.0.0.1:0")
-        .env(
-            "PROXY_UPSTREAM",
-            format!("http://127.0.0.1:{}", free_port()),
-        )
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit());
+    let upstream = format!("http://127.0.0.1:{}", free_port());
+    let mut command = proxy_command(
+        env!("CARGO_BIN_EXE_mlflow-artifact-proxy"),
+        s3,
+        endpoint,
+        &upstream,
+        port,
+        free_port(),
+    );
     for (name, value) in extra {
         command.env(name, value);
     }
     let child = command.spawn().expect("start the proxy binary");
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let started = Instant::now();
-    while TcpStream::connect(addr).await.is_err() {
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "the proxy did not listen"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_listening(addr).await;
     ProxyProcess { child, addr }
 }
 
