@@ -469,7 +469,7 @@ impl Auth {
             text.trim(),
             self.host.to_str().unwrap_or("?"),
         );
-        tracing::error!("{reason}; artifact requests are refused (503)");
+        tracing::error!("{reason}; artifact requests are refused until it answers");
         *self
             .detection
             .refused
