@@ -36,6 +36,7 @@ MATRIX = {
     "gateway": ("gateway-values.yaml", []),
     "monitoring": ("monitoring-values.yaml", ["--api-versions", SERVICE_MONITOR_API]),
     "chart-secret": ("chart-secret-values.yaml", []),
+    "auth": ("auth-values.yaml", []),
 }
 
 SECRETISH = re.compile(r"(SECRET|PASSWORD|TOKEN|ACCESS_KEY|BACKEND_STORE_URI|_URI$)")
