@@ -15,6 +15,8 @@
 #                                 it (Kubernetes runs it once, as a hook Job, not in every replica)
 #   MLFLOW_S3_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_DEFAULT_REGION,
 #   MLFLOW_SERVER_ALLOWED_HOSTS, MLFLOW_DISABLE_TELEMETRY, DO_NOT_TRACK: read by MLflow/boto3 directly.
+#   AWS_CA_BUNDLE                 PEM file of a private CA the S3 store's certificate is signed by
+#                                 (boto3 reads it); unset here when empty
 #   MLFLOW_AUTH                   true: run MLflow's basic-auth app (`--app-name basic-auth`): users,
 #                                 permissions, and the proxy applies them to artifacts (docs/security.md)
 #   MLFLOW_AUTH_ADMIN_USERNAME (admin), MLFLOW_AUTH_ADMIN_PASSWORD (required with MLFLOW_AUTH=true;
@@ -25,6 +27,9 @@
 #                                 MLFLOW_FLASK_SERVER_SECRET_KEY (random per start when unset)
 # Extra arguments are appended to `mlflow server` (e.g. --workers 2).
 set -eu
+
+# Compose passes AWS_CA_BUNDLE empty when no private CA is set; boto3 refuses an empty one.
+[ -n "${AWS_CA_BUNDLE:-}" ] || unset AWS_CA_BUNDLE
 
 MLFLOW_HOST="${MLFLOW_HOST:-0.0.0.0}"
 MLFLOW_PORT="${MLFLOW_PORT:-5001}"

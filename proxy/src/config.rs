@@ -64,6 +64,12 @@ pub struct StoreArgs {
     /// Region used in request signatures.
     #[arg(long, env = "AWS_DEFAULT_REGION", default_value = "us-east-1")]
     pub region: String,
+    /// PEM file of the certificate authorities an https:// endpoint may be signed by (a store
+    /// behind a private CA), besides Mozilla's roots; boto3's variable, so MLflow reads the same.
+    /// Unset: Mozilla's roots and the system's store (SSL_CERT_FILE, SSL_CERT_DIR, else the
+    /// distribution's).
+    #[arg(long, env = "AWS_CA_BUNDLE")]
+    pub ca_bundle: Option<std::path::PathBuf>,
 }
 
 #[derive(Clone, Debug, Args)]
@@ -74,8 +80,10 @@ pub struct ServeArgs {
     /// The MLflow server that answers everything but the artifact routes.
     #[arg(long, env = "PROXY_UPSTREAM", default_value = "http://127.0.0.1:5001")]
     pub upstream: String,
-    /// Operations listener: /metrics, /healthz, /readyz.
-    #[arg(long, env = "PROXY_METRICS_LISTEN", default_value = "0.0.0.0:9464")]
+    /// Operations listener: /metrics, /healthz, /readyz. Loopback by default, so that a proxy run
+    /// by hand exposes nothing but its client port; the image, compose and the chart set
+    /// 0.0.0.0:9464, where Prometheus and the kubelet reach it across the container network.
+    #[arg(long, env = "PROXY_METRICS_LISTEN", default_value = "127.0.0.1:9464")]
     pub metrics_listen: SocketAddr,
     #[command(flatten)]
     pub store: StoreArgs,
@@ -153,6 +161,8 @@ pub struct StoreConfig {
     pub access_key: String,
     pub secret_key: String,
     pub region: String,
+    /// AWS_CA_BUNDLE (`tls`).
+    pub ca_bundle: Option<std::path::PathBuf>,
 }
 
 /// How uploads are cut into parts.
@@ -215,6 +225,8 @@ impl StoreArgs {
             access_key,
             secret_key,
             region: self.region.clone(),
+            // An empty value (compose passes one when nothing is set) means none.
+            ca_bundle: self.ca_bundle.clone().filter(|p| !p.as_os_str().is_empty()),
         })
     }
 }
@@ -319,6 +331,17 @@ mod tests {
         );
         assert!(parse_destination("file:///x").is_err());
         assert!(parse_destination("s3:///x").is_err());
+    }
+
+    /// Without PROXY_METRICS_LISTEN the operations listener is on loopback only (issue 20).
+    #[test]
+    fn metrics_listen_defaults_to_loopback() {
+        let command = ServeArgs::augment_args(clap::Command::new("serve"));
+        let arg = command
+            .get_arguments()
+            .find(|a| a.get_id() == "metrics_listen")
+            .unwrap();
+        assert_eq!(arg.get_default_values(), ["127.0.0.1:9464"]);
     }
 
     #[test]

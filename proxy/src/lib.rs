@@ -27,6 +27,7 @@ pub mod stale_uploads;
 pub mod state;
 pub mod sweep;
 pub mod timeouts;
+pub mod tls;
 pub mod transfers;
 pub mod upstream;
 mod upstream_pool;
@@ -156,6 +157,10 @@ struct Readiness {
 impl ReadinessProbe for Readiness {
     fn draining(&self) -> bool {
         self.draining.load(Ordering::SeqCst)
+    }
+
+    fn configured(&self) -> Result<(), String> {
+        self.app.auth.readiness()
     }
 
     async fn probe(&self) -> Vec<(&'static str, Result<(), String>)> {

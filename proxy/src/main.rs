@@ -9,6 +9,16 @@ use mlflow_artifact_proxy::{Proxy, s3};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
+    // Before anything else runs (one thread): so that rust-s3's client trusts AWS_CA_BUNDLE too
+    // (`tls`), start again with SSL_CERT_FILE set to it; `exec` returns only on failure.
+    if let Some(mut command) = mlflow_artifact_proxy::tls::ca_bundle_as_ssl_cert_file() {
+        use std::os::unix::process::CommandExt;
+        let error = command.exec();
+        eprintln!(
+            "mlflow-artifact-proxy: cannot start again with SSL_CERT_FILE=AWS_CA_BUNDLE: {error}"
+        );
+        return ExitCode::FAILURE;
+    }
     let cli = Cli::parse();
     let command = cli.command.unwrap_or(Command::Serve(Box::new(cli.serve)));
     let format = match &command {

@@ -348,12 +348,16 @@ impl Default for Metrics {
     }
 }
 
-/// Answers /readyz. Plain `/readyz` depends on the proxy alone (started, not draining), so that
-/// an MLflow or S3 outage does not pull every proxy out of a load balancer (artifact reads and
-/// writes need no MLflow); `/readyz?deep=1` also checks each dependency, as a one-line JSON verdict.
+/// Answers /readyz. Plain `/readyz` depends on the proxy alone (started, not draining, not
+/// refused by MLflow for a reason that waiting does not clear), so that an MLflow or S3 outage
+/// does not pull every proxy out of a load balancer; `/readyz?deep=1` also checks each
+/// dependency, as a one-line JSON verdict.
 pub trait ReadinessProbe: Send + Sync + 'static {
     /// True once shutdown has begun: the load balancer must stop sending new requests.
     fn draining(&self) -> bool;
+    /// Err while the proxy refuses artifact requests for a reason of its configuration (MLflow
+    /// refuses its questions), named in the verdict as `mlflow_auth`.
+    fn configured(&self) -> Result<(), String>;
     fn probe(&self) -> impl Future<Output = Vec<(&'static str, Result<(), String>)>> + Send;
 }
 
@@ -440,6 +444,11 @@ async fn readiness<P: ReadinessProbe>(
     verdict.insert("ready".into(), ready.into());
     if draining {
         verdict.insert("draining".into(), true.into());
+    }
+    if let Err(reason) = probe.configured() {
+        ready = false;
+        verdict.insert("ready".into(), false.into());
+        verdict.insert("mlflow_auth".into(), reason.into());
     }
     if deep {
         for (name, result) in probe.probe().await {

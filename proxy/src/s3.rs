@@ -84,7 +84,7 @@ pub struct ObjectMeta {
     pub last_modified: Option<String>,
 }
 
-/// Plain HTTP, or TLS with the Mozilla root certificates compiled in (no system store needed).
+/// Plain HTTP, or TLS with the roots `tls` chooses.
 type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
 
 pub struct Store {
@@ -108,7 +108,7 @@ impl Store {
         connector.set_connect_timeout(Some(Duration::from_secs(5)));
         connector.enforce_http(false);
         let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_webpki_roots()
+            .with_tls_config(crate::tls::client_config(config.ca_bundle.as_deref())?)
             .https_or_http()
             .enable_http1()
             .wrap_connector(connector);
@@ -523,6 +523,8 @@ fn summarize_error_xml(xml: &str) -> String {
 
 /// Create the destination bucket unless it exists, waiting up to `wait` for the endpoint.
 pub async fn ensure_bucket(config: &StoreConfig, wait: Duration) -> Result<&'static str, String> {
+    // A bad AWS_CA_BUNDLE is named here, before any wait.
+    crate::tls::roots(config.ca_bundle.as_deref())?;
     let bucket = control_bucket(config, Duration::from_secs(10))?;
     let deadline = Instant::now() + wait;
     let mut last_error;

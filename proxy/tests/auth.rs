@@ -30,6 +30,11 @@ struct Policy {
     alice_allowed: AtomicBool,
     detections: AtomicUsize,
     probes: AtomicUsize,
+    /// MLflow's Host check: when set, only these `Host` values pass (as the chart renders
+    /// MLFLOW_SERVER_ALLOWED_HOSTS: the public name and the Service names, no `localhost`).
+    allowed_hosts: std::sync::Mutex<Option<Vec<String>>>,
+    /// Every `Host` the proxy sent.
+    hosts_seen: std::sync::Mutex<Vec<String>>,
 }
 
 /// Answers like MLflow's auth app: `users/current` without credentials is 401 with the app and
@@ -63,6 +68,20 @@ fn answer(policy: &Policy, request: &Request<Incoming>) -> Response<Full<Bytes>>
         *r.status_mut() = StatusCode::from_u16(status).unwrap();
         r
     };
+    let host = request
+        .headers()
+        .get("host")
+        .map(|h| h.to_str().unwrap().to_owned())
+        .unwrap_or_default();
+    policy.hosts_seen.lock().unwrap().push(host.clone());
+    if let Some(allowed) = &*policy.allowed_hosts.lock().unwrap()
+        && !allowed.contains(&host)
+    {
+        return reply(
+            403,
+            "Invalid Host header - possible DNS rebinding attack detected",
+        );
+    }
     let path = request.uri().path();
     if path == "/api/2.0/mlflow/users/current" && !request.headers().contains_key("authorization") {
         policy.detections.fetch_add(1, Ordering::SeqCst);
@@ -296,4 +315,151 @@ async fn decisions_are_cached_briefly_and_follow_mlflow() {
     );
     assert!(metric(&proxy, "mlflow_proxy_auth_cache_entries").await <= 10.0);
     proxy.shutdown().await;
+}
+
+/// GET an artifact as a client that reached the proxy by `host` (an ingress passes it on).
+async fn get_as(addr: SocketAddr, host: &str, path: &str, auth: Option<&str>) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut head = format!(
+        "GET /api/2.0/mlflow-artifacts/artifacts/{path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n"
+    );
+    if let Some(auth) = auth {
+        head.push_str(&format!("Authorization: {auth}\r\n"));
+    }
+    head.push_str("\r\n");
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).await.unwrap();
+    common::parse_response(&raw, false).status
+}
+
+/// A proxy set up as the chart sets it: MLflow and the proxy share one allowed-hosts list, the
+/// public name and MLflow's Service address (`localhost` is not in it).
+async fn chart_like_proxy(s3: &S3Server, mlflow: SocketAddr, mode: Mode) -> Proxy {
+    let mut config = serve_config(s3, &format!("http://{mlflow}"));
+    config.security = mlflow_artifact_proxy::security::SecurityArgs {
+        allowed_hosts: Some(format!("mlflow.example.com,{mlflow}")),
+        cors_allowed_origins: None,
+        x_frame_options: "SAMEORIGIN".into(),
+        disable_security_middleware: "false".into(),
+    }
+    .build()
+    .unwrap();
+    config.auth = AuthConfig {
+        mode,
+        recheck: Duration::from_secs(1),
+        ..AuthConfig::off()
+    };
+    config.shutdown_grace = Duration::from_secs(1);
+    Proxy::start(config).await.unwrap()
+}
+
+async fn readyz(proxy: &Proxy) -> (u16, serde_json::Value) {
+    let response = raw_request(proxy.metrics_addr, "GET", "/readyz", b"").await;
+    (
+        response.status,
+        serde_json::from_slice(&response.body).unwrap(),
+    )
+}
+
+/// Poll /readyz until its first check has ended (the detection runs at start).
+async fn readyz_settled(proxy: &Proxy) -> (u16, serde_json::Value) {
+    for _ in 0..200 {
+        let (status, verdict) = readyz(proxy).await;
+        if verdict.get("mlflow_auth").and_then(|r| r.as_str())
+            != Some("MLflow's auth app not checked yet")
+        {
+            return (status, verdict);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the first auth check never ended");
+}
+
+/// Issue 20: an MLflow whose allowed hosts are the chart's (the public name and its own Service
+/// name, no `localhost`) answers the proxy's detection and probes, with and without its auth app:
+/// every question carries the upstream's own address as Host. Before, detection sent
+/// `Host: localhost`, got 403, and every artifact request was a 503 while /readyz said ready.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn detection_and_probes_carry_the_upstreams_host() {
+    let s3 = S3Server::start().await;
+    s3.client().put_object("1/a.txt", b"hello").await.unwrap();
+    for auth_app in [false, true] {
+        let policy = Arc::new(Policy::default());
+        policy.auth_app.store(auth_app, Ordering::SeqCst);
+        policy.alice_allowed.store(true, Ordering::SeqCst);
+        let mlflow = start_auth_mlflow(policy.clone()).await;
+        *policy.allowed_hosts.lock().unwrap() =
+            Some(vec!["mlflow.example.com".into(), mlflow.to_string()]);
+        let proxy = chart_like_proxy(&s3, mlflow, Mode::Auto).await;
+        assert_eq!(
+            readyz_settled(&proxy).await,
+            (200, serde_json::json!({"ready": true})),
+            "auth app {auth_app}"
+        );
+        assert_eq!(
+            get_as(proxy.addr, "mlflow.example.com", "1/a.txt", Some(ALICE)).await,
+            200,
+            "auth app {auth_app}"
+        );
+        if auth_app {
+            assert_eq!(
+                get_as(proxy.addr, "mlflow.example.com", "1/a.txt", None).await,
+                401
+            );
+            assert!(policy.probes.load(Ordering::SeqCst) >= 1);
+        }
+        let seen = policy.hosts_seen.lock().unwrap().clone();
+        assert!(!seen.is_empty());
+        assert!(
+            seen.iter().all(|h| *h == mlflow.to_string()),
+            "every question to MLflow carries its own address as Host: {seen:?}"
+        );
+        proxy.shutdown().await;
+    }
+}
+
+/// Issue 20: when MLflow refuses the proxy's questions outright (here its Host check refuses
+/// every Host), waiting does not help: /readyz is 503 and names the reason, and artifact
+/// requests are refused (never served unchecked), in auto and in on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_is_503_while_mlflow_refuses_the_proxy() {
+    let s3 = S3Server::start().await;
+    s3.client().put_object("1/a.txt", b"hello").await.unwrap();
+    for mode in [Mode::Auto, Mode::On] {
+        let policy = Arc::new(Policy::default());
+        policy.auth_app.store(true, Ordering::SeqCst);
+        policy.alice_allowed.store(true, Ordering::SeqCst);
+        *policy.allowed_hosts.lock().unwrap() = Some(vec!["mlflow.example.com".into()]);
+        let mlflow = start_auth_mlflow(policy.clone()).await;
+        let proxy = chart_like_proxy(&s3, mlflow, mode).await;
+        let (status, verdict) = readyz_settled(&proxy).await;
+        assert_eq!(status, 503, "{mode:?}: {verdict}");
+        assert_eq!(verdict["ready"], false);
+        let reason = verdict["mlflow_auth"].as_str().unwrap();
+        assert!(
+            reason.contains("403") && reason.contains(&format!("Host: {mlflow}")),
+            "{reason}"
+        );
+        let status = get_as(proxy.addr, "mlflow.example.com", "1/a.txt", Some(ALICE)).await;
+        assert!(status == 503 || status == 502, "{mode:?}: {status}");
+        // MLflow fixed (its Host check now passes the proxy's): ready again at a later check,
+        // without a restart.
+        *policy.allowed_hosts.lock().unwrap() = None;
+        let mut polls = 0;
+        while readyz(&proxy).await.0 != 200 {
+            polls += 1;
+            assert!(
+                polls < 300,
+                "{mode:?}: still not ready after MLflow was fixed"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(
+            get_as(proxy.addr, "mlflow.example.com", "1/a.txt", Some(ALICE)).await,
+            200
+        );
+        proxy.shutdown().await;
+    }
 }

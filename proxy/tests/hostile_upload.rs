@@ -6,8 +6,8 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Child;
+use std::time::Duration;
 
 use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -31,44 +31,25 @@ impl ProxyProcess {
         // without the bounds).
         let binary = std::env::var("HOSTILE_PROXY_BIN")
             .unwrap_or_else(|_| env!("CARGO_BIN_EXE_mlflow-artifact-proxy").to_owned());
-        let mut command = Command::new(binary);
+        let mut command = proxy_command(
+            &binary,
+            s3,
+            &s3.endpoint,
+            &format!("http://{}", mlflow.addr),
+            port,
+            metrics_port,
+        );
         command
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("RUST_LOG", "warn")
-            .env(
-                "MLFLOW_ARTIFACTS_DESTINATION",
-                format!("s3://{}/", s3.bucket),
-            )
-            .env("MLFLOW_S3_ENDPOINT_URL", &s3.endpoint)
-            .env("AWS_ACCESS_KEY_ID", &s3.access_key)
-            .env("AWS_SECRET_ACCESS_KEY", &s3.secret_key)
-            .env("AWS_DEFAULT_REGION", &s3.region)
-            // The fake MLflow has no auth app to ask: these tests are about uploads.
-            .env("PROXY_MLFLOW_AUTH", "off")
-            .env("PROXY_LISTEN", format!("127.0.0.1:{port}"))
-            .env("PROXY_METRICS_LISTEN", format!("127.0.0.1:{metrics_port}"))
-            .env("PROXY_UPSTREAM", format!("http://{}", mlflow.addr))
             .env("PROXY_SINGLE_PUT_MAX_MIB", "8")
             .env("PROXY_PART_SIZE_MIB", "8")
-            .env("PROXY_UPLOAD_BUDGET_MIB", "64")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit());
+            .env("PROXY_UPLOAD_BUDGET_MIB", "64");
         for (name, value) in extra {
             command.env(name, value);
         }
         let child = command.spawn().expect("start the proxy binary");
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
         let metrics: SocketAddr = format!("127.0.0.1:{metrics_port}").parse().unwrap();
-        let started = Instant::now();
-        while TcpStream::connect(addr).await.is_err() {
-            assert!(
-                started.elapsed() < Duration::from_secs(20),
-                "the proxy did not listen"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        wait_listening(addr).await;
         ProxyProcess {
             child,
             addr,
@@ -104,14 +85,6 @@ impl Drop for ProxyProcess {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// Send a request head and body bytes on a fresh socket, read the whole answer (bounded).

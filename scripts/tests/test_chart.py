@@ -36,6 +36,7 @@ MATRIX = {
     "gateway": ("gateway-values.yaml", []),
     "monitoring": ("monitoring-values.yaml", ["--api-versions", SERVICE_MONITOR_API]),
     "chart-secret": ("chart-secret-values.yaml", []),
+    "auth": ("auth-values.yaml", []),
 }
 
 SECRETISH = re.compile(r"(SECRET|PASSWORD|TOKEN|ACCESS_KEY|BACKEND_STORE_URI|_URI$)")
@@ -289,14 +290,14 @@ def test_pdb_hpa_and_service_monitor_follow_the_values(case):
 COMPOSE_TO_CHART = {"proxy": ("Deployment", FULLNAME), "mlflow": ("Deployment", f"{FULLNAME}-mlflow"), "defaultbucket": ("Job", f"{FULLNAME}-ensure-bucket")}
 # Set differently on Kubernetes by design; each is checked elsewhere.
 NOT_COPIED = {
-    # MLflow's auth app keeps its users in SQLite (its 3.17 migrations fail on MySQL), which MLflow
-    # replicas cannot share: the chart does not offer it yet (docs/kubernetes.md).
-    "MLFLOW_AUTH": "not offered by the chart: the auth app's user store cannot be shared by replicas",
-    "MLFLOW_AUTH_ADMIN_USERNAME": "not offered by the chart (see MLFLOW_AUTH)",
-    "MLFLOW_AUTH_ADMIN_PASSWORD": "not offered by the chart (see MLFLOW_AUTH)",
-    "MLFLOW_AUTH_DEFAULT_PERMISSION": "not offered by the chart (see MLFLOW_AUTH)",
-    "MLFLOW_AUTH_CACHE_TTL_SECONDS": "not offered by the chart (see MLFLOW_AUTH)",
-    "MLFLOW_FLASK_SERVER_SECRET_KEY": "not offered by the chart (see MLFLOW_AUTH)",
+    # MLflow's auth app: MLFLOW_AUTH itself is copied (auth.enabled, "false" as compose); the rest is
+    # rendered only with auth.enabled (test_one_auth_switch_for_mlflow_and_the_proxy).
+    "MLFLOW_AUTH_ADMIN_USERNAME": "only with auth.enabled (auth.*)",
+    "MLFLOW_AUTH_ADMIN_PASSWORD": "only with auth.enabled (from the Secret)",
+    "MLFLOW_AUTH_DEFAULT_PERMISSION": "only with auth.enabled (auth.*)",
+    "MLFLOW_AUTH_CACHE_TTL_SECONDS": "only with auth.enabled (auth.*)",
+    "MLFLOW_FLASK_SERVER_SECRET_KEY": "only with auth.enabled (from the Secret, one for every pod)",
+    "AWS_CA_BUNDLE": "the mounted s3.caBundleConfigMap file, only when one is given",
     "MLFLOW_S3_ENDPOINT_URL": "a required value (s3.endpointUrl): there is no in-chart S3",
     "AWS_ACCESS_KEY_ID": "from the Secret",
     "AWS_SECRET_ACCESS_KEY": "from the Secret",
@@ -363,6 +364,7 @@ def test_values_defaults_equal_env_example():
     example = env_example()
     flat = {**values["proxy"]["env"], **{k: v for k, v in values["s3"].items() if k.isupper()}}
     flat["PROXY_S3_WAIT_SECS"] = values["s3"]["ensureBucket"]["PROXY_S3_WAIT_SECS"]
+    flat.update({k: v for k, v in values["auth"].items() if k.isupper()})
     for var, value in flat.items():
         assert var in example, f"{var} is not in compose/.env.example"
         assert str(value) == example[var], f"{var}: values.yaml {value!r}, .env.example {example[var]!r}"
@@ -400,6 +402,11 @@ BASE = ["--set", "s3.endpointUrl=https://s3.example.com", "--set", "secrets.exis
         (["--set", "proxy.env.PROXY_LOG_FORMAT=xml"], "PROXY_LOG_FORMAT"),
         (["--set", "proxy.terminationGracePeriodSecond=60"], "terminationGracePeriodSecond"),
         (["--set", "metrics.serviceMonitor.interval=30 seconds"], "interval"),
+        # One auth switch: never weaker on the proxy than on MLflow; the user store from a Secret.
+        (["--set", "auth.enabled=true", "--set", "proxy.env.PROXY_MLFLOW_AUTH=off"], "artifact requests could be served unchecked"),
+        (["--set", "auth.enabled=true", "--set", "proxy.env.PROXY_MLFLOW_AUTH=auto"], "artifact requests could be served unchecked"),
+        (["--set", "auth.enabled=true", "--set", "secrets.existingSecret=", "--set", "secrets.create.backendStoreUri=mysql://u:p@db/m", "--set", "secrets.create.awsAccessKeyId=a", "--set", "secrets.create.awsSecretAccessKey=b", "--set", "secrets.create.signingKey=0123456789abcdef0123456789abcdef"], "auth.enabled needs secrets.existingSecret"),
+        (["--set", "proxy.env.PROXY_MLFLOW_AUTH=sometimes"], "PROXY_MLFLOW_AUTH"),
     ],
 )
 def test_each_guard_refuses(binary, args, message):
@@ -411,3 +418,65 @@ def test_each_guard_refuses(binary, args, message):
 def test_the_guards_pass_at_their_limits(binary):
     # 45 = 10 + 30 + 5 exactly; 151 = 2 x 4 x 5 + 5 + 5 + 10 with maxConnections at 60.
     render(binary, "defaults-values.yaml", "--set", "proxy.terminationGracePeriodSeconds=45", "--set", "database.maxConnections=60")
+
+
+# ---------------------------------------------------------------- issue 20: auth, Host, private CA
+
+MLFLOW_DEPLOYMENTS = (f"{FULLNAME}-mlflow", f"{FULLNAME}-mlflow-tasks")
+
+
+def test_one_auth_switch_for_mlflow_and_the_proxy(binary):
+    """auth.enabled sets MLFLOW_AUTH for MLflow (its entrypoint adds --app-name basic-auth) and the
+    proxy alike; the proxy follows it (PROXY_MLFLOW_AUTH empty): on from the first request."""
+    for enabled in (False, True):
+        docs = render(binary, "defaults-values.yaml", *(["--set", "auth.enabled=true"] if enabled else []))
+        proxy = env_of(container(proxy_deployment(docs), "proxy"))
+        assert proxy["MLFLOW_AUTH"]["value"] == str(enabled).lower()
+        assert proxy["PROXY_MLFLOW_AUTH"]["value"] == ""
+        for name in MLFLOW_DEPLOYMENTS:
+            env = env_of(container(one(docs, "Deployment", name), "mlflow"))
+            assert env["MLFLOW_AUTH"]["value"] == str(enabled).lower(), name
+            secret_refs = {k: e["valueFrom"]["secretKeyRef"]["key"] for k, e in env.items() if "valueFrom" in e}
+            if enabled:
+                assert env["MLFLOW_AUTH_ADMIN_USERNAME"]["value"] == "admin"
+                assert {k: secret_refs.get(k) for k in ("MLFLOW_AUTH_DATABASE_URI", "MLFLOW_AUTH_ADMIN_PASSWORD",
+                                                         "MLFLOW_FLASK_SERVER_SECRET_KEY")} == {
+                    "MLFLOW_AUTH_DATABASE_URI": "mlflow-auth-database-uri",
+                    "MLFLOW_AUTH_ADMIN_PASSWORD": "mlflow-auth-admin-password",
+                    "MLFLOW_FLASK_SERVER_SECRET_KEY": "mlflow-flask-secret-key",
+                }, name
+            else:
+                assert not [k for k in env if k.startswith("MLFLOW_AUTH_")], name
+
+
+def test_the_proxy_asks_mlflow_with_a_host_mlflow_allows(case):
+    """The proxy's questions to MLflow (auth detection and probes) carry PROXY_UPSTREAM's address as
+    Host; MLflow's allowed hosts must admit it (issue 20: `localhost` was sent, and refused)."""
+    from fnmatch import fnmatch
+    from urllib.parse import urlsplit
+
+    _, docs = case
+    upstream = env_of(container(proxy_deployment(docs), "proxy"))["PROXY_UPSTREAM"]["value"]
+    host = urlsplit(upstream).netloc
+    for name in MLFLOW_DEPLOYMENTS:
+        allowed = env_of(container(one(docs, "Deployment", name), "mlflow"))["MLFLOW_SERVER_ALLOWED_HOSTS"]["value"]
+        assert any(fnmatch(host, pattern) for pattern in allowed.split(",")), (host, allowed)
+
+
+def test_a_private_ca_reaches_every_s3_client(binary):
+    docs = render(binary, "defaults-values.yaml", "--set", "s3.caBundleConfigMap=s3-ca", "--set",
+                  "s3.ensureBucket.enabled=true", "--set", "gc.enabled=true")
+    clients = 0
+    for owner, spec, _ in pod_specs(docs):
+        volumes = {v["name"]: v for v in spec.get("volumes", [])}
+        for c in spec["containers"]:
+            env = env_of(c)
+            if "MLFLOW_S3_ENDPOINT_URL" not in env:
+                continue
+            clients += 1
+            where = f"{owner['kind']}/{owner['metadata']['name']}"
+            assert env["AWS_CA_BUNDLE"]["value"] == env["SSL_CERT_FILE"]["value"] == "/etc/ssl/s3/ca.crt", where
+            (mount,) = [m for m in c["volumeMounts"] if m["mountPath"] == "/etc/ssl/s3"]
+            assert volumes[mount["name"]]["configMap"]["name"] == "s3-ca", where
+    # The proxy, two MLflow Deployments, the ensure-bucket and db-upgrade Jobs, the gc CronJob.
+    assert clients >= 6, clients

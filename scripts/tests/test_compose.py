@@ -235,7 +235,7 @@ def test_services(compose):
 
 def test_published_ports(compose):
     services = compose["services"]
-    expected = {"proxy": {5000: 5000}, "minio": {9000: 9000, 9001: 9001}}
+    expected = {"proxy": {5000: 5000}, "minio": {9000: 9000, 9001: 9001}, "prometheus": {9090: 9090}}
     for name, ports in expected.items():
         got = published_ports(services[name])
         for container, host in ports.items():
@@ -245,6 +245,67 @@ def test_published_ports(compose):
     metrics = [str(p) for p in services["proxy"]["ports"] if str(p).endswith(":9464")]
     assert metrics and all(p.startswith("127.0.0.1:") for p in metrics), (
         f"the proxy's metrics port is published on loopback only, got {metrics}"
+    )
+
+
+def host_addresses(compose: dict) -> dict[tuple[str, int], str]:
+    """(service, container port) -> host address, "all" for an entry without one."""
+    found = {}
+    for name, service in compose["services"].items():
+        for entry in service.get("ports") or []:
+            parts = str(entry).split(":")
+            found[(name, int(parts[-1]))] = parts[0] if len(parts) == 3 else "all"
+    return found
+
+
+def test_nothing_is_published_beyond_loopback_by_default(compose):
+    """Issue 20: MinIO (with its root credentials), Prometheus and the proxy on every interface was
+    the default. Every port is on the host's loopback unless a variable says otherwise."""
+    assert host_addresses(compose) == {
+        ("proxy", 5000): "127.0.0.1", ("proxy", 9464): "127.0.0.1", ("minio", 9000): "127.0.0.1",
+        ("minio", 9001): "127.0.0.1", ("prometheus", 9090): "127.0.0.1",
+    }
+
+
+def test_one_variable_opens_mlflow_and_one_the_admin_ports():
+    team = host_addresses(render({"PUBLISH_ADDRESS": "0.0.0.0"}))
+    assert team[("proxy", 5000)] == "0.0.0.0"
+    assert {team[k] for k in team if k != ("proxy", 5000)} == {"127.0.0.1"}, team
+    admin = host_addresses(render({"ADMIN_PUBLISH_ADDRESS": "192.168.1.10"}))
+    assert {k: v for k, v in admin.items() if v != "127.0.0.1"} == {
+        ("minio", 9000): "192.168.1.10", ("minio", 9001): "192.168.1.10", ("prometheus", 9090): "192.168.1.10",
+    }
+    # The metrics port never leaves loopback: Prometheus reaches it inside the compose network.
+    assert admin[("proxy", 9464)] == team[("proxy", 9464)] == "127.0.0.1"
+
+
+def test_the_project_is_named_whether_or_not_there_is_a_env():
+    """Issue 20: without a top-level name the project was `compose` (the folder) until a .env
+    (COMPOSE_PROJECT_NAME=mlflow) appeared, which switched to new, empty volumes."""
+    raw = yaml.safe_load(COMPOSE_FILE.read_text())
+    assert raw["name"] == "mlflow"
+    example = read_env_file(ENV_EXAMPLE)
+    assert "COMPOSE_PROJECT_NAME" not in example, "a .env copied from .env.example must not rename the project"
+
+
+def test_one_auth_switch_for_mlflow_and_the_proxy(compose):
+    """Issue 20: MLFLOW_AUTH=true left the proxy on `auto` (unchecked until its next detection)."""
+    mlflow, proxy = env_of(compose["services"]["mlflow"]), env_of(compose["services"]["proxy"])
+    # (The test's own YAML reading types `false`; compose passes the text.)
+    assert mlflow["MLFLOW_AUTH"].lower() == proxy["MLFLOW_AUTH"].lower() == "false"
+    assert proxy["PROXY_MLFLOW_AUTH"] == "", "empty: the proxy follows MLFLOW_AUTH"
+    on = render({"MLFLOW_AUTH": "true"})["services"]
+    assert env_of(on["mlflow"])["MLFLOW_AUTH"].lower() == env_of(on["proxy"])["MLFLOW_AUTH"].lower() == "true"
+
+
+def test_every_s3_client_trusts_the_same_ca(compose):
+    for name in ("mlflow", "proxy", "defaultbucket"):
+        service = compose["services"][name]
+        assert env_of(service)["AWS_CA_BUNDLE"] == "", name
+        assert "./certs:/etc/ssl/s3:ro" in service["volumes"], name
+    assert (COMPOSE_DIR / "certs" / "README.md").exists()
+    assert '[ -n "${AWS_CA_BUNDLE:-}" ] || unset AWS_CA_BUNDLE' in ENTRYPOINT.read_text(), (
+        "boto3 refuses an empty AWS_CA_BUNDLE: the entrypoint must drop it"
     )
 
 
@@ -560,9 +621,19 @@ def test_mlflow_image_defaults_to_ubuntu_and_compose_passes_the_same_base(raw_co
 DOCKER_COMPOSE = shutil.which("docker-compose")
 
 
-def compose_config(*args: str, env_file: Path) -> dict:
-    clean_env = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/tmp")}
-    command = ["docker-compose", "--env-file", str(env_file), "-f", str(COMPOSE_FILE), *args, "config"]
+def compose_v1_file(tmp_dir: Path) -> Path:
+    """compose.yaml for docker-compose 1.29 (Debian 12's), which predates the top-level `name:`."""
+    path = tmp_dir / "compose.v1.yaml"
+    path.write_text("".join(line for line in COMPOSE_FILE.read_text().splitlines(keepends=True)
+                            if not line.startswith("name:")))
+    return path
+
+
+def compose_config(*args: str, env_file: Path, environ: dict[str, str] | None = None) -> dict:
+    clean_env = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/tmp"), **(environ or {})}
+    v1_file = compose_v1_file(env_file.parent)
+    command = ["docker-compose", "--env-file", str(env_file), "--project-directory", str(COMPOSE_DIR),
+               "-f", str(v1_file), *args, "config"]
     done = subprocess.run(command, env=clean_env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, f"{shlex.join(command)} failed:\n{done.stderr}"
     return yaml.safe_load(done.stdout)
@@ -572,8 +643,10 @@ def compose_config(*args: str, env_file: Path) -> dict:
 def test_real_compose_validates_and_renders_like_env_example(tmp_path, env_example):
     empty = tmp_path / "empty.env"
     empty.write_text("")
+    example = tmp_path / "example.env"
+    example.write_text(ENV_EXAMPLE.read_text())
     with_defaults = compose_config(env_file=empty)
-    with_example = compose_config(env_file=ENV_EXAMPLE)
+    with_example = compose_config(env_file=example)
     assert with_defaults == with_example, "docker-compose renders the file differently with .env.example"
     services = with_defaults["services"]
     assert CORE_SERVICES <= set(services), sorted(services)
@@ -591,7 +664,7 @@ ENTRYPOINT_VARIABLES = {"MLFLOW_HOST", "MLFLOW_PORT", "MYSQL_HOST", "MYSQL_TCP_P
                         # MLflow's basic-auth app (MLFLOW_AUTH=true)
                         "MLFLOW_AUTH", "MLFLOW_AUTH_ADMIN_USERNAME", "MLFLOW_AUTH_ADMIN_PASSWORD",
                         "MLFLOW_AUTH_DEFAULT_PERMISSION", "MLFLOW_AUTH_CACHE_TTL_SECONDS",
-                        "MLFLOW_FLASK_SERVER_SECRET_KEY"}
+                        "MLFLOW_FLASK_SERVER_SECRET_KEY", "AWS_CA_BUNDLE"}
 # Read by the entrypoint with a default compose does not need to change.
 ENTRYPOINT_OPTIONAL = {"MLFLOW_AUTH_DATABASE_URI", "MLFLOW_AUTH_CONFIG_PATH", "TMPDIR"}
 

@@ -115,6 +115,31 @@ app.kubernetes.io/part-of: mlflow-stack
   value: /tmp
 {{- end -}}
 
+{{/*
+MLflow's auth app (auth.enabled): the one switch, MLFLOW_AUTH, for MLflow (mlflow-image/entrypoint.sh
+adds `--app-name basic-auth`) and the proxy (which then checks from the first request); with it on,
+MLflow's settings and secrets.
+*/}}
+{{- define "mlflow-stack.authEnv" -}}
+- name: MLFLOW_AUTH
+  value: {{ .Values.auth.enabled | toString | quote }}
+{{- if .Values.auth.enabled }}
+- name: MLFLOW_AUTH_ADMIN_USERNAME
+  value: {{ .Values.auth.MLFLOW_AUTH_ADMIN_USERNAME | quote }}
+- name: MLFLOW_AUTH_DEFAULT_PERMISSION
+  value: {{ .Values.auth.MLFLOW_AUTH_DEFAULT_PERMISSION | quote }}
+- name: MLFLOW_AUTH_CACHE_TTL_SECONDS
+  value: {{ .Values.auth.MLFLOW_AUTH_CACHE_TTL_SECONDS | toString | quote }}
+{{- range $name, $key := dict "MLFLOW_AUTH_DATABASE_URI" .Values.secrets.keys.authDatabaseUri "MLFLOW_AUTH_ADMIN_PASSWORD" .Values.secrets.keys.authAdminPassword "MLFLOW_FLASK_SERVER_SECRET_KEY" .Values.secrets.keys.flaskSecretKey }}
+- name: {{ $name }}
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "mlflow-stack.secretName" $ }}
+      key: {{ $key }}
+{{- end }}
+{{- end }}
+{{- end -}}
+
 {{- define "mlflow-stack.caVolume" -}}
 {{- if .Values.s3.caBundleConfigMap }}
 - name: s3-ca
@@ -156,6 +181,12 @@ rollout or a database that refuses connections.
 {{- end -}}
 {{- if and .Values.secrets.create.backendStoreUri (hasPrefix "sqlite" .Values.secrets.create.backendStoreUri) -}}
 {{- fail "a sqlite backend store cannot be shared by replicas: use MySQL" -}}
+{{- end -}}
+{{- if and .Values.auth.enabled (not .Values.secrets.existingSecret) -}}
+{{- fail "auth.enabled needs secrets.existingSecret with the keys secrets.keys.authDatabaseUri, .authAdminPassword and .flaskSecretKey" -}}
+{{- end -}}
+{{- if and .Values.auth.enabled (has .Values.proxy.env.PROXY_MLFLOW_AUTH (list "auto" "off")) -}}
+{{- fail (printf "auth.enabled with proxy.env.PROXY_MLFLOW_AUTH=%s: artifact requests could be served unchecked; leave it empty (or on)" .Values.proxy.env.PROXY_MLFLOW_AUTH) -}}
 {{- end -}}
 {{- if and .Values.proxy.autoscaling.enabled (gt (int .Values.proxy.autoscaling.minReplicas) (int .Values.proxy.autoscaling.maxReplicas)) -}}
 {{- fail "proxy.autoscaling.minReplicas must be <= maxReplicas" -}}

@@ -5,12 +5,18 @@
 //! request. Answers are remembered briefly (`cache`). Whether MLflow runs its auth app at all is
 //! found out from MLflow (`PROXY_MLFLOW_AUTH=auto`) and re-checked periodically; when the proxy
 //! cannot tell, artifact requests are refused (503), never served unchecked.
+//!
+//! Every request to MLflow (detection and probes) carries the upstream's own address as its
+//! `Host`, as any client of that address would: the client's `Host` was already checked by the
+//! proxy with MLflow's rule (`security`), and no decision may depend on it (the cache is not keyed
+//! by it). When MLflow refuses the proxy's requests outright (its Host check, any 4xx but 401 and
+//! 404), waiting does not help: `/readyz` says so until MLflow answers.
 
 mod cache;
 mod probe;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
@@ -51,9 +57,20 @@ pub enum Mode {
 pub struct AuthArgs {
     /// Apply MLflow's authentication and permissions (`mlflow server --app-name basic-auth`) to
     /// the artifact routes: auto (find out from MLflow, re-checked periodically; refuse artifact
-    /// requests while MLflow cannot be asked), on, or off.
-    #[arg(long, env = "PROXY_MLFLOW_AUTH", value_enum, default_value_t = Mode::Auto)]
-    pub mlflow_auth: Mode,
+    /// requests while MLflow cannot be asked), on, or off. Unset or empty: follow MLFLOW_AUTH
+    /// (true: on; false or unset: auto).
+    #[arg(long, env = "PROXY_MLFLOW_AUTH", value_name = "auto|on|off")]
+    pub mlflow_auth: Option<String>,
+    /// The stack's one switch for MLflow's auth app (mlflow-image/entrypoint.sh reads it too):
+    /// true (MLflow runs its auth app) makes every artifact request checked from the first one
+    /// (PROXY_MLFLOW_AUTH=on; auto or off are refused with it); false or unset leaves it to
+    /// PROXY_MLFLOW_AUTH (default auto).
+    #[arg(
+        long = "mlflow-auth-app",
+        env = "MLFLOW_AUTH",
+        value_name = "true|false"
+    )]
+    pub mlflow_auth_app: Option<String>,
     /// How long MLflow's allow/deny answer for a (credentials, resource, action) is reused, in
     /// seconds; 0 asks MLflow on every request. A permission change in MLflow takes effect
     /// through the proxy within this time.
@@ -102,8 +119,41 @@ impl AuthConfig {
     }
 }
 
+/// The mode from PROXY_MLFLOW_AUTH and MLFLOW_AUTH (empty values count as unset).
+///
+/// MLFLOW_AUTH=true means MLflow runs its auth app: the proxy checks from the first request
+/// (`auto` would serve unchecked until its next detection after MLflow restarts with the app).
+/// MLFLOW_AUTH=false keeps `auto`, not `off`: an MLflow whose auth app is on by another route (an
+/// image, an extra flag, one more server behind the same address) is still found out and obeyed;
+/// `off` stays available for those who want artifacts served while MLflow is down.
+pub fn resolve_mode(proxy: Option<&str>, stack: Option<&str>) -> Result<Mode, String> {
+    let stack = match stack.map(str::trim).filter(|v| !v.is_empty()) {
+        None => None,
+        Some("true") => Some(true),
+        Some("false") => Some(false),
+        Some(other) => return Err(format!("MLFLOW_AUTH={other:?} must be true or false")),
+    };
+    let proxy = match proxy.map(str::trim).filter(|v| !v.is_empty()) {
+        None => None,
+        Some(value) => Some(
+            Mode::from_str(value, true)
+                .map_err(|_| format!("PROXY_MLFLOW_AUTH={value:?} must be auto, on or off"))?,
+        ),
+    };
+    match (proxy, stack) {
+        (Some(Mode::On) | None, Some(true)) => Ok(Mode::On),
+        (Some(mode), Some(true)) => Err(format!(
+            "MLFLOW_AUTH=true (MLflow runs its auth app) with PROXY_MLFLOW_AUTH={}: artifact requests could be served unchecked; set PROXY_MLFLOW_AUTH=on or leave it unset",
+            if mode == Mode::Off { "off" } else { "auto" }
+        )),
+        (Some(mode), _) => Ok(mode),
+        (None, _) => Ok(Mode::Auto),
+    }
+}
+
 impl AuthArgs {
     pub fn build(&self) -> Result<AuthConfig, String> {
+        let mode = resolve_mode(self.mlflow_auth.as_deref(), self.mlflow_auth_app.as_deref())?;
         let ttl = self.mlflow_auth_cache_ttl_secs;
         if !(0.0..=3600.0).contains(&ttl) {
             return Err(format!(
@@ -130,7 +180,7 @@ impl AuthArgs {
             return Err("PROXY_MLFLOW_AUTH_HEADERS names no header".to_owned());
         }
         Ok(AuthConfig {
-            mode: self.mlflow_auth,
+            mode,
             cache_ttl: Duration::from_secs_f64(ttl),
             cache_size: self.mlflow_auth_cache_size,
             recheck: Duration::from_secs(self.mlflow_auth_recheck_secs),
@@ -225,11 +275,17 @@ struct Detection {
     state: AtomicU8,
     /// One detection at a time; holds when the last one failed.
     running: tokio::sync::Mutex<Option<Instant>>,
+    /// Set once a check has ended (answered or failed): until then readiness is not known.
+    checked: AtomicBool,
+    /// Why MLflow refuses the proxy's own requests (its last answer said so), for /readyz.
+    refused: std::sync::Mutex<Option<String>>,
 }
 
 pub struct Auth {
     config: AuthConfig,
     base: Uri,
+    /// The `Host` of every request to MLflow: the upstream's own address.
+    host: HeaderValue,
     client: Client<QuickAckConnector, ProxyBody>,
     cache: DecisionCache,
     /// Keys the credential digests: a per-process secret, so that digests say nothing outside.
@@ -269,15 +325,22 @@ impl Auth {
             Mode::On => STATE_ON,
             Mode::Auto => STATE_UNKNOWN,
         };
+        let host = base
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+            .ok_or_else(|| format!("PROXY_UPSTREAM={base} names no host"))?;
         let auth = Auth {
             cache: DecisionCache::new(config.cache_ttl, config.cache_size),
             config,
             base,
+            host,
             client,
             key,
             detection: Detection {
                 state: AtomicU8::new(initial),
                 running: tokio::sync::Mutex::new(None),
+                checked: AtomicBool::new(false),
+                refused: std::sync::Mutex::new(None),
             },
             metrics,
             in_flight: std::sync::Mutex::new(std::collections::HashMap::new()),
@@ -291,8 +354,9 @@ impl Auth {
     }
 
     /// With auto: re-check every `recheck` until the process ends (spawned by `Proxy::start`).
+    /// With on, the same check only finds out whether MLflow refuses the proxy (for /readyz).
     pub async fn recheck_forever(self: Arc<Self>) {
-        if self.config.mode != Mode::Auto {
+        if self.config.mode == Mode::Off {
             return;
         }
         loop {
@@ -336,14 +400,12 @@ impl Auth {
     }
 
     async fn detect_locked(&self, running: &mut Option<Instant>) -> u8 {
-        let mut headers = HeaderMap::new();
-        headers.insert(header::HOST, HeaderValue::from_static("localhost"));
         let started = Instant::now();
         let answer = self
             .send(
                 http::Method::GET,
                 "/api/2.0/mlflow/users/current",
-                headers,
+                HeaderMap::new(),
                 false,
             )
             .await;
@@ -358,10 +420,13 @@ impl Auth {
             {
                 STATE_ON
             }
-            Ok((status, _, _)) => {
+            Ok((status, _, body)) => {
                 tracing::warn!(
                     "cannot tell whether MLflow's auth app is on: users/current answered {status}"
                 );
+                if status.is_client_error() {
+                    self.refused(*status, body);
+                }
                 STATE_UNKNOWN
             }
             Err(e) => {
@@ -369,6 +434,18 @@ impl Auth {
                 STATE_UNKNOWN
             }
         };
+        if matches!(state, STATE_ON | STATE_OFF) {
+            *self
+                .detection
+                .refused
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()) = None;
+        }
+        self.detection.checked.store(true, Ordering::Relaxed);
+        if self.config.mode != Mode::Auto {
+            // With on, the answer only tells whether MLflow refuses the proxy.
+            return self.detection.state.load(Ordering::Relaxed);
+        }
         let before = self.detection.state.swap(state, Ordering::Relaxed);
         if before != state {
             let name = ["unknown", "off", "on"][usize::from(state)];
@@ -380,6 +457,44 @@ impl Auth {
         }
         *running = (state == STATE_UNKNOWN).then(Instant::now);
         state
+    }
+
+    /// MLflow refused the proxy's own question (a 4xx other than 401/404: its Host check, a
+    /// front proxy's rule): artifact requests are refused until that changes, which waiting
+    /// alone will not do.
+    fn refused(&self, status: StatusCode, body: &Bytes) {
+        let text = String::from_utf8_lossy(&body[..body.len().min(200)]);
+        let reason = format!(
+            "MLflow refuses the proxy's requests (users/current answered {status}: {:?}); they carry Host: {}, which MLflow's MLFLOW_SERVER_ALLOWED_HOSTS must allow",
+            text.trim(),
+            self.host.to_str().unwrap_or("?"),
+        );
+        tracing::error!("{reason}; artifact requests are refused until it answers");
+        *self
+            .detection
+            .refused
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(reason);
+    }
+
+    /// For /readyz: Err while artifact requests are refused for a reason that does not clear by
+    /// waiting (MLflow refuses the proxy), or before the first check has ended.
+    pub fn readiness(&self) -> Result<(), String> {
+        if self.config.mode == Mode::Off {
+            return Ok(());
+        }
+        if !self.detection.checked.load(Ordering::Relaxed) {
+            return Err("MLflow's auth app not checked yet".to_owned());
+        }
+        match &*self
+            .detection
+            .refused
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+        {
+            Some(reason) => Err(reason.clone()),
+            None => Ok(()),
+        }
     }
 
     /// Whether artifact requests must be checked now: Ok(true/false), or the refusal while
@@ -441,9 +556,7 @@ impl Auth {
             match self.cache.get(key, now) {
                 Some(Cached::Allowed) => {
                     self.count("allowed", "cache");
-                    return self
-                        .cached_permit(op, api, path, key, &credentials, headers)
-                        .await;
+                    return self.cached_permit(op, api, path, key, &credentials).await;
                 }
                 Some(Cached::Denied) => {
                     self.count("403", "cache");
@@ -459,7 +572,7 @@ impl Auth {
                     in_flight.entry(*key).or_default().clone()
                 };
                 let outcome = cell
-                    .get_or_init(|| self.ask(op, api, path, &credentials, headers))
+                    .get_or_init(|| self.ask(op, api, path, &credentials))
                     .await
                     .clone();
                 if let Ok(mut in_flight) = self.in_flight.lock()
@@ -469,7 +582,7 @@ impl Auth {
                 }
                 outcome
             }
-            None => self.ask(op, api, path, &credentials, headers).await,
+            None => self.ask(op, api, path, &credentials).await,
         };
         self.answer(op, key, now, outcome)
     }
@@ -483,7 +596,6 @@ impl Auth {
         path: &str,
         key: &Key,
         credentials: &Credentials,
-        headers: &HeaderMap,
     ) -> Result<Permit, Refusal> {
         if op != Operation::List {
             return Ok(Permit::default());
@@ -497,7 +609,7 @@ impl Auth {
             Some(Cached::Denied) => Ok(Permit {
                 hide_run_dirs: true,
             }),
-            None => match self.ask(op, api, path, credentials, headers).await {
+            None => match self.ask(op, api, path, credentials).await {
                 Outcome::Allowed(permit) => Ok(permit),
                 other => self.answer(op, None, Instant::now(), other),
             },
@@ -582,7 +694,6 @@ impl Auth {
         api: &str,
         path: &str,
         credentials: &Credentials,
-        headers: &HeaderMap,
     ) -> Outcome {
         let mut probes = probe::probes_for(op, api, path);
         let run_tier = if op == Operation::List {
@@ -593,13 +704,9 @@ impl Auth {
         if let Some(extra) = run_tier.clone() {
             probes.push(extra);
         }
-        let host = headers.get(header::HOST).cloned();
-        let answers = futures_util::future::join_all(
-            probes
-                .iter()
-                .map(|p| self.run_probe(p, credentials, host.clone())),
-        )
-        .await;
+        let answers =
+            futures_util::future::join_all(probes.iter().map(|p| self.run_probe(p, credentials)))
+                .await;
         let mut hide_run_dirs = false;
         let mut denied = false;
         let mut failure = None;
@@ -636,20 +743,8 @@ impl Auth {
         }
     }
 
-    async fn run_probe(
-        &self,
-        probe: &Probe,
-        credentials: &Credentials,
-        host: Option<HeaderValue>,
-    ) -> Result<Verdict, String> {
-        let mut headers = credentials.forward.clone();
-        headers.insert(
-            header::HOST,
-            host.unwrap_or_else(|| {
-                HeaderValue::from_str(self.base.authority().map_or("localhost", |a| a.as_str()))
-                    .unwrap_or(HeaderValue::from_static("localhost"))
-            }),
-        );
+    async fn run_probe(&self, probe: &Probe, credentials: &Credentials) -> Result<Verdict, String> {
+        let headers = credentials.forward.clone();
         let started = Instant::now();
         let answer = self
             .send(
@@ -682,6 +777,7 @@ impl Auth {
                 .map_err(|e| format!("probe URI: {e}"))?,
         );
         let uri = Uri::from_parts(parts).map_err(|e| format!("probe URI: {e}"))?;
+        headers.insert(header::HOST, self.host.clone());
         headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
         let body = if json_body {
             headers.insert(
@@ -909,6 +1005,25 @@ mod tests {
 
     fn basic(v: &str) -> Option<String> {
         fastapi_basic(&HeaderValue::from_str(v).unwrap()).map(|v| v.to_str().unwrap().to_owned())
+    }
+
+    /// One switch: MLFLOW_AUTH=true means checked from the first request; nothing weaker
+    /// may be combined with it (issue 20).
+    #[test]
+    fn mode_follows_the_stacks_switch() {
+        assert_eq!(resolve_mode(None, None), Ok(Mode::Auto));
+        assert_eq!(resolve_mode(Some(""), Some("")), Ok(Mode::Auto));
+        assert_eq!(resolve_mode(None, Some("true")), Ok(Mode::On));
+        assert_eq!(resolve_mode(Some(""), Some("true")), Ok(Mode::On));
+        assert_eq!(resolve_mode(Some("on"), Some("true")), Ok(Mode::On));
+        assert_eq!(resolve_mode(None, Some("false")), Ok(Mode::Auto));
+        assert_eq!(resolve_mode(Some("off"), Some("false")), Ok(Mode::Off));
+        assert_eq!(resolve_mode(Some("on"), Some("false")), Ok(Mode::On));
+        assert_eq!(resolve_mode(Some("off"), None), Ok(Mode::Off));
+        assert!(resolve_mode(Some("off"), Some("true")).is_err());
+        assert!(resolve_mode(Some("auto"), Some("true")).is_err());
+        assert!(resolve_mode(None, Some("yes")).is_err());
+        assert!(resolve_mode(Some("maybe"), None).is_err());
     }
 
     #[test]

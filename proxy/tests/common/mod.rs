@@ -178,6 +178,7 @@ impl S3Server {
             access_key: self.access_key.clone(),
             secret_key: self.secret_key.clone(),
             region: self.region.clone(),
+            ca_bundle: None,
         }
     }
 
@@ -562,6 +563,7 @@ pub fn store_config(endpoint: &str, prefix: &str) -> StoreConfig {
         access_key: ACCESS_KEY.into(),
         secret_key: SECRET_KEY.into(),
         region: "us-east-1".into(),
+        ca_bundle: None,
     }
 }
 
@@ -847,5 +849,61 @@ impl Drop for ProxyBinary {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// A free loopback port (bound, then released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The proxy binary `binary` as its own process: a clean environment (PATH, RUST_LOG=warn), the
+/// store `s3` reached at `endpoint`, MLflow at `upstream`, no MLflow auth (the tests that use it
+/// are about something else), listening on 127.0.0.1:`port` and :`metrics_port`. Add settings
+/// with `.env`, then spawn and `wait_listening`.
+pub fn proxy_command(
+    binary: &str,
+    s3: &S3Server,
+    endpoint: &str,
+    upstream: &str,
+    port: u16,
+    metrics_port: u16,
+) -> std::process::Command {
+    let mut command = std::process::Command::new(binary);
+    command
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("RUST_LOG", "warn")
+        .env(
+            "MLFLOW_ARTIFACTS_DESTINATION",
+            format!("s3://{}/", s3.bucket),
+        )
+        .env("MLFLOW_S3_ENDPOINT_URL", endpoint)
+        .env("AWS_ACCESS_KEY_ID", &s3.access_key)
+        .env("AWS_SECRET_ACCESS_KEY", &s3.secret_key)
+        .env("AWS_DEFAULT_REGION", &s3.region)
+        .env("PROXY_MLFLOW_AUTH", "off")
+        .env("PROXY_LISTEN", format!("127.0.0.1:{port}"))
+        .env("PROXY_METRICS_LISTEN", format!("127.0.0.1:{metrics_port}"))
+        .env("PROXY_UPSTREAM", upstream)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::inherit());
+    command
+}
+
+/// Wait until `addr` accepts connections (at most 20 s).
+pub async fn wait_listening(addr: SocketAddr) {
+    let started = std::time::Instant::now();
+    while tokio::net::TcpStream::connect(addr).await.is_err() {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the proxy did not listen"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
