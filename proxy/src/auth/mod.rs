@@ -7,6 +7,7 @@
 //! cannot tell, artifact requests are refused (503), never served unchecked.
 
 mod cache;
+mod flight;
 mod probe;
 
 use std::sync::Arc;
@@ -21,7 +22,6 @@ use http_body_util::{BodyExt, Limited};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use ring::hmac;
-use tokio::sync::OnceCell;
 
 use crate::body::{ProxyBody, empty, full};
 use crate::error::{ProxyError, Side};
@@ -237,7 +237,7 @@ pub struct Auth {
     detection: Detection,
     metrics: Metrics,
     /// Probes in progress: callers with the same key wait for the one answer (single flight).
-    in_flight: std::sync::Mutex<std::collections::HashMap<Key, Arc<OnceCell<Outcome>>>>,
+    in_flight: flight::Flights<Key, Outcome>,
 }
 
 /// The outcome of asking MLflow, shared by every caller waiting on the same key.
@@ -280,7 +280,7 @@ impl Auth {
                 running: tokio::sync::Mutex::new(None),
             },
             metrics,
-            in_flight: std::sync::Mutex::new(std::collections::HashMap::new()),
+            in_flight: flight::Flights::new(),
         };
         auth.publish_state(initial);
         Ok(auth)
@@ -454,20 +454,10 @@ impl Auth {
         }
         let outcome = match &key {
             Some(key) => {
-                let cell = {
-                    let mut in_flight = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
-                    in_flight.entry(*key).or_default().clone()
-                };
-                let outcome = cell
-                    .get_or_init(|| self.ask(op, api, path, &credentials, headers))
+                self.in_flight
+                    .join(*key)
+                    .answer(|| self.ask(op, api, path, &credentials, headers))
                     .await
-                    .clone();
-                if let Ok(mut in_flight) = self.in_flight.lock()
-                    && in_flight.get(key).is_some_and(|c| Arc::ptr_eq(c, &cell))
-                {
-                    in_flight.remove(key);
-                }
-                outcome
             }
             None => self.ask(op, api, path, &credentials, headers).await,
         };
@@ -756,44 +746,13 @@ impl Auth {
         Ok(Credentials { forward, digest })
     }
 
-    /// Everything else the decision depends on: the operation, the first segments of the
-    /// canonical path (never coarser than MLflow's classification: experiment, tier, the
-    /// `artifacts` marker), and the Flask-path substrings MLflow treats specially. None: a path
-    /// MLflow cannot parse, never cached.
+    /// Everything else the decision depends on (see `cache::resource`). None: a path MLflow
+    /// cannot parse, never cached.
     fn key_for(&self, op: Operation, path: &str, credentials: [u8; 32]) -> Option<Key> {
-        let canonical = crate::mlflow::path::validate_path_is_safe(path).ok()?;
-        let keep = if canonical.starts_with("workspaces/") {
-            5
-        } else {
-            3
-        };
-        let mut digest = ring::digest::Context::new(&ring::digest::SHA256);
-        digest.update(&[op.tag()]);
-        if op != Operation::Head {
-            for segment in canonical.split('/').take(keep) {
-                digest.update(segment.as_bytes());
-                digest.update(b"\0");
-            }
-            // MLflow's Flask substring rule and the delete probes depend on the whole path.
-            let flags = [
-                [
-                    "/mlflow/traces/",
-                    "/mlflow/datasets/",
-                    "/mlflow/jobs/",
-                    "/mlflow/issues/",
-                ]
-                .iter()
-                .any(|s| format!("/{path}/").contains(s)),
-                path.trim_end_matches('/').rsplit('/').next() == Some("mlflow"),
-                path.ends_with('/'),
-            ];
-            digest.update(&flags.map(u8::from));
-        }
-        let mut resource = [0u8; 32];
-        resource.copy_from_slice(digest.finish().as_ref());
+        let path = (op != Operation::Head).then_some(path);
         Some(Key {
             credentials,
-            resource,
+            resource: cache::resource(op.tag(), path)?,
         })
     }
 
@@ -804,6 +763,11 @@ impl Auth {
 
     pub fn cache(&self) -> &DecisionCache {
         &self.cache
+    }
+
+    /// Questions to MLflow in progress (single-flight entries).
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.len()
     }
 }
 
