@@ -19,7 +19,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use tokio::task::JoinSet;
 
 use super::store_error;
-use crate::body::{ProxyBody, empty, idle_timeout};
+use crate::body::{ProxyBody, empty};
 use crate::error::{ProxyError, Side};
 use crate::mlflow::content::guess_mime_type;
 use crate::mlflow::path::validate_path_is_safe;
@@ -68,10 +68,8 @@ pub async fn upload(
     let key = app.store.upload_key(head, tail);
     let content_type = guess_mime_type(tail);
     let fault = ClientFault::default();
-    let body = fault.watch(idle_timeout(
-        request.into_body(),
-        app.upload.body_idle_timeout,
-    ));
+    // The body already ends after the idle timeout (server.rs); `fault` notes it.
+    let body = fault.watch(request.into_body());
 
     // A task of its own: if the client goes away, hyper drops this handler, but the task still
     // sees the broken body and aborts the multipart upload.
