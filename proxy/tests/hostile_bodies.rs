@@ -148,3 +148,68 @@ async fn silent_bodies_are_ended_on_every_route() {
         s3.keys()
     );
 }
+
+/// Issue 20: chunked uploads that trickle (a byte now and then) each took a part slot at their
+/// first byte; as many as there are slots (here 2: a 12 MiB budget) made every other chunked
+/// upload wait until they ended. Now a part takes a slot only past its first 16 KiB: the other
+/// upload is stored while the tricklers are still open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trickling_chunked_uploads_leave_the_part_slots_to_others() {
+    let s3 = S3Server::start().await;
+    let mlflow = FakeMlflow::start().await;
+    let proxy = ProxyProcess::start(
+        &s3,
+        &mlflow,
+        &[
+            ("PROXY_UPLOAD_BUDGET_MIB", "12"),
+            ("PROXY_PART_SIZE_MIB", "6"),
+            ("PROXY_BODY_IDLE_TIMEOUT_SECS", "600"),
+        ],
+    )
+    .await;
+    let mut tricklers = Vec::new();
+    for i in 0..10 {
+        let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
+        stream
+            .write_all(put_head(&format!("trickle/{i}.bin"), None).as_bytes())
+            .await
+            .unwrap();
+        stream.write_all(&chunk(b"t")).await.unwrap();
+        tricklers.push(stream);
+    }
+    // Both slots would be taken by now: the tricklers' first bytes reached the proxy.
+    for _ in 0..400 {
+        let metrics = proxy.metrics().await;
+        if metric(
+            &metrics,
+            "mlflow_proxy_transfers_in_flight{direction=\"upload\"}",
+        ) >= 10.0
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let data = random_bytes(7 * MIB);
+    let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
+    stream
+        .write_all(put_head("trickle/normal.bin", None).as_bytes())
+        .await
+        .unwrap();
+    for piece in data.chunks(64 * 1024) {
+        stream.write_all(&chunk(piece)).await.unwrap();
+    }
+    stream.write_all(b"0\r\n\r\n").await.unwrap();
+    let (status, answer) = read_answer(&mut stream, Duration::from_secs(60)).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(
+        s3.object("trickle/normal.bin").map(|d| sha256(&d)),
+        Some(sha256(&data))
+    );
+    // The tricklers are still open, and finish normally.
+    for (i, mut stream) in tricklers.into_iter().enumerate() {
+        stream.write_all(b"0\r\n\r\n").await.unwrap();
+        let (status, _) = read_answer(&mut stream, Duration::from_secs(60)).await;
+        assert_eq!(status, 200, "trickler {i}");
+        assert_eq!(s3.object(&format!("trickle/{i}.bin")), Some(b"t".to_vec()));
+    }
+}
