@@ -450,6 +450,19 @@ async fn an_answer_is_never_reused_for_a_path_mlflow_judges_otherwise() {
         "the allow for the logged-models path was reused"
     );
     assert_eq!(s3.object(trapped), Some(b"keep me".to_vec()));
+    // The steps were more than the TTL apart, so its second DELETE was asked afresh: the
+    // allow it cached then served the trapped path. The same without the first step:
+    let trapped2 = "1/x2/mlflow/traces/y/t.txt";
+    s3.client().put_object(trapped2, b"keep me").await.unwrap();
+    assert_eq!(
+        delete("1/x2/mlflow/logged-models/mlflow/traces/z")
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(delete(trapped2).await.unwrap().status(), 403);
+    assert_eq!(s3.object(trapped2), Some(b"keep me".to_vec()));
     // Repeats of one path are still answered from the cache.
     let asked = probes.load(Ordering::SeqCst);
     assert_eq!(delete(trapped).await.unwrap().status(), 403);

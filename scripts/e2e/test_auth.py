@@ -327,9 +327,23 @@ def test_cached_answers_are_not_reused_across_mlflows_path_rules(world):
         proxy = decision(raw_request(PROXY_URL, method, target, body=body, headers={**manager, **extra}))
         stock = decision(raw_request(MLFLOW_URL, method, target, body=body, headers={**manager, **extra}))
         seen.append((method, target.rsplit("/mlflow/", 1)[-1], stock, proxy))
-    assert [(s, p) for *_, s, p in seen] == [("403", "403"), ("allowed", "allowed"), ("403", "403")] * 2, seen
-    r = raw_request(MLFLOW_URL, "GET", f"/api/2.0/mlflow-artifacts/artifacts/{trapped}", headers=admin)
-    assert (r.status, r.body) == (200, b"keep me"), "the trapped object was deleted"
+    # The steps were more than the cache TTL apart: the allowed path first, then the trapped.
+    trapped2, skipped2 = trapped.replace("cache-", "cache2-"), skipped.replace("cache-", "cache2-")
+    r = raw_request(MLFLOW_URL, "PUT", f"/api/2.0/mlflow-artifacts/artifacts/{trapped2}", body=b"keep me", headers=admin)
+    assert r.status == 200, r.status
+    steps = [
+        ("DELETE", f"/api/2.0/mlflow-artifacts/artifacts/{skipped2}", None, {}),
+        ("DELETE", f"/api/2.0/mlflow-artifacts/artifacts/{trapped2}", None, {}),
+    ]
+    for method, target, body, extra in steps:
+        proxy = decision(raw_request(PROXY_URL, method, target, body=body, headers={**manager, **extra}))
+        stock = decision(raw_request(MLFLOW_URL, method, target, body=body, headers={**manager, **extra}))
+        seen.append((method, target.rsplit("/mlflow/", 1)[-1], stock, proxy))
+    expected = [("403", "403"), ("allowed", "allowed"), ("403", "403")] * 2 + [("allowed", "allowed"), ("403", "403")]
+    assert [(s, p) for *_, s, p in seen] == expected, seen
+    for path in (trapped, trapped2):
+        r = raw_request(MLFLOW_URL, "GET", f"/api/2.0/mlflow-artifacts/artifacts/{path}", headers=admin)
+        assert (r.status, r.body) == (200, b"keep me"), f"{path} was deleted"
 
 
 def test_grant_and_revoke_take_effect_within_10_s(world):
