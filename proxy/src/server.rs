@@ -191,7 +191,7 @@ async fn handle(
     if let Some(uri) = request_line::restore(&connection.seen, request.uri()) {
         *request.uri_mut() = uri;
     }
-    let refused = protocol_error(&request);
+    let refused = protocol_error(&request).or_else(|| app.security.reject_hostless(&request));
     let route = if refused.is_some() {
         Route::PassThrough
     } else {

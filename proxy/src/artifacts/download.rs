@@ -129,7 +129,9 @@ async fn get(
     let (path, key) = (path.to_owned(), key.to_owned());
     let mut forwarded = HeaderMap::new();
     for name in FORWARDED_CONDITIONS {
-        if let Some(value) = request_headers.get(name) {
+        if let Some(value) = request_headers.get(name)
+            && conditions.parsed(name)
+        {
             forwarded.insert(name, value.clone());
         }
     }
