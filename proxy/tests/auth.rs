@@ -379,7 +379,14 @@ async fn start_trap_mlflow(probes: Arc<AtomicUsize>) -> SocketAddr {
                         let path = percent_encoding::percent_decode_str(request.uri().path())
                             .decode_utf8_lossy()
                             .into_owned();
-                        let (status, body) = if !request.headers().contains_key("authorization") {
+                        let (status, body) = if request
+                            .headers()
+                            .get("authorization")
+                            .is_none_or(|v| v != ALICE)
+                        {
+                            if request.method() == http::Method::DELETE {
+                                probes.fetch_add(1, Ordering::SeqCst);
+                            }
                             (401, "You are not authenticated.")
                         } else if request.method() == http::Method::DELETE {
                             probes.fetch_add(1, Ordering::SeqCst);
@@ -463,6 +470,20 @@ async fn an_answer_is_never_reused_for_a_path_mlflow_judges_otherwise() {
     );
     assert_eq!(delete(trapped2).await.unwrap().status(), 403);
     assert_eq!(s3.object(trapped2), Some(b"keep me".to_vec()));
+    // Wrong credentials: MLflow checks the password once, not once per delete probe (issue 20:
+    // three times).
+    let asked = probes.load(Ordering::SeqCst);
+    let wrong = client
+        .delete(format!(
+            "http://{}/api/2.0/mlflow-artifacts/artifacts/1/other/x.txt",
+            proxy.addr
+        ))
+        .header("authorization", "Basic YWxpY2U6d3Jvbmc=")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status(), 401);
+    assert_eq!(probes.load(Ordering::SeqCst) - asked, 1);
     // Repeats of one path are still answered from the cache.
     let asked = probes.load(Ordering::SeqCst);
     assert_eq!(delete(trapped).await.unwrap().status(), 403);

@@ -584,12 +584,29 @@ impl Auth {
             probes.push(extra);
         }
         let host = headers.get(header::HOST).cloned();
-        let answers = futures_util::future::join_all(
-            probes
+        // A delete's probes: the first alone, so that wrong credentials (or a denial) cost MLflow
+        // one check, not three; the rest at once if it passed. (A listing's two stay parallel.)
+        let at_once = if op == Operation::Delete {
+            1
+        } else {
+            probes.len()
+        };
+        let mut answers = futures_util::future::join_all(
+            probes[..at_once]
                 .iter()
                 .map(|p| self.run_probe(p, credentials, host.clone())),
         )
         .await;
+        if at_once < probes.len() && matches!(answers[0], Ok(Verdict::Allowed)) {
+            answers.extend(
+                futures_util::future::join_all(
+                    probes[at_once..]
+                        .iter()
+                        .map(|p| self.run_probe(p, credentials, host.clone())),
+                )
+                .await,
+            );
+        }
         let mut hide_run_dirs = false;
         let mut denied = false;
         let mut failure = None;
