@@ -109,12 +109,7 @@ impl Upstream {
                 .body_idle_timeouts
                 .with_label_values(&["upload"])
                 .inc();
-            return Err(ProxyError::mlflow(
-                Side::Client,
-                StatusCode::REQUEST_TIMEOUT,
-                "BAD_REQUEST",
-                "The request body stalled",
-            ));
+            return Err(ProxyError::body_stalled("The request body stalled"));
         }
         if client_failed.load(Ordering::Relaxed) {
             return Err(ProxyError::mlflow(

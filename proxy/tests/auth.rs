@@ -37,6 +37,27 @@ struct Policy {
 /// Answers like MLflow's auth app: `users/current` without credentials is 401 with the app and
 /// 404 without; a listing probe is 401 without alice's credentials, 403 or 200 for alice.
 async fn start_auth_mlflow(policy: Arc<Policy>) -> SocketAddr {
+    serve(move |request: Request<Incoming>| {
+        let policy = policy.clone();
+        async move {
+            if policy.hold_probes.load(Ordering::SeqCst)
+                && request.uri().path() == "/api/2.0/mlflow-artifacts/artifacts"
+            {
+                policy.probes.fetch_add(1, Ordering::SeqCst);
+                std::future::pending::<()>().await;
+            }
+            answer(&policy, &request)
+        }
+    })
+    .await
+}
+
+/// Serve `answer` on a loopback port, a task per connection.
+async fn serve<F, Fut>(answer: F) -> SocketAddr
+where
+    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Response<Full<Bytes>>> + Send + 'static,
+{
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
@@ -44,19 +65,11 @@ async fn start_auth_mlflow(policy: Arc<Policy>) -> SocketAddr {
             let Ok((stream, _)) = listener.accept().await else {
                 continue;
             };
-            let policy = policy.clone();
+            let answer = answer.clone();
             tokio::spawn(async move {
                 let service = service_fn(move |request: Request<Incoming>| {
-                    let policy = policy.clone();
-                    async move {
-                        if policy.hold_probes.load(Ordering::SeqCst)
-                            && request.uri().path() == "/api/2.0/mlflow-artifacts/artifacts"
-                        {
-                            policy.probes.fetch_add(1, Ordering::SeqCst);
-                            std::future::pending::<()>().await;
-                        }
-                        Ok::<_, std::convert::Infallible>(answer(&policy, &request))
-                    }
+                    let answered = answer(request);
+                    async move { Ok::<_, std::convert::Infallible>(answered.await) }
                 });
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(TokioIo::new(stream), service)
@@ -364,63 +377,48 @@ fn base64_basic(user_password: &str) -> String {
 /// MANAGE everywhere: a Flask path containing `/mlflow/traces/` (or datasets, jobs, issues) is
 /// denied, unless it also contains `/mlflow/logged-models` (or webhooks), which skips those rules.
 async fn start_trap_mlflow(probes: Arc<AtomicUsize>) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
+    serve(move |request: Request<Incoming>| {
+        let probes = probes.clone();
+        async move {
+            let path = percent_encoding::percent_decode_str(request.uri().path())
+                .decode_utf8_lossy()
+                .into_owned();
+            let (status, body) = if request
+                .headers()
+                .get("authorization")
+                .is_none_or(|v| v != ALICE)
+            {
+                if request.method() == http::Method::DELETE {
+                    probes.fetch_add(1, Ordering::SeqCst);
+                }
+                (401, "You are not authenticated.")
+            } else if request.method() == http::Method::DELETE {
+                probes.fetch_add(1, Ordering::SeqCst);
+                let skipped = ["/mlflow/logged-models", "/mlflow/webhooks"]
+                    .iter()
+                    .any(|s| path.contains(s));
+                let trapped = [
+                    "/mlflow/traces/",
+                    "/mlflow/datasets/",
+                    "/mlflow/jobs/",
+                    "/mlflow/issues/",
+                ]
+                .iter()
+                .any(|s| path.contains(s));
+                if trapped && !skipped {
+                    (403, "Permission denied")
+                } else {
+                    (200, "{}")
+                }
+            } else {
+                (500, "unexpected")
             };
-            let probes = probes.clone();
-            tokio::spawn(async move {
-                let service = service_fn(move |request: Request<Incoming>| {
-                    let probes = probes.clone();
-                    async move {
-                        let path = percent_encoding::percent_decode_str(request.uri().path())
-                            .decode_utf8_lossy()
-                            .into_owned();
-                        let (status, body) = if request
-                            .headers()
-                            .get("authorization")
-                            .is_none_or(|v| v != ALICE)
-                        {
-                            if request.method() == http::Method::DELETE {
-                                probes.fetch_add(1, Ordering::SeqCst);
-                            }
-                            (401, "You are not authenticated.")
-                        } else if request.method() == http::Method::DELETE {
-                            probes.fetch_add(1, Ordering::SeqCst);
-                            let skipped = ["/mlflow/logged-models", "/mlflow/webhooks"]
-                                .iter()
-                                .any(|s| path.contains(s));
-                            let trapped = [
-                                "/mlflow/traces/",
-                                "/mlflow/datasets/",
-                                "/mlflow/jobs/",
-                                "/mlflow/issues/",
-                            ]
-                            .iter()
-                            .any(|s| path.contains(s));
-                            if trapped && !skipped {
-                                (403, "Permission denied")
-                            } else {
-                                (200, "{}")
-                            }
-                        } else {
-                            (500, "unexpected")
-                        };
-                        let mut r = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
-                        *r.status_mut() = StatusCode::from_u16(status).unwrap();
-                        Ok::<_, std::convert::Infallible>(r)
-                    }
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
+            let mut r = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+            *r.status_mut() = StatusCode::from_u16(status).unwrap();
+            r
         }
-    });
-    addr
+    })
+    .await
 }
 
 /// issue 20's sequence: an allow for one path was reused for a path MLflow denies, because both

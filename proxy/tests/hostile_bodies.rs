@@ -191,14 +191,22 @@ async fn trickling_chunked_uploads_leave_the_part_slots_to_others() {
     }
     let data = random_bytes(7 * MIB);
     let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
-    stream
-        .write_all(put_head("trickle/normal.bin", None).as_bytes())
-        .await
-        .unwrap();
-    for piece in data.chunks(64 * 1024) {
-        stream.write_all(&chunk(piece)).await.unwrap();
-    }
-    stream.write_all(b"0\r\n\r\n").await.unwrap();
+    // Bounded only so that a proxy that makes it wait fails (main waited for the tricklers'
+    // idle timeout) instead of hanging.
+    let sent = tokio::time::timeout(Duration::from_secs(60), async {
+        stream
+            .write_all(put_head("trickle/normal.bin", None).as_bytes())
+            .await?;
+        for piece in data.chunks(64 * 1024) {
+            stream.write_all(&chunk(piece)).await?;
+        }
+        stream.write_all(b"0\r\n\r\n").await
+    })
+    .await;
+    assert!(
+        matches!(sent, Ok(Ok(()))),
+        "the upload was not read: {sent:?}"
+    );
     let (status, answer) = read_answer(&mut stream, Duration::from_secs(60)).await;
     assert_eq!(status, 200, "{answer}");
     assert_eq!(

@@ -213,15 +213,24 @@ fn assert_deadline_exceeded(status: u16, body: &[u8], started: Instant) {
     );
 }
 
+/// A proxy whose store is `silent`, with a 1 s S3 timeout.
+async fn on_silent_store(
+    s3: &S3Server,
+    mlflow: &FakeMlflow,
+    silent: SocketAddr,
+) -> mlflow_artifact_proxy::Proxy {
+    let mut config = serve_config(s3, &format!("http://{}", mlflow.addr));
+    config.store.endpoint = url::Url::parse(&format!("http://{silent}")).unwrap();
+    config.timeouts.s3 = Duration::from_secs(1);
+    mlflow_artifact_proxy::Proxy::start(config).await.unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silent_store_gives_504() {
     let (silent, _task) = silent_listener().await;
     let mlflow = FakeMlflow::start().await;
     let s3 = S3Server::start().await;
-    let mut config = serve_config(&s3, &format!("http://{}", mlflow.addr));
-    config.store.endpoint = url::Url::parse(&format!("http://{silent}")).unwrap();
-    config.timeouts.s3 = Duration::from_secs(1);
-    let proxy = mlflow_artifact_proxy::Proxy::start(config).await.unwrap();
+    let proxy = on_silent_store(&s3, &mlflow, silent).await;
     for (method, target, body) in [
         ("GET", format!("{ARTIFACTS}/x.bin"), &b""[..]),
         ("HEAD", format!("{ARTIFACTS}/x.bin"), &b""[..]),
@@ -257,10 +266,7 @@ async fn a_silent_store_is_asked_once_per_call() {
     });
     let mlflow = FakeMlflow::start().await;
     let s3 = S3Server::start().await;
-    let mut config = serve_config(&s3, &format!("http://{}", mlflow.addr));
-    config.store.endpoint = url::Url::parse(&format!("http://{silent}")).unwrap();
-    config.timeouts.s3 = Duration::from_secs(1);
-    let proxy = mlflow_artifact_proxy::Proxy::start(config).await.unwrap();
+    let proxy = on_silent_store(&s3, &mlflow, silent).await;
     for (method, target) in [
         ("GET", format!("{ARTIFACTS}?path=a")),
         ("DELETE", format!("{ARTIFACTS}/a/b")),

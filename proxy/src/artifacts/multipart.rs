@@ -220,12 +220,9 @@ async fn read_json(
                     .body_idle_timeouts
                     .with_label_values(&["upload"])
                     .inc();
-                return Err(ProxyError::mlflow(
-                    Side::Client,
-                    StatusCode::REQUEST_TIMEOUT,
-                    "BAD_REQUEST",
-                    format!("Bad Request. The JSON body stalled ({e})."),
-                ));
+                return Err(ProxyError::body_stalled(format!(
+                    "Bad Request. The JSON body stalled ({e})."
+                )));
             }
             Err(e) => {
                 return Err(bad_request(format!(
@@ -644,10 +641,7 @@ pub async fn upload_part(
                 .body_idle_timeouts
                 .with_label_values(&["upload"])
                 .inc();
-            Err(ProxyError::mlflow(
-                Side::Client,
-                StatusCode::REQUEST_TIMEOUT,
-                "BAD_REQUEST",
+            Err(ProxyError::body_stalled(
                 "The part's body stalled; the part was not stored",
             ))
         }

@@ -158,12 +158,9 @@ impl ClientFault {
                 .body_idle_timeouts
                 .with_label_values(&["upload"])
                 .inc();
-            return Some(ProxyError::mlflow(
-                Side::Client,
-                StatusCode::REQUEST_TIMEOUT,
-                "BAD_REQUEST",
-                format!("The upload body stalled ({detail}); nothing was stored"),
-            ));
+            return Some(ProxyError::body_stalled(format!(
+                "The upload body stalled ({detail}); nothing was stored"
+            )));
         }
         Some(client_gone(detail))
     }

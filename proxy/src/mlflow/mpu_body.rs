@@ -152,6 +152,28 @@ impl<'de> Deserialize<'de> for Scalar {
     }
 }
 
+/// The visitor methods of a value that is not the shape wanted: each kept as the scalar visitor
+/// describes it, wrapped in `$invalid`.
+macro_rules! otherwise_invalid {
+    ($out:ty, $invalid:path) => {
+        fn visit_bool<E: de::Error>(self, v: bool) -> Result<$out, E> {
+            ScalarVisitor.visit_bool(v).map($invalid)
+        }
+        fn visit_i64<E: de::Error>(self, v: i64) -> Result<$out, E> {
+            ScalarVisitor.visit_i64(v).map($invalid)
+        }
+        fn visit_u64<E: de::Error>(self, v: u64) -> Result<$out, E> {
+            ScalarVisitor.visit_u64(v).map($invalid)
+        }
+        fn visit_f64<E: de::Error>(self, v: f64) -> Result<$out, E> {
+            ScalarVisitor.visit_f64(v).map($invalid)
+        }
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<$out, E> {
+            ScalarVisitor.visit_str(v).map($invalid)
+        }
+    };
+}
+
 impl<'de> Deserialize<'de> for Part {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Part, D::Error> {
         struct PartVisitor;
@@ -177,21 +199,7 @@ impl<'de> Deserialize<'de> for Part {
             fn visit_unit<E: de::Error>(self) -> Result<Part, E> {
                 Ok(Part::Invalid(Scalar::Null))
             }
-            fn visit_bool<E: de::Error>(self, v: bool) -> Result<Part, E> {
-                ScalarVisitor.visit_bool(v).map(Part::Invalid)
-            }
-            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Part, E> {
-                ScalarVisitor.visit_i64(v).map(Part::Invalid)
-            }
-            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Part, E> {
-                ScalarVisitor.visit_u64(v).map(Part::Invalid)
-            }
-            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Part, E> {
-                ScalarVisitor.visit_f64(v).map(Part::Invalid)
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<Part, E> {
-                ScalarVisitor.visit_str(v).map(Part::Invalid)
-            }
+            otherwise_invalid!(Part, Part::Invalid);
             fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Part, A::Error> {
                 ScalarVisitor.visit_seq(seq).map(Part::Invalid)
             }
@@ -253,21 +261,7 @@ impl<'de> Deserialize<'de> for Parts {
             fn visit_unit<E: de::Error>(self) -> Result<Parts, E> {
                 Ok(Parts::Absent)
             }
-            fn visit_bool<E: de::Error>(self, v: bool) -> Result<Parts, E> {
-                ScalarVisitor.visit_bool(v).map(Parts::Invalid)
-            }
-            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Parts, E> {
-                ScalarVisitor.visit_i64(v).map(Parts::Invalid)
-            }
-            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Parts, E> {
-                ScalarVisitor.visit_u64(v).map(Parts::Invalid)
-            }
-            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Parts, E> {
-                ScalarVisitor.visit_f64(v).map(Parts::Invalid)
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<Parts, E> {
-                ScalarVisitor.visit_str(v).map(Parts::Invalid)
-            }
+            otherwise_invalid!(Parts, Parts::Invalid);
             fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Parts, A::Error> {
                 ScalarVisitor.visit_map(map).map(Parts::Invalid)
             }

@@ -798,25 +798,34 @@ pub struct ProxyBinary {
     lines: std::sync::mpsc::Receiver<String>,
 }
 
+/// The proxy binary with an empty environment but the store and the upstream. The fake MLflow
+/// has no auth app to ask, so `PROXY_MLFLOW_AUTH=off`.
+pub fn proxy_command(binary: &str, s3: &S3Server, mlflow: &FakeMlflow) -> std::process::Command {
+    let mut command = std::process::Command::new(binary);
+    command
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env(
+            "MLFLOW_ARTIFACTS_DESTINATION",
+            format!("s3://{}/", s3.bucket),
+        )
+        .env("MLFLOW_S3_ENDPOINT_URL", &s3.endpoint)
+        .env("AWS_ACCESS_KEY_ID", &s3.access_key)
+        .env("AWS_SECRET_ACCESS_KEY", &s3.secret_key)
+        .env("AWS_DEFAULT_REGION", &s3.region)
+        .env("PROXY_UPSTREAM", format!("http://{}", mlflow.addr))
+        .env("PROXY_MLFLOW_AUTH", "off");
+    command
+}
+
 impl ProxyBinary {
     /// Start it with an empty environment but the store, the upstream and `RUST_LOG=info`, plus
     /// `extra`. The fake MLflow has no auth app to ask, so `PROXY_MLFLOW_AUTH=off`.
     pub fn spawn(s3: &S3Server, mlflow: &FakeMlflow, extra: &[(&str, &str)]) -> ProxyBinary {
-        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_mlflow-artifact-proxy"));
+        let mut command = proxy_command(env!("CARGO_BIN_EXE_mlflow-artifact-proxy"), s3, mlflow);
         command
-            .env_clear()
-            .env(
-                "MLFLOW_ARTIFACTS_DESTINATION",
-                format!("s3://{}/", s3.bucket),
-            )
-            .env("MLFLOW_S3_ENDPOINT_URL", &s3.endpoint)
-            .env("AWS_ACCESS_KEY_ID", &s3.access_key)
-            .env("AWS_SECRET_ACCESS_KEY", &s3.secret_key)
-            .env("AWS_DEFAULT_REGION", &s3.region)
             .env("PROXY_LISTEN", "127.0.0.1:0")
             .env("PROXY_METRICS_LISTEN", "127.0.0.1:0")
-            .env("PROXY_UPSTREAM", format!("http://{}", mlflow.addr))
-            .env("PROXY_MLFLOW_AUTH", "off")
             .env("RUST_LOG", "info")
             .stderr(std::process::Stdio::piped());
         for (name, value) in extra {

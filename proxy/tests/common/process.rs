@@ -2,7 +2,7 @@
 //! alone), and raw-socket helpers for clients that misbehave at the byte level.
 
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -27,24 +27,11 @@ impl ProxyProcess {
         // without the bounds).
         let binary = std::env::var("HOSTILE_PROXY_BIN")
             .unwrap_or_else(|_| env!("CARGO_BIN_EXE_mlflow-artifact-proxy").to_owned());
-        let mut command = Command::new(binary);
+        let mut command = super::proxy_command(&binary, s3, mlflow);
         command
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("RUST_LOG", "warn")
-            .env(
-                "MLFLOW_ARTIFACTS_DESTINATION",
-                format!("s3://{}/", s3.bucket),
-            )
-            .env("MLFLOW_S3_ENDPOINT_URL", &s3.endpoint)
-            .env("AWS_ACCESS_KEY_ID", &s3.access_key)
-            .env("AWS_SECRET_ACCESS_KEY", &s3.secret_key)
-            .env("AWS_DEFAULT_REGION", &s3.region)
-            // The fake MLflow has no auth app to ask: these tests are about uploads.
-            .env("PROXY_MLFLOW_AUTH", "off")
             .env("PROXY_LISTEN", format!("127.0.0.1:{port}"))
             .env("PROXY_METRICS_LISTEN", format!("127.0.0.1:{metrics_port}"))
-            .env("PROXY_UPSTREAM", format!("http://{}", mlflow.addr))
             .env("PROXY_SINGLE_PUT_MAX_MIB", "8")
             .env("PROXY_PART_SIZE_MIB", "8")
             .env("PROXY_UPLOAD_BUDGET_MIB", "64")
