@@ -13,6 +13,8 @@ const MIB: u64 = 1024 * 1024;
 const BUDGET_UNIT: u64 = 1024;
 /// The client idle timeout used until the shared body idle timeout lands on this branch.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a download waits for its turn before it is refused (503).
+pub const DEFAULT_QUEUE_WAIT: Duration = Duration::from_secs(10);
 
 /// Flags of the parallel download path (flattened into `serve`).
 #[derive(Clone, Debug, Args)]
@@ -34,6 +36,12 @@ pub struct DownloadArgs {
     /// Retries of a failed ranged GET before the client's connection is cut.
     #[arg(long, env = "PROXY_DOWNLOAD_RETRIES", default_value_t = 3)]
     pub download_retries: u32,
+    /// Downloads (GET of an object) in progress at once. Each holds an S3 connection and up to
+    /// ~1 MiB of buffers outside the download budget while its client reads slowly or not at all,
+    /// so this bounds that memory (about 1 MiB × this). Beyond it a download waits up to 10 s for
+    /// its turn, then gets 503 (clients retry).
+    #[arg(long, env = "PROXY_MAX_DOWNLOADS", default_value_t = 128)]
+    pub max_downloads: usize,
 }
 
 /// How large downloads are read from S3.
@@ -46,6 +54,10 @@ pub struct DownloadConfig {
     pub retries: u32,
     /// A client that takes nothing for this long loses its download (and its budget share).
     pub idle_timeout: Duration,
+    /// Downloads in progress at once (see `DownloadArgs::max_downloads`).
+    pub max_downloads: usize,
+    /// How long a download waits for its turn when `max_downloads` are in progress.
+    pub queue_wait: Duration,
 }
 
 impl Default for DownloadConfig {
@@ -57,6 +69,8 @@ impl Default for DownloadConfig {
             threshold: 16 * MIB,
             retries: 3,
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            max_downloads: 128,
+            queue_wait: DEFAULT_QUEUE_WAIT,
         }
     }
 }
@@ -81,6 +95,9 @@ impl DownloadArgs {
                 self.download_budget_mib, self.download_chunk_mib
             ));
         }
+        if self.max_downloads == 0 {
+            return Err("PROXY_MAX_DOWNLOADS must be at least 1".to_owned());
+        }
         if self.download_retries > 10 {
             return Err(format!(
                 "PROXY_DOWNLOAD_RETRIES={} is more than 10",
@@ -94,6 +111,8 @@ impl DownloadArgs {
             threshold: self.download_threshold_mib * MIB,
             retries: self.download_retries,
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            max_downloads: self.max_downloads,
+            queue_wait: DEFAULT_QUEUE_WAIT,
         })
     }
 }
@@ -105,6 +124,8 @@ pub(crate) struct DownloadMetrics {
     pub(crate) retries: IntCounter,
     pub(crate) cuts: IntCounterVec,
     pub(crate) budget_in_use: IntGauge,
+    pub(crate) in_progress: IntGauge,
+    pub(crate) refused: IntCounter,
 }
 
 impl DownloadMetrics {
@@ -139,6 +160,16 @@ impl DownloadMetrics {
         ))
         .expect("static metric definition");
         capacity_gauge.set(i64::try_from(capacity).unwrap_or(i64::MAX));
+        let in_progress = IntGauge::with_opts(opts(
+            "downloads_in_progress",
+            "Object downloads holding a turn (at most PROXY_MAX_DOWNLOADS): each holds an S3 connection until its client has read the answer.",
+        ))
+        .expect("static metric definition");
+        let refused = IntCounter::with_opts(opts(
+            "downloads_refused_total",
+            "Downloads refused (503) after waiting for a turn while PROXY_MAX_DOWNLOADS were in progress.",
+        ))
+        .expect("static metric definition");
         for reason in Cut::REASONS {
             cuts.with_label_values(&[reason]);
         }
@@ -148,6 +179,8 @@ impl DownloadMetrics {
             Box::new(cuts.clone()),
             Box::new(budget_in_use.clone()),
             Box::new(capacity_gauge),
+            Box::new(in_progress.clone()),
+            Box::new(refused.clone()),
         ] {
             // A second App on the same registry (tests) keeps the first registration.
             let _ = registry.register(collector);
@@ -157,6 +190,8 @@ impl DownloadMetrics {
             retries,
             cuts,
             budget_in_use,
+            in_progress,
+            refused,
         }
     }
 }
@@ -165,6 +200,8 @@ impl DownloadMetrics {
 pub struct Downloads {
     pub(crate) config: DownloadConfig,
     budget: Arc<Semaphore>,
+    /// Turns of downloads in progress (`max_downloads`).
+    turns: Arc<Semaphore>,
     pub(crate) metrics: DownloadMetrics,
 }
 
@@ -174,6 +211,9 @@ impl Downloads {
         Downloads {
             config,
             budget: Arc::new(Semaphore::new(units.min(Semaphore::MAX_PERMITS))),
+            turns: Arc::new(Semaphore::new(
+                config.max_downloads.clamp(1, Semaphore::MAX_PERMITS),
+            )),
             metrics: DownloadMetrics::register(registry, config.budget),
         }
     }
@@ -189,6 +229,35 @@ impl Downloads {
             bytes,
             gauge: self.metrics.budget_in_use.clone(),
         })
+    }
+}
+
+impl Downloads {
+    /// A turn for one download, held until its answer's body is dropped; None when none came
+    /// free within `queue_wait` (the caller answers 503).
+    pub(crate) async fn turn(&self) -> Option<Turn> {
+        let permit =
+            tokio::time::timeout(self.config.queue_wait, self.turns.clone().acquire_owned())
+                .await
+                .ok()?
+                .ok()?;
+        self.metrics.in_progress.inc();
+        Some(Turn {
+            _permit: permit,
+            gauge: self.metrics.in_progress.clone(),
+        })
+    }
+}
+
+/// One download's turn (see `Downloads::turn`).
+pub(crate) struct Turn {
+    _permit: OwnedSemaphorePermit,
+    gauge: IntGauge,
+}
+
+impl Drop for Turn {
+    fn drop(&mut self) {
+        self.gauge.dec();
     }
 }
 

@@ -117,6 +117,17 @@ impl ProxyError {
         )
     }
 
+    /// The client's request body went silent for the body idle timeout (408; the caller counts it
+    /// in `body_idle_timeouts`).
+    pub fn body_stalled(message: impl Into<String>) -> Self {
+        Self::mlflow(
+            Side::Client,
+            StatusCode::REQUEST_TIMEOUT,
+            "BAD_REQUEST",
+            message,
+        )
+    }
+
     pub fn upstream(message: impl Into<String>) -> Self {
         Self::mlflow(
             Side::Upstream,

@@ -220,7 +220,7 @@ impl Metrics {
         let body_idle_timeouts = IntCounterVec::new(
             opts(
                 "body_idle_timeouts_total",
-                "Transfers ended because the client sent (upload) or read (download) nothing for PROXY_BODY_IDLE_TIMEOUT_SECS, by direction.",
+                "Transfers ended because the client sent (upload: any request body) or read (download) nothing for PROXY_BODY_IDLE_TIMEOUT_SECS, by direction.",
             ),
             &["direction"],
         )

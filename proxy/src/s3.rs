@@ -158,6 +158,23 @@ impl Store {
         result
     }
 
+    /// A control call (HEAD, list, delete, create/complete/abort): `timed`, its whole time bounded
+    /// by `limit`. rust-s3 retries a failed request after 1 s, so a silent store used to cost
+    /// twice the timeout and a second; now the retry only happens within the limit.
+    async fn control<T>(
+        &self,
+        operation: &'static str,
+        limit: Duration,
+        call: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        self.timed(operation, async {
+            tokio::time::timeout(limit, call)
+                .await
+                .unwrap_or(Err(StoreError::TimedOut))
+        })
+        .await
+    }
+
     async fn send(&self, request: Request<ProxyBody>) -> Result<Response<Incoming>, StoreError> {
         crate::timeouts::send(&self.http, request, self.timeout)
             .await
@@ -189,7 +206,7 @@ impl Store {
     }
 
     pub async fn head_object(&self, key: &str) -> Result<Option<ObjectMeta>, StoreError> {
-        self.timed("head_object", async {
+        self.control("head_object", self.timeout, async {
             match self.bucket.head_object(key).await {
                 Ok((head, _)) => Ok(Some(ObjectMeta {
                     size: head
@@ -237,7 +254,7 @@ impl Store {
         key: &str,
         content_type: &str,
     ) -> Result<String, StoreError> {
-        self.timed("create_multipart_upload", async {
+        self.control("create_multipart_upload", self.timeout, async {
             Ok(self
                 .bucket
                 .initiate_multipart_upload(key, content_type)
@@ -352,17 +369,21 @@ impl Store {
             .into_iter()
             .map(|(part_number, etag)| Part { part_number, etag })
             .collect();
-        self.timed("complete_multipart_upload", async {
-            self.slow_bucket
-                .complete_multipart_upload(key, upload_id, parts)
-                .await?;
-            Ok(())
-        })
+        self.control(
+            "complete_multipart_upload",
+            self.timeout.max(COMPLETE_TIMEOUT),
+            async {
+                self.slow_bucket
+                    .complete_multipart_upload(key, upload_id, parts)
+                    .await?;
+                Ok(())
+            },
+        )
         .await
     }
 
     pub async fn abort_multipart(&self, key: &str, upload_id: &str) -> Result<(), StoreError> {
-        self.timed("abort_multipart_upload", async {
+        self.control("abort_multipart_upload", self.timeout, async {
             Ok(self.bucket.abort_upload(key, upload_id).await?)
         })
         .await
@@ -374,7 +395,7 @@ impl Store {
         let mut token = None;
         loop {
             let (page, _) = self
-                .timed("list_objects", async {
+                .control("list_objects", self.timeout, async {
                     Ok(self
                         .bucket
                         .list_page(
@@ -406,7 +427,7 @@ impl Store {
     /// Whether anything at all is stored under `prefix` (one key is enough).
     pub async fn any_under(&self, prefix: &str) -> Result<bool, StoreError> {
         let (page, _) = self
-            .timed("list_objects", async {
+            .control("list_objects", self.timeout, async {
                 Ok(self
                     .bucket
                     .list_page(prefix.to_owned(), None, None, None, Some(1))
@@ -426,7 +447,7 @@ impl Store {
                     version_id: None,
                 })
                 .collect();
-            self.timed("delete_objects", async {
+            self.control("delete_objects", self.timeout, async {
                 let result = self.bucket.delete_objects(objects).await?;
                 match result.errors.first() {
                     None => Ok(()),

@@ -109,6 +109,19 @@ impl Security {
         self.allowed_origins.iter().any(|o| o == "*")
     }
 
+    /// MLflow's answer to a request without a Host header (HTTP/1.0) while it checks hosts: its
+    /// host check refuses an empty host (`/health` and `/version` are exempt). Passed through,
+    /// the request would get MLflow's own address as its Host from the proxy's client, and be
+    /// allowed.
+    pub fn reject_hostless<B>(&self, request: &Request<B>) -> Option<Response<ProxyBody>> {
+        let exempt = matches!(request.uri().path(), "/health" | "/version");
+        (!self.disabled
+            && self.allowed_hosts.is_some()
+            && !exempt
+            && !request.headers().contains_key(header::HOST))
+        .then(|| plain(StatusCode::FORBIDDEN, INVALID_HOST))
+    }
+
     /// The answer MLflow would give instead of serving the request, if any: a foreign Host (403),
     /// or a state-changing request from a foreign origin (403).
     pub fn reject<B>(&self, request: &Request<B>) -> Option<Response<ProxyBody>> {

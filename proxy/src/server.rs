@@ -191,7 +191,7 @@ async fn handle(
     if let Some(uri) = request_line::restore(&connection.seen, request.uri()) {
         *request.uri_mut() = uri;
     }
-    let refused = protocol_error(&request);
+    let refused = protocol_error(&request).or_else(|| app.security.reject_hostless(&request));
     let route = if refused.is_some() {
         Route::PassThrough
     } else {
@@ -208,22 +208,28 @@ async fn handle(
     let request_broke = record.request_broke.clone();
     let upload_bytes = (record.direction == Some(UPLOAD))
         .then(|| app.metrics.artifact_bytes.with_label_values(&[UPLOAD]));
+    // Every request body ends after the body idle timeout without a byte (uploads, part PUTs,
+    // mpu JSON, pass-through): a client that declares a length and goes silent holds nothing
+    // (an S3 or MLflow connection, budget) for longer than that.
+    let idle = app.upload.body_idle_timeout;
     let mut request = request.map(move |body| {
-        body.map_frame(move |frame| {
-            if let Some(data) = frame.data_ref() {
-                let n = data.len() as u64;
-                counted_in.fetch_add(n, Ordering::Relaxed);
-                if let Some(counter) = &upload_bytes {
-                    counter.inc_by(n);
+        let counted = body
+            .map_frame(move |frame| {
+                if let Some(data) = frame.data_ref() {
+                    let n = data.len() as u64;
+                    counted_in.fetch_add(n, Ordering::Relaxed);
+                    if let Some(counter) = &upload_bytes {
+                        counter.inc_by(n);
+                    }
                 }
-            }
-            frame
-        })
-        .map_err(move |e| {
-            request_broke.store(true, Ordering::Relaxed);
-            BodyError(Box::new(e))
-        })
-        .boxed()
+                frame
+            })
+            .map_err(move |e| {
+                request_broke.store(true, Ordering::Relaxed);
+                BodyError(Box::new(e))
+            })
+            .boxed();
+        crate::body::idle_timeout(counted, idle)
     });
 
     // The peer, for the handlers that trust forwarded headers only from known front proxies.

@@ -217,6 +217,33 @@ fn mac(key: &[u8], payload: &[u8]) -> HmacSha256 {
     mac
 }
 
+/// Keeps upload-id tags apart from URL tokens signed with the same key.
+const UPLOAD_DOMAIN: &[u8] = b"mlflow-artifact-proxy/upload-id\0";
+
+fn upload_hmac(key: &[u8], upload_id: &str, s3_key: &str) -> HmacSha256 {
+    let mut mac = HmacSha256::new_from_slice(key).expect("HMAC takes keys of any length");
+    mac.update(UPLOAD_DOMAIN);
+    // Length-prefixed: the id cannot run into the key.
+    mac.update(&(upload_id.len() as u64).to_be_bytes());
+    mac.update(upload_id.as_bytes());
+    mac.update(s3_key.as_bytes());
+    mac
+}
+
+fn upload_mac(key: &[u8], upload_id: &str, s3_key: &str) -> Vec<u8> {
+    upload_hmac(key, upload_id, s3_key)
+        .finalize()
+        .into_bytes()
+        .to_vec()
+}
+
+/// Constant-time comparison, as for URL tokens.
+fn upload_mac_check(key: &[u8], upload_id: &str, s3_key: &str, tag: &[u8]) -> bool {
+    upload_hmac(key, upload_id, s3_key)
+        .verify_slice(tag)
+        .is_ok()
+}
+
 impl Signer {
     /// A signer with a fixed key (tests, benches).
     pub fn with_key(key: &[u8]) -> Signer {
@@ -237,6 +264,30 @@ impl Signer {
             URL_SAFE_NO_PAD.encode(&payload),
             URL_SAFE_NO_PAD.encode(signature)
         ))
+    }
+
+    /// An S3 upload id bound to its key, as handed to the client (`mpu/create`): `<id>.<mac>`.
+    /// S3 stores do not all check that a complete or abort names the key its upload was made for
+    /// (s3s-fs completes one key's upload into another's path); `open_upload_id` does.
+    pub fn seal_upload_id(&self, upload_id: &str, key: &str) -> String {
+        let tag = upload_mac(&self.current, upload_id, key);
+        format!("{upload_id}.{}", URL_SAFE_NO_PAD.encode(tag))
+    }
+
+    /// The S3 upload id of `sealed`, if it was sealed (by the current or previous key) for `key`.
+    pub fn open_upload_id(&self, sealed: &str, key: &str) -> Result<String, TokenError> {
+        let (upload_id, tag) = sealed.rsplit_once('.').ok_or(TokenError::Malformed)?;
+        let tag = URL_SAFE_NO_PAD
+            .decode(tag)
+            .map_err(|_| TokenError::Malformed)?;
+        let valid = std::iter::once(&self.current)
+            .chain(self.previous.as_ref())
+            .any(|k| upload_mac_check(k, upload_id, key, &tag));
+        if valid {
+            Ok(upload_id.to_owned())
+        } else {
+            Err(TokenError::BadSignature)
+        }
     }
 
     /// The claims of a token signed by the current or the previous key, for `grant`, not expired
@@ -335,6 +386,30 @@ mod tests {
             generated: false,
         };
         assert!(rotated.verify(&token, Grant::Part, 10).is_ok());
+    }
+
+    #[test]
+    fn upload_ids_are_bound_to_their_key() {
+        let signer = Signer::with_key(&[7; 32]);
+        let sealed = signer.seal_upload_id("a.b-c", "1/r/artifacts/x.bin");
+        assert_eq!(
+            signer.open_upload_id(&sealed, "1/r/artifacts/x.bin"),
+            Ok("a.b-c".to_owned())
+        );
+        assert_eq!(
+            signer.open_upload_id(&sealed, "2/r/artifacts/x.bin"),
+            Err(TokenError::BadSignature)
+        );
+        assert!(
+            signer
+                .open_upload_id("a.b-c", "1/r/artifacts/x.bin")
+                .is_err()
+        );
+        assert!(
+            Signer::with_key(&[8; 32])
+                .open_upload_id(&sealed, "1/r/artifacts/x.bin")
+                .is_err()
+        );
     }
 
     #[test]

@@ -25,6 +25,13 @@ pub const MIN_PART: u64 = 5 * 1024 * 1024;
 /// piece read, a copy block and one budget step of slack (upload.rs), rounded up to 6 MiB.
 pub const PART_SLOT_COST: u64 = 6 * 1024 * 1024;
 
+/// The first bytes of a part being filled from a chunked body are held in one block of this size
+/// from the trickle pool, without a part slot: a chunked upload that trickles (a byte now and
+/// then) does not sit on a slot that other uploads need until it has sent that much.
+pub const SMALL_BLOCK: usize = 16 * 1024;
+/// The trickle pool: memory beside the upload budget for those first blocks (256 of them).
+pub const TRICKLE_POOL: usize = 4 * 1024 * 1024;
+
 /// A failed abort is tried again after this, doubling up to `ABORT_RETRY_MAX`.
 const ABORT_RETRY_FIRST: Duration = Duration::from_secs(1);
 const ABORT_RETRY_MAX: Duration = Duration::from_secs(300);
@@ -45,6 +52,8 @@ pub struct App {
     /// Parts being filled from a chunked body, at most budget / `PART_SLOT_COST`: each can reach
     /// S3's minimum part size within the budget, so waiting for budget never deadlocks.
     part_slots: Arc<Semaphore>,
+    /// First blocks of parts without a slot (`SMALL_BLOCK`, `TRICKLE_POOL`).
+    small_blocks: Arc<Semaphore>,
     /// Multipart uploads in progress (upload id → key), aborted if shutdown cuts them off.
     active_uploads: Mutex<HashMap<String, String>>,
     /// Aborts that failed (upload id → retry state), tried again by the sweeper.
@@ -114,6 +123,7 @@ impl App {
             part_slots: Arc::new(Semaphore::new(
                 usize::try_from((upload.budget / PART_SLOT_COST).max(1)).unwrap_or(usize::MAX),
             )),
+            small_blocks: Arc::new(Semaphore::new(TRICKLE_POOL / SMALL_BLOCK)),
             active_uploads: Mutex::new(HashMap::new()),
             pending_aborts: Mutex::new(HashMap::new()),
         }
@@ -169,6 +179,11 @@ impl App {
             .acquire_owned()
             .await
             .expect("the part slot semaphore is never closed")
+    }
+
+    /// One first block from the trickle pool, if one is free now (never waits).
+    pub fn try_small_block(&self) -> Option<OwnedSemaphorePermit> {
+        self.small_blocks.clone().try_acquire_owned().ok()
     }
 
     /// Whether this proxy is still writing the upload (the sweep leaves those alone).

@@ -84,12 +84,15 @@ impl Upstream {
         headers.remove(header::EXPECT);
         self.trusted.apply(headers, client);
 
-        // Tells a client whose body broke off from an upstream that failed.
+        // Tells a client whose body broke off, or went silent for the idle timeout (server.rs),
+        // from an upstream that failed.
         let client_failed = Arc::new(AtomicBool::new(false));
-        let flag = client_failed.clone();
+        let client_idle = Arc::new(AtomicBool::new(false));
+        let (flag, idle) = (client_failed.clone(), client_idle.clone());
         let mut request = request.map(|body| {
             body.map_err(move |e| {
                 flag.store(true, Ordering::Relaxed);
+                idle.store(e.is_idle_timeout(), Ordering::Relaxed);
                 e
             })
             .boxed()
@@ -100,6 +103,13 @@ impl Upstream {
         let result = crate::timeouts::send(&self.client, request, self.timeout).await;
         if let Ok(response) = &result {
             retire.after(response);
+        }
+        if client_idle.load(Ordering::Relaxed) {
+            self.metrics
+                .body_idle_timeouts
+                .with_label_values(&["upload"])
+                .inc();
+            return Err(ProxyError::body_stalled("The request body stalled"));
         }
         if client_failed.load(Ordering::Relaxed) {
             return Err(ProxyError::mlflow(

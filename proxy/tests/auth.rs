@@ -35,11 +35,34 @@ struct Policy {
     allowed_hosts: std::sync::Mutex<Option<Vec<String>>>,
     /// Every `Host` the proxy sent.
     hosts_seen: std::sync::Mutex<Vec<String>>,
+    /// Listing probes are counted, then never answered (an MLflow that is slow to decide).
+    hold_probes: AtomicBool,
 }
 
 /// Answers like MLflow's auth app: `users/current` without credentials is 401 with the app and
 /// 404 without; a listing probe is 401 without alice's credentials, 403 or 200 for alice.
 async fn start_auth_mlflow(policy: Arc<Policy>) -> SocketAddr {
+    serve(move |request: Request<Incoming>| {
+        let policy = policy.clone();
+        async move {
+            if policy.hold_probes.load(Ordering::SeqCst)
+                && request.uri().path() == "/api/2.0/mlflow-artifacts/artifacts"
+            {
+                policy.probes.fetch_add(1, Ordering::SeqCst);
+                std::future::pending::<()>().await;
+            }
+            answer(&policy, &request)
+        }
+    })
+    .await
+}
+
+/// Serve `answer` on a loopback port, a task per connection.
+async fn serve<F, Fut>(answer: F) -> SocketAddr
+where
+    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Response<Full<Bytes>>> + Send + 'static,
+{
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
@@ -47,11 +70,11 @@ async fn start_auth_mlflow(policy: Arc<Policy>) -> SocketAddr {
             let Ok((stream, _)) = listener.accept().await else {
                 continue;
             };
-            let policy = policy.clone();
+            let answer = answer.clone();
             tokio::spawn(async move {
                 let service = service_fn(move |request: Request<Incoming>| {
-                    let policy = policy.clone();
-                    async move { Ok::<_, std::convert::Infallible>(answer(&policy, &request)) }
+                    let answered = answer(request);
+                    async move { Ok::<_, std::convert::Infallible>(answered.await) }
                 });
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(TokioIo::new(stream), service)
@@ -462,4 +485,172 @@ async fn readyz_is_503_while_mlflow_refuses_the_proxy() {
         );
         proxy.shutdown().await;
     }
+}
+
+/// A client that asks and goes away before MLflow answers leaves no single-flight entry behind
+/// (issue 20: each one used to stay forever, ~1 GiB per 4 M requests).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn questions_of_clients_that_went_away_are_forgotten() {
+    use tokio::io::AsyncWriteExt;
+    let policy = Arc::new(Policy::default());
+    policy.auth_app.store(true, Ordering::SeqCst);
+    policy.hold_probes.store(true, Ordering::SeqCst);
+    let mlflow = start_auth_mlflow(policy.clone()).await;
+    let s3 = S3Server::start().await;
+    let proxy = proxy(&s3, mlflow, Mode::On, Duration::from_secs(5)).await;
+    const CLIENTS: usize = 300;
+    for i in 0..CLIENTS {
+        let mut stream = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+        // A unique path and credential each: every request is a question of its own.
+        let credential = base64_basic(&format!("user{i}:pw{i}"));
+        let head = format!(
+            "GET /api/2.0/mlflow-artifacts/artifacts/1/r/artifacts/{i}.txt HTTP/1.1\r\n\
+             Host: 127.0.0.1\r\nAuthorization: {credential}\r\n\r\n"
+        );
+        stream.write_all(head.as_bytes()).await.unwrap();
+        // Wait until MLflow has the question, then reset the connection.
+        for _ in 0..1000 {
+            if policy.probes.load(Ordering::SeqCst) > i {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(policy.probes.load(Ordering::SeqCst), i + 1, "MLflow asked");
+        stream.set_zero_linger().unwrap();
+        drop(stream);
+    }
+    let mut left = proxy.app.auth.in_flight();
+    for _ in 0..500 {
+        if left == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        left = proxy.app.auth.in_flight();
+    }
+    assert_eq!(left, 0, "{left} of {CLIENTS} questions still held");
+    proxy.shutdown().await;
+}
+
+fn base64_basic(user_password: &str) -> String {
+    use base64::Engine;
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(user_password)
+    )
+}
+
+/// An MLflow whose auth app judges DELETE as 3.17's `_find_validator` does for a user with
+/// MANAGE everywhere: a Flask path containing `/mlflow/traces/` (or datasets, jobs, issues) is
+/// denied, unless it also contains `/mlflow/logged-models` (or webhooks), which skips those rules.
+async fn start_trap_mlflow(probes: Arc<AtomicUsize>) -> SocketAddr {
+    serve(move |request: Request<Incoming>| {
+        let probes = probes.clone();
+        async move {
+            let path = percent_encoding::percent_decode_str(request.uri().path())
+                .decode_utf8_lossy()
+                .into_owned();
+            let (status, body) = if request
+                .headers()
+                .get("authorization")
+                .is_none_or(|v| v != ALICE)
+            {
+                if request.method() == http::Method::DELETE {
+                    probes.fetch_add(1, Ordering::SeqCst);
+                }
+                (401, "You are not authenticated.")
+            } else if request.method() == http::Method::DELETE {
+                probes.fetch_add(1, Ordering::SeqCst);
+                let skipped = ["/mlflow/logged-models", "/mlflow/webhooks"]
+                    .iter()
+                    .any(|s| path.contains(s));
+                let trapped = [
+                    "/mlflow/traces/",
+                    "/mlflow/datasets/",
+                    "/mlflow/jobs/",
+                    "/mlflow/issues/",
+                ]
+                .iter()
+                .any(|s| path.contains(s));
+                if trapped && !skipped {
+                    (403, "Permission denied")
+                } else {
+                    (200, "{}")
+                }
+            } else {
+                (500, "unexpected")
+            };
+            let mut r = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+            *r.status_mut() = StatusCode::from_u16(status).unwrap();
+            r
+        }
+    })
+    .await
+}
+
+/// issue 20's sequence: an allow for one path was reused for a path MLflow denies, because both
+/// shared a cache key. Each DELETE must get MLflow's own answer for its own path.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_is_never_reused_for_a_path_mlflow_judges_otherwise() {
+    let probes = Arc::new(AtomicUsize::new(0));
+    let mlflow = start_trap_mlflow(probes.clone()).await;
+    let s3 = S3Server::start().await;
+    let trapped = "1/x/mlflow/traces/y/t.txt";
+    s3.client().put_object(trapped, b"keep me").await.unwrap();
+    let proxy = proxy(&s3, mlflow, Mode::On, Duration::from_secs(60)).await;
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    let delete = |path: &str| {
+        client
+            .delete(format!(
+                "http://{}/api/2.0/mlflow-artifacts/artifacts/{path}",
+                proxy.addr
+            ))
+            .header("authorization", ALICE)
+            .send()
+    };
+    assert_eq!(delete(trapped).await.unwrap().status(), 403);
+    assert_eq!(
+        delete("1/x/mlflow/logged-models/mlflow/traces/z")
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        delete(trapped).await.unwrap().status(),
+        403,
+        "the allow for the logged-models path was reused"
+    );
+    assert_eq!(s3.object(trapped), Some(b"keep me".to_vec()));
+    // The issue's steps were more than the TTL apart, so its second DELETE was asked afresh: the
+    // allow it cached then served the trapped path. The same without the first step:
+    let trapped2 = "1/x2/mlflow/traces/y/t.txt";
+    s3.client().put_object(trapped2, b"keep me").await.unwrap();
+    assert_eq!(
+        delete("1/x2/mlflow/logged-models/mlflow/traces/z")
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(delete(trapped2).await.unwrap().status(), 403);
+    assert_eq!(s3.object(trapped2), Some(b"keep me".to_vec()));
+    // Wrong credentials: MLflow checks the password once, not once per delete probe (issue 20:
+    // three times).
+    let asked = probes.load(Ordering::SeqCst);
+    let wrong = client
+        .delete(format!(
+            "http://{}/api/2.0/mlflow-artifacts/artifacts/1/other/x.txt",
+            proxy.addr
+        ))
+        .header("authorization", "Basic YWxpY2U6d3Jvbmc=")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status(), 401);
+    assert_eq!(probes.load(Ordering::SeqCst) - asked, 1);
+    // Repeats of one path are still answered from the cache.
+    let asked = probes.load(Ordering::SeqCst);
+    assert_eq!(delete(trapped).await.unwrap().status(), 403);
+    assert_eq!(probes.load(Ordering::SeqCst), asked);
+    proxy.shutdown().await;
 }

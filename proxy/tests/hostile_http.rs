@@ -120,13 +120,23 @@ async fn requests_uvicorn_refuses_are_refused() {
     }
     assert_eq!(h.mlflow.count(), 0, "MLflow saw none of them");
 
-    // HTTP/1.0 needs no Host.
+    // HTTP/1.0 needs no Host, but MLflow's host check refuses an empty one (issue 20: passed
+    // through, it got MLflow's own address as its Host and was allowed); /health is exempt.
     let response = exchange(
         h.proxy.addr,
         b"GET /api/2.0/mlflow/experiments/search HTTP/1.0\r\n\r\n",
         false,
     )
     .await;
+    assert_eq!(
+        (response.status, response.text().as_str()),
+        (
+            403,
+            "Invalid Host header - possible DNS rebinding attack detected"
+        )
+    );
+    assert_eq!(h.mlflow.count(), 0, "MLflow saw none of them");
+    let response = exchange(h.proxy.addr, b"GET /health HTTP/1.0\r\n\r\n", false).await;
     assert_eq!(response.status, 201);
 
     let response = exchange(
@@ -203,15 +213,24 @@ fn assert_deadline_exceeded(status: u16, body: &[u8], started: Instant) {
     );
 }
 
+/// A proxy whose store is `silent`, with a 1 s S3 timeout.
+async fn on_silent_store(
+    s3: &S3Server,
+    mlflow: &FakeMlflow,
+    silent: SocketAddr,
+) -> mlflow_artifact_proxy::Proxy {
+    let mut config = serve_config(s3, &format!("http://{}", mlflow.addr));
+    config.store.endpoint = url::Url::parse(&format!("http://{silent}")).unwrap();
+    config.timeouts.s3 = Duration::from_secs(1);
+    mlflow_artifact_proxy::Proxy::start(config).await.unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silent_store_gives_504() {
     let (silent, _task) = silent_listener().await;
     let mlflow = FakeMlflow::start().await;
     let s3 = S3Server::start().await;
-    let mut config = serve_config(&s3, &format!("http://{}", mlflow.addr));
-    config.store.endpoint = url::Url::parse(&format!("http://{silent}")).unwrap();
-    config.timeouts.s3 = Duration::from_secs(1);
-    let proxy = mlflow_artifact_proxy::Proxy::start(config).await.unwrap();
+    let proxy = on_silent_store(&s3, &mlflow, silent).await;
     for (method, target, body) in [
         ("GET", format!("{ARTIFACTS}/x.bin"), &b""[..]),
         ("HEAD", format!("{ARTIFACTS}/x.bin"), &b""[..]),
@@ -227,6 +246,64 @@ async fn a_silent_store_gives_504() {
         assert_deadline_exceeded(response.status, &response.body, started);
     }
     proxy.shutdown().await;
+}
+
+/// Issue 20: rust-s3 retries a timed-out control call after 1 s, so a silent store cost a list,
+/// delete, HEAD or presign twice its timeout plus a second. Counted by connections, not by the
+/// clock: the store is asked once per call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_store_is_asked_once_per_call() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent = listener.local_addr().unwrap();
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = accepted.clone();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            held.push(stream);
+        }
+    });
+    let mlflow = FakeMlflow::start().await;
+    let s3 = S3Server::start().await;
+    let proxy = on_silent_store(&s3, &mlflow, silent).await;
+    for (method, target) in [
+        ("GET", format!("{ARTIFACTS}?path=a")),
+        ("DELETE", format!("{ARTIFACTS}/a/b")),
+        ("HEAD", format!("{ARTIFACTS}/x.bin")),
+        (
+            "GET",
+            "/api/2.0/mlflow-artifacts/presigned/a/x.bin".to_owned(),
+        ),
+    ] {
+        let before = accepted.load(std::sync::atomic::Ordering::SeqCst);
+        let response = raw_request(proxy.addr, method, &target, b"").await;
+        assert_eq!(response.status, 504, "{method} {target}");
+        assert_eq!(
+            accepted.load(std::sync::atomic::Ordering::SeqCst) - before,
+            1,
+            "{method} {target}: the store was asked again"
+        );
+    }
+    proxy.shutdown().await;
+}
+
+/// Issue 20: a malformed precondition was passed to the store, which refused it (400, 400, 412)
+/// where stock MLflow ignores it (200). The proxy ignores it too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_preconditions_are_ignored_as_stock_does() {
+    let h = Harness::start().await;
+    h.s3.client().put_object("c/x.txt", b"hello").await.unwrap();
+    for (name, value) in [
+        ("if-none-match", "garbage\""),
+        ("if-modified-since", "not a date"),
+        ("if-match", "garbage"),
+        ("if-unmodified-since", "yesterday"),
+    ] {
+        let response = get_with(&h, "c/x.txt", &[(name, value)]).await;
+        assert_eq!(response.status(), 200, "{name}: {value}");
+        assert_eq!(response.bytes().await.unwrap().as_ref(), b"hello");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

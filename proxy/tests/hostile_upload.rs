@@ -5,138 +5,14 @@
 
 mod common;
 
-use std::net::SocketAddr;
-use std::process::Child;
 use std::time::Duration;
 
+use common::process::*;
 use common::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 const TIB: u64 = 1024 * 1024 * 1024 * 1024;
-const PATH: &str = "/api/2.0/mlflow-artifacts/artifacts";
-
-/// The proxy binary, started against the test's S3 server and MLflow stand-in.
-struct ProxyProcess {
-    child: Child,
-    addr: SocketAddr,
-    metrics: SocketAddr,
-}
-
-impl ProxyProcess {
-    async fn start(s3: &S3Server, mlflow: &FakeMlflow, extra: &[(&str, &str)]) -> ProxyProcess {
-        let port = free_port();
-        let metrics_port = free_port();
-        // HOSTILE_PROXY_BIN: another build of the proxy (to show that these tests fail on one
-        // without the bounds).
-        let binary = std::env::var("HOSTILE_PROXY_BIN")
-            .unwrap_or_else(|_| env!("CARGO_BIN_EXE_mlflow-artifact-proxy").to_owned());
-        let mut command = proxy_command(
-            &binary,
-            s3,
-            &s3.endpoint,
-            &format!("http://{}", mlflow.addr),
-            port,
-            metrics_port,
-        );
-        command
-            .env("PROXY_SINGLE_PUT_MAX_MIB", "8")
-            .env("PROXY_PART_SIZE_MIB", "8")
-            .env("PROXY_UPLOAD_BUDGET_MIB", "64");
-        for (name, value) in extra {
-            command.env(name, value);
-        }
-        let child = command.spawn().expect("start the proxy binary");
-        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        let metrics: SocketAddr = format!("127.0.0.1:{metrics_port}").parse().unwrap();
-        wait_listening(addr).await;
-        ProxyProcess {
-            child,
-            addr,
-            metrics,
-        }
-    }
-
-    /// Resident memory, in MiB, from /proc.
-    fn rss_mib(&self) -> f64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
-        let kib: f64 = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .unwrap();
-        kib / 1024.0
-    }
-
-    async fn metrics(&self) -> String {
-        let (status, body) = exchange(
-            self.metrics,
-            "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
-            &[],
-        )
-        .await;
-        assert_eq!(status, 200);
-        body
-    }
-}
-
-impl Drop for ProxyProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Send a request head and body bytes on a fresh socket, read the whole answer (bounded).
-async fn exchange(addr: SocketAddr, head: &str, body: &[u8]) -> (u16, String) {
-    let mut stream = TcpStream::connect(addr).await.unwrap();
-    stream.write_all(head.as_bytes()).await.unwrap();
-    stream.write_all(body).await.unwrap();
-    read_answer(&mut stream, Duration::from_secs(60)).await
-}
-
-async fn read_answer(stream: &mut TcpStream, within: Duration) -> (u16, String) {
-    let mut raw = Vec::new();
-    tokio::time::timeout(within, stream.read_to_end(&mut raw))
-        .await
-        .expect("no answer in time")
-        .ok();
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let status = text
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    (status, body)
-}
-
-fn put_head(path: &str, length: Option<u64>) -> String {
-    let framing = match length {
-        Some(n) => format!("Content-Length: {n}"),
-        None => "Transfer-Encoding: chunked".to_owned(),
-    };
-    format!(
-        "PUT {PATH}/{path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n{framing}\r\n\r\n"
-    )
-}
-
-/// `data` as one HTTP chunk.
-fn chunk(data: &[u8]) -> Vec<u8> {
-    let mut out = format!("{:x}\r\n", data.len()).into_bytes();
-    out.extend_from_slice(data);
-    out.extend_from_slice(b"\r\n");
-    out
-}
-
-fn metric(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
-        .unwrap_or(f64::NAN)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_declared_huge_upload_is_streamed_not_buffered() {

@@ -563,3 +563,48 @@ async fn a_replica_that_shuts_down_leaves_client_uploads_to_the_others() {
     assert_eq!(stored.len(), 5 * MIB + 1000);
     assert_eq!(s3.multipart_leftovers(), Vec::<String>::new());
 }
+
+/// Issue 20: an upload id is bound to its key. s3s-fs completed alice's upload into bob's path
+/// when bob's complete named her upload id; now a complete or abort at another path is refused
+/// (404, as for an unknown upload) and the upload stays the owner's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_id_serves_only_its_own_path() {
+    let h = Harness::start().await;
+    let created = create(&h, "1/alice/artifacts", "x.bin", 1).await;
+    let part = put_part(&h, &created.urls[0], vec![5; 10]).await;
+    assert_eq!(part.status(), 200);
+    let etag = part.headers()["etag"].to_str().unwrap().to_owned();
+    let parts = json!([{"part_number": 1, "etag": etag}]);
+    for (action, body) in [
+        (
+            "complete",
+            json!({"path": "x.bin", "upload_id": created.upload_id, "parts": parts}),
+        ),
+        (
+            "abort",
+            json!({"path": "x.bin", "upload_id": created.upload_id}),
+        ),
+    ] {
+        let (status, answer) =
+            post_json(&h, &h.url(&format!("{MPU}/{action}/2/bob/artifacts")), body).await;
+        assert_eq!(status, 404, "{action}: {answer}");
+        assert_eq!(answer["error_code"], "RESOURCE_DOES_NOT_EXIST");
+    }
+    // Another file name in the same directory is another key too.
+    let (status, _) = post_json(
+        &h,
+        &h.url(&format!("{MPU}/complete/1/alice/artifacts")),
+        json!({"path": "y.bin", "upload_id": created.upload_id, "parts": parts}),
+    )
+    .await;
+    assert_eq!(status, 404);
+    assert_eq!(h.s3.object("2/bob/artifacts/x.bin"), None);
+    let (status, body) = post_json(
+        &h,
+        &h.url(&format!("{MPU}/complete/1/alice/artifacts")),
+        json!({"path": "x.bin", "upload_id": created.upload_id, "parts": parts}),
+    )
+    .await;
+    assert_eq!((status, body), (200, json!({})));
+    assert_eq!(h.s3.object("1/alice/artifacts/x.bin"), Some(vec![5; 10]));
+}

@@ -25,6 +25,7 @@ fn small_chunks(chunk: usize, parallelism: usize) -> DownloadConfig {
         threshold: 0,
         retries: 3,
         idle_timeout: Duration::from_secs(60),
+        ..DownloadConfig::default()
     }
 }
 

@@ -11,7 +11,8 @@ use std::path::Path;
 use std::process::Child;
 use std::sync::Arc;
 
-use common::{S3Server, free_port, proxy_command, raw_request, wait_listening};
+use common::process::{free_port, wait_listening};
+use common::{S3Server, proxy_command_to, raw_request};
 use tokio::net::{TcpListener, TcpStream};
 
 /// A CA and a server certificate for 127.0.0.1 signed by it: (CA PEM, server TLS settings).
@@ -81,14 +82,19 @@ impl Drop for ProxyProcess {
 async fn start_proxy(s3: &S3Server, endpoint: &str, extra: &[(&str, &Path)]) -> ProxyProcess {
     let port = free_port();
     let upstream = format!("http://127.0.0.1:{}", free_port());
-    let mut command = proxy_command(
+    let mut command = proxy_command_to(
         env!("CARGO_BIN_EXE_mlflow-artifact-proxy"),
         s3,
         endpoint,
         &upstream,
-        port,
-        free_port(),
     );
+    command
+        .env("RUST_LOG", "warn")
+        .env("PROXY_LISTEN", format!("127.0.0.1:{port}"))
+        .env("PROXY_METRICS_LISTEN", format!("127.0.0.1:{}", free_port()))
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::inherit());
     for (name, value) in extra {
         command.env(name, value);
     }

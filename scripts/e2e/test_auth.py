@@ -301,6 +301,51 @@ def test_deliberate_differences_both_ways(world):
         assert (r.status, r.body) == (403, b"Invalid Host header - possible DNS rebinding attack detected"), base
 
 
+def test_cached_answers_are_not_reused_across_mlflows_path_rules(world):
+    """Issue 20: MLflow's Flask routes deny `…/mlflow/traces/…` to non-admins unless the path also
+    contains `/mlflow/logged-models`. Two such paths shared one cache key, so the allow for the
+    second was reused for the first (and the object deleted). Each request, in this order, must get
+    stock MLflow's own answer, and the object must still be there."""
+    manager = {"Host": "localhost", **world.users["manager"]}
+    base = f"{world.exp}/cache-{SUFFIX}/mlflow"
+    trapped = f"{base}/traces/y/t.txt"
+    skipped = f"{base}/logged-models/mlflow/traces/z"
+    admin = {"Host": "localhost", **basic(*ADMIN)}
+    r = raw_request(MLFLOW_URL, "PUT", f"/api/2.0/mlflow-artifacts/artifacts/{trapped}", body=b"keep me", headers=admin)
+    assert r.status == 200, r.status
+    steps = [
+        ("DELETE", f"/api/2.0/mlflow-artifacts/artifacts/{trapped}", None, {}),
+        ("DELETE", f"/api/2.0/mlflow-artifacts/artifacts/{skipped}", None, {}),
+        ("DELETE", f"/api/2.0/mlflow-artifacts/artifacts/{trapped}", None, {}),
+        # The same with the mpu routes (an abort without an upload id: allowed means 400).
+        ("POST", f"/api/2.0/mlflow-artifacts/mpu/abort/{trapped}", b"{}", {"Content-Type": "application/json"}),
+        ("POST", f"/api/2.0/mlflow-artifacts/mpu/abort/{skipped}", b"{}", {"Content-Type": "application/json"}),
+        ("POST", f"/api/2.0/mlflow-artifacts/mpu/abort/{trapped}", b"{}", {"Content-Type": "application/json"}),
+    ]
+    seen = []
+    for method, target, body, extra in steps:
+        proxy = decision(raw_request(PROXY_URL, method, target, body=body, headers={**manager, **extra}))
+        stock = decision(raw_request(MLFLOW_URL, method, target, body=body, headers={**manager, **extra}))
+        seen.append((method, target.rsplit("/mlflow/", 1)[-1], stock, proxy))
+    # The issue's steps were more than the cache TTL apart: the allowed path first, then the trapped.
+    trapped2, skipped2 = trapped.replace("cache-", "cache2-"), skipped.replace("cache-", "cache2-")
+    r = raw_request(MLFLOW_URL, "PUT", f"/api/2.0/mlflow-artifacts/artifacts/{trapped2}", body=b"keep me", headers=admin)
+    assert r.status == 200, r.status
+    steps = [
+        ("DELETE", f"/api/2.0/mlflow-artifacts/artifacts/{skipped2}", None, {}),
+        ("DELETE", f"/api/2.0/mlflow-artifacts/artifacts/{trapped2}", None, {}),
+    ]
+    for method, target, body, extra in steps:
+        proxy = decision(raw_request(PROXY_URL, method, target, body=body, headers={**manager, **extra}))
+        stock = decision(raw_request(MLFLOW_URL, method, target, body=body, headers={**manager, **extra}))
+        seen.append((method, target.rsplit("/mlflow/", 1)[-1], stock, proxy))
+    expected = [("403", "403"), ("allowed", "allowed"), ("403", "403")] * 2 + [("allowed", "allowed"), ("403", "403")]
+    assert [(s, p) for *_, s, p in seen] == expected, seen
+    for path in (trapped, trapped2):
+        r = raw_request(MLFLOW_URL, "GET", f"/api/2.0/mlflow-artifacts/artifacts/{path}", headers=admin)
+        assert (r.status, r.body) == (200, b"keep me"), f"{path} was deleted"
+
+
 def test_grant_and_revoke_take_effect_within_10_s(world):
     name = f"flip-{SUFFIX}"
     password = f"pw-flip-{SUFFIX}-1"

@@ -30,6 +30,49 @@ impl Validators {
     }
 }
 
+/// Whether `name` is one header holding `*` or a list of entity tags (RFC 9110 §8.8.3,
+/// §13.1.1): `W/"…"` or `"…"`, commas and spaces between.
+fn etag_list(headers: &HeaderMap, name: &header::HeaderName) -> bool {
+    let mut values = headers.get_all(name).iter();
+    let (Some(value), None) = (values.next(), values.next()) else {
+        return false;
+    };
+    let value = value.as_bytes();
+    if value.trim_ascii() == b"*" {
+        return true;
+    }
+    let mut rest = value;
+    let mut tags = 0;
+    loop {
+        while let [b' ' | b'\t' | b',', tail @ ..] = rest {
+            rest = tail;
+        }
+        if rest.is_empty() {
+            return tags > 0;
+        }
+        if let [b'W', b'/', tail @ ..] = rest {
+            rest = tail;
+        }
+        let [b'"', tail @ ..] = rest else {
+            return false;
+        };
+        let Some(end) = tail.iter().position(|&c| c == b'"') else {
+            return false;
+        };
+        if !tail[..end]
+            .iter()
+            .all(|&c| c == 0x21 || (0x23..=0x7e).contains(&c) || c >= 0x80)
+        {
+            return false;
+        }
+        rest = &tail[end + 1..];
+        if !matches!(rest, [] | [b' ' | b'\t' | b',', ..]) {
+            return false;
+        }
+        tags += 1;
+    }
+}
+
 /// Steps 1–4 of RFC 9110 §13.2.2.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Precondition {
@@ -68,12 +111,35 @@ pub struct Conditions {
 impl Conditions {
     pub fn parse(headers: &HeaderMap) -> Self {
         Conditions {
-            if_match: headers.typed_get(),
-            if_none_match: headers.typed_get(),
+            // The `headers` crate keeps a malformed tag list as it is (and then matches nothing):
+            // checked here, so that it counts as absent.
+            if_match: etag_list(headers, &header::IF_MATCH)
+                .then(|| headers.typed_get())
+                .flatten(),
+            if_none_match: etag_list(headers, &header::IF_NONE_MATCH)
+                .then(|| headers.typed_get())
+                .flatten(),
             if_modified_since: headers.typed_get(),
             if_unmodified_since: headers.typed_get(),
             if_range: headers.typed_get(),
             range: single_range(headers),
+        }
+    }
+
+    /// Whether the request's `name` header (one of the four preconditions) parsed. One that did
+    /// not is treated as absent, as stock MLflow does (200), so it is not passed to the store
+    /// either, which may refuse it (400, 412).
+    pub fn parsed(&self, name: &header::HeaderName) -> bool {
+        if name == header::IF_MATCH {
+            self.if_match.is_some()
+        } else if name == header::IF_NONE_MATCH {
+            self.if_none_match.is_some()
+        } else if name == header::IF_MODIFIED_SINCE {
+            self.if_modified_since.is_some()
+        } else if name == header::IF_UNMODIFIED_SINCE {
+            self.if_unmodified_since.is_some()
+        } else {
+            false
         }
     }
 
@@ -160,6 +226,30 @@ fn single_range(headers: &HeaderMap) -> Option<ParsedRanges> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn entity_tag_lists() {
+        let check = |v: &'static str| {
+            let mut map = HeaderMap::new();
+            map.insert(header::IF_MATCH, HeaderValue::from_static(v));
+            etag_list(&map, &header::IF_MATCH)
+        };
+        for ok in ["*", "\"a\"", "W/\"a\"", "\"a\", W/\"b,c\" ,\"\"", " \"x\" "] {
+            assert!(check(ok), "{ok}");
+        }
+        for bad in [
+            "garbage",
+            "garbage\"",
+            "\"a",
+            "\"a\"b",
+            "W/a",
+            "\"a b\"",
+            "",
+            ",",
+        ] {
+            assert!(!check(bad), "{bad}");
+        }
+    }
 
     const ETAG: &str = "\"abc\"";
     const MODIFIED: &str = "Wed, 21 Oct 2015 07:28:00 GMT";

@@ -17,6 +17,7 @@ use crate::mlflow::content::{basename, content_disposition_attachment, guess_mim
 use crate::mlflow::path::validate_path_is_safe;
 use crate::s3::{ObjectMeta, StoreError, header_value, read_error_body};
 use crate::state::App;
+use http_body_util::BodyExt;
 
 /// Request headers that S3 evaluates as HTTP does: passed on so that a store that honours them
 /// answers 304/412 without sending the body. The proxy checks them again either way.
@@ -91,9 +92,46 @@ pub async fn download_validated(
         );
     }
 
+    // A GET holds an S3 connection and buffers until its client has read the answer: only so
+    // many at once (`PROXY_MAX_DOWNLOADS`); the turn goes with the answer's body.
+    let Some(turn) = app.downloads.turn().await else {
+        app.downloads.metrics.refused.inc();
+        let mut refused = ProxyError::mlflow(
+            crate::error::Side::Internal,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "TEMPORARILY_UNAVAILABLE",
+            "Too many downloads in progress; try again shortly",
+        )
+        .into_response();
+        refused
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        return Ok(refused);
+    };
+    let response = get(app, &path, &key, request_headers, &conditions).await?;
+    Ok(response.map(|body| {
+        body.map_frame(move |frame| {
+            let _held = &turn;
+            frame
+        })
+        .boxed()
+    }))
+}
+
+/// The GET of a download, decided and answered (`download_validated`, past its turn).
+async fn get(
+    app: &Arc<App>,
+    path: &str,
+    key: &str,
+    request_headers: &HeaderMap,
+    conditions: &Conditions,
+) -> Result<Response<ProxyBody>, ProxyError> {
+    let (path, key) = (path.to_owned(), key.to_owned());
     let mut forwarded = HeaderMap::new();
     for name in FORWARDED_CONDITIONS {
-        if let Some(value) = request_headers.get(name) {
+        if let Some(value) = request_headers.get(name)
+            && conditions.parsed(name)
+        {
             forwarded.insert(name, value.clone());
         }
     }
@@ -155,7 +193,7 @@ pub async fn download_validated(
             && (status == StatusCode::RANGE_NOT_SATISFIABLE || status.is_server_error()) =>
         {
             drop(response);
-            by_metadata(app, &path, &key, &conditions).await
+            by_metadata(app, &path, &key, conditions).await
         }
         StatusCode::NOT_FOUND => Err(missing(app, &path, &key).await),
         _ => {

@@ -12,26 +12,46 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::Bytes;
+use bytes::BytesMut;
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, header};
-use http_body_util::{BodyExt, Limited};
-use serde_json::{Map, Value, json};
+use http_body_util::BodyExt;
+use serde_json::json;
 
 use super::store_error;
 use crate::body::{ProxyBody, empty, full};
 use crate::error::{ProxyError, Side};
 use crate::mlflow::content::guess_mime_type;
 use crate::mlflow::json::{Dialect, dumps};
+use crate::mlflow::mpu_body::{MAX_PARTS as MAX_PARTS_USIZE, MpuBody, Part, Parts, Scalar};
 use crate::mlflow::path::validate_path_is_safe;
 use crate::router::{MpuAction, SIGNED_PART_PATH};
 use crate::s3::StoreError;
 use crate::signing::{Claims, Grant, now_secs};
-use crate::state::App;
+use crate::state::{App, BudgetPermit};
 
 /// S3's limit on parts per upload.
-const MAX_PARTS: u64 = 10_000;
-/// create/abort bodies are a few names; complete lists up to 10,000 parts, each with the URL the
-/// client was given (a few hundred bytes): 16 MiB holds that with room to spare.
-const BODY_LIMIT: usize = 16 * 1024 * 1024;
+const MAX_PARTS: u64 = MAX_PARTS_USIZE as u64;
+/// create and abort bodies are a local file path and a number or an upload id: a few KiB.
+const SMALL_BODY_LIMIT: usize = 64 * 1024;
+/// The longest public base URL parts are handed out under (`PROXY_PUBLIC_URL` or the Host).
+const MAX_BASE: usize = 256;
+/// S3 keys hold at most 1024 bytes; upload ids longer than this are not handed out.
+const MAX_KEY: usize = 1024;
+const MAX_UPLOAD_ID: usize = 512;
+/// The largest body the real client sends: a complete of 10,000 parts, each
+/// `{"part_number": 10000, "etag": <up to 130>, "url": "<the URL handed out>"}, ` (the client
+/// echoes every URL), the URL at most the base, the route and a token for the longest key and
+/// upload id; plus the local path (4 KiB, `\uXXXX`-escaped). About 26 MB; a typical key and
+/// upload id make it 4-5 MB.
+const COMPLETE_BODY_LIMIT: usize = {
+    let payload = 14 + 2 + MAX_UPLOAD_ID + 2 + MAX_KEY;
+    let token = payload.div_ceil(3) * 4 + 1 + 43;
+    let url = MAX_BASE + "/ajax-api/2.0/mlflow-artifacts/signed/part?token=".len() + token;
+    let entry = r#"{"part_number": 10000, "etag": "#.len() + 130 + r#", "url": ""}, "#.len() + url;
+    MAX_PARTS_USIZE * entry + 6 * 4096 + 1024
+};
+/// A JSON body's budget is taken in steps of this much when it declares no length.
+const BODY_STEP: usize = 64 * 1024;
 
 /// Stock MLflow's words; the client falls back to a single PUT on exactly this message.
 pub const UPLOADS_OFF: &str =
@@ -61,7 +81,7 @@ fn missing_value(name: &str) -> ProxyError {
     ))
 }
 
-fn invalid_value(name: &str, value: &Value) -> ProxyError {
+fn invalid_value(name: &str, value: &str) -> ProxyError {
     bad_request(format!(
         "Invalid value {value} for parameter '{name}' supplied. See the API docs for more information about request parameters."
     ))
@@ -108,22 +128,48 @@ pub async fn handle(
         MpuAction::Create => Some(public_base(app, &request)?),
         _ => None,
     };
+    if base.as_ref().is_some_and(|b| b.len() > MAX_BASE) {
+        return Err(bad_request(format!(
+            "Cannot build transfer URLs: the public address is longer than {MAX_BASE} characters"
+        )));
+    }
     let prefix = api_prefix(request.uri().path());
-    let body = read_json(request).await?;
+    let limit = match action {
+        MpuAction::Complete => COMPLETE_BODY_LIMIT,
+        MpuAction::Create | MpuAction::Abort => SMALL_BODY_LIMIT,
+    };
+    let (body, held) = read_json(app, request, limit).await?;
     let name = file_name(&body)?;
     let key = app.store.upload_key(dir.trim_end_matches('/'), &name);
     match action {
         MpuAction::Create => {
+            drop(held);
             let base = base.unwrap_or_default();
             create(app, &key, &name, &body, &format!("{base}{prefix}")).await
         }
-        MpuAction::Complete => complete(app, &key, &body).await,
-        MpuAction::Abort => abort(app, &key, &body).await,
+        MpuAction::Complete => {
+            // The part list is all that is kept of the body: the bytes go back to the budget.
+            let upload_id = upload_id(app, &body, &key)?;
+            let parts = part_list(&body)?;
+            drop(held);
+            complete(app, &key, &upload_id, parts).await
+        }
+        MpuAction::Abort => {
+            drop(held);
+            abort(app, &key, &body).await
+        }
     }
 }
 
-/// `_get_request_message` for a POST: JSON only, at most `BODY_LIMIT` bytes, an object.
-async fn read_json(request: Request<ProxyBody>) -> Result<Map<String, Value>, ProxyError> {
+/// `_get_request_message` for a POST: JSON only, an object, at most `limit` bytes. The bytes
+/// held while reading count in the upload budget (so all JSON bodies together stay within it);
+/// a body silent for the idle timeout ends with 408. Checked before a byte is read: the type and
+/// the declared length.
+async fn read_json(
+    app: &App,
+    request: Request<ProxyBody>,
+    limit: usize,
+) -> Result<(MpuBody, BudgetPermit), ProxyError> {
     let content_type = request
         .headers()
         .get(header::CONTENT_TYPE)
@@ -137,27 +183,87 @@ async fn read_json(request: Request<ProxyBody>) -> Result<Map<String, Value>, Pr
         }
         Some(_) => {}
     }
-    let bytes = Limited::new(request.into_body(), BODY_LIMIT)
-        .collect()
-        .await
-        .map_err(|e| bad_request(format!("Bad Request. Could not read the JSON body: {e}")))?
-        .to_bytes();
-    if bytes.iter().all(u8::is_ascii_whitespace) {
-        return Ok(Map::new());
+    let too_large = || {
+        ProxyError::mlflow(
+            Side::Client,
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "INVALID_PARAMETER_VALUE",
+            format!("Bad Request. The JSON body is larger than {limit} bytes."),
+        )
+    };
+    let declared = match request.headers().get(header::CONTENT_LENGTH) {
+        None => None,
+        Some(value) => Some(
+            value
+                .to_str()
+                .ok()
+                .and_then(|v| v.trim().parse::<usize>().ok())
+                .ok_or_else(|| bad_request("Invalid Content-Length"))?,
+        ),
+    };
+    if declared.is_some_and(|n| n > limit) {
+        return Err(too_large());
     }
-    match serde_json::from_slice::<Value>(&bytes) {
-        Ok(Value::Object(map)) => Ok(map),
-        _ => Err(bad_request("Bad Request. The body is not a JSON object.")),
+    // A declared length is reserved at once (one wait, nothing held while waiting); without one,
+    // step by step.
+    let mut held = app.reserve(declared.unwrap_or(BODY_STEP).max(1)).await;
+    let mut bytes = BytesMut::with_capacity(declared.unwrap_or(0));
+    let mut body = request.into_body();
+    while let Some(frame) = body.frame().await {
+        let data = match frame {
+            Ok(frame) => match frame.into_data() {
+                Ok(data) => data,
+                Err(_) => continue,
+            },
+            Err(e) if e.is_idle_timeout() => {
+                app.metrics
+                    .body_idle_timeouts
+                    .with_label_values(&["upload"])
+                    .inc();
+                return Err(ProxyError::body_stalled(format!(
+                    "Bad Request. The JSON body stalled ({e})."
+                )));
+            }
+            Err(e) => {
+                return Err(bad_request(format!(
+                    "Bad Request. Could not read the JSON body: {e}"
+                )));
+            }
+        };
+        if bytes.len() + data.len() > limit {
+            return Err(too_large());
+        }
+        bytes.reserve(data.len());
+        let needed = bytes.capacity() as u64;
+        if needed > held.bytes() {
+            let more = usize::try_from(needed - held.bytes()).unwrap_or(usize::MAX);
+            match app.try_reserve(more.max(BODY_STEP)) {
+                Some(granted) => held.merge(granted),
+                // Wait for all of it at once, holding nothing: waiting while holding part of the
+                // budget could deadlock with others doing the same.
+                None => {
+                    drop(held);
+                    held = app
+                        .reserve(usize::try_from(needed).unwrap_or(usize::MAX))
+                        .await;
+                }
+            }
+        }
+        bytes.extend_from_slice(&data);
     }
+    let body = crate::mlflow::mpu_body::parse(&bytes)
+        .map_err(|_| bad_request("Bad Request. The body is not a JSON object."))?;
+    drop(bytes);
+    Ok((body, held))
 }
 
 /// `_get_multipart_upload_file_name`: the basename of `path` (`\` separates too), validated.
-fn file_name(body: &Map<String, Value>) -> Result<String, ProxyError> {
-    let path = match body.get("path") {
-        None | Some(Value::Null) => return Err(missing_value("path")),
-        Some(Value::String(s)) if s.is_empty() => return Err(missing_value("path")),
-        Some(Value::String(s)) => s,
-        Some(other) => return Err(invalid_value("path", other)),
+fn file_name(body: &MpuBody) -> Result<String, ProxyError> {
+    let path = match &body.path {
+        Scalar::Absent | Scalar::Null => return Err(missing_value("path")),
+        Scalar::Str(s) if s.is_empty() => return Err(missing_value("path")),
+        Scalar::Str(s) => s,
+        other => return Err(invalid_value("path", &other.json())),
     };
     let ntpath_basename = |p: &str| p.rsplit(['/', '\\']).next().unwrap_or("").to_owned();
     let name =
@@ -170,21 +276,61 @@ fn file_name(body: &Map<String, Value>) -> Result<String, ProxyError> {
 }
 
 /// An integer, or a string of one (protobuf's JSON parsing takes both).
-fn int_field(body: &Map<String, Value>, name: &str) -> Result<Option<i64>, ProxyError> {
-    match body.get(name) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::Number(n)) if n.is_i64() => Ok(n.as_i64()),
-        Some(Value::String(s)) if s.trim().parse::<i64>().is_ok() => Ok(s.trim().parse().ok()),
-        Some(other) => Err(invalid_value(name, other)),
+fn int_field(value: &Scalar, name: &str) -> Result<Option<i64>, ProxyError> {
+    match value {
+        Scalar::Absent | Scalar::Null => Ok(None),
+        Scalar::Int(n) => Ok(Some(*n)),
+        Scalar::Str(s) if s.trim().parse::<i64>().is_ok() => Ok(s.trim().parse().ok()),
+        other => Err(invalid_value(name, &other.json())),
     }
 }
 
-fn upload_id(body: &Map<String, Value>) -> Result<String, ProxyError> {
-    match body.get("upload_id") {
-        Some(Value::String(s)) if !s.is_empty() => Ok(s.clone()),
-        None | Some(Value::Null) => Err(missing_value("upload_id")),
-        Some(other) => Err(invalid_value("upload_id", other)),
+/// The S3 upload id of the body's `upload_id`, which must have been handed out for `key`.
+fn upload_id(app: &App, body: &MpuBody, key: &str) -> Result<String, ProxyError> {
+    let sealed = match &body.upload_id {
+        Scalar::Str(s) if !s.is_empty() => s,
+        Scalar::Absent | Scalar::Null => return Err(missing_value("upload_id")),
+        other => return Err(invalid_value("upload_id", &other.json())),
+    };
+    app.transfers
+        .config
+        .signer
+        .open_upload_id(sealed, key)
+        .map_err(|_| {
+            ProxyError::mlflow(
+                Side::Client,
+                StatusCode::NOT_FOUND,
+                "RESOURCE_DOES_NOT_EXIST",
+                "No such multipart upload for this artifact path",
+            )
+        })
+}
+
+/// A complete's parts as S3 takes them: (number, ETag), checked.
+fn part_list(body: &MpuBody) -> Result<Vec<(u32, String)>, ProxyError> {
+    let parts = match &body.parts {
+        Parts::Absent => return Err(missing_value("parts")),
+        Parts::TooMany => return Err(bad_request("More than 10000 parts")),
+        Parts::List(parts) if !parts.is_empty() => parts,
+        Parts::List(_) => return Err(invalid_value("parts", "[]")),
+        Parts::Invalid(other) => return Err(invalid_value("parts", &other.json())),
+    };
+    let mut list = Vec::with_capacity(parts.len());
+    for part in parts {
+        let Part::Fields { part_number, etag } = part else {
+            return Err(invalid_value("parts", &part.json()));
+        };
+        let number = int_field(part_number, "part_number")?
+            .and_then(|n| u32::try_from(n).ok())
+            .filter(|n| (1..=MAX_PARTS).contains(&u64::from(*n)))
+            .ok_or_else(|| invalid_value("part_number", &part.json()))?;
+        let etag = match etag {
+            Scalar::Str(etag) if !etag.is_empty() => etag.clone(),
+            _ => return Err(invalid_value("etag", &part.json())),
+        };
+        list.push((number, etag));
     }
+    Ok(list)
 }
 
 fn json_response(text: String) -> Response<ProxyBody> {
@@ -200,47 +346,103 @@ async fn create(
     app: &Arc<App>,
     key: &str,
     name: &str,
-    body: &Map<String, Value>,
+    body: &MpuBody,
     url_base: &str,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     // Stock MLflow hands out `num_parts` URLs (none when it is absent); S3 takes 10,000 parts.
-    let num_parts = int_field(body, "num_parts")?.unwrap_or(0);
+    let num_parts = int_field(&body.num_parts, "num_parts")?.unwrap_or(0);
     let num_parts = u32::try_from(num_parts)
         .ok()
         .filter(|n| u64::from(*n) <= MAX_PARTS)
-        .ok_or_else(|| invalid_value("num_parts", &json!(num_parts)))?;
-    let config = &app.transfers.config;
+        .ok_or_else(|| invalid_value("num_parts", &num_parts.to_string()))?;
+    if key.len() > MAX_KEY {
+        return Err(bad_request(format!(
+            "The artifact path is too long for the artifact store ({MAX_KEY} bytes at most)"
+        )));
+    }
     let upload_id = app
         .store
         .create_multipart(key, guess_mime_type(name))
         .await
         .map_err(store_error)?;
+    if upload_id.len() > MAX_UPLOAD_ID {
+        // Longer than the complete body limit allows for: not handed out.
+        let _ = app.store.abort_multipart(key, &upload_id).await;
+        return Err(ProxyError::store(
+            StatusCode::BAD_GATEWAY,
+            "The artifact store's upload id is too long",
+        ));
+    }
     app.transfers
         .uploads_total
         .with_label_values(&["created"])
         .inc();
-    let expires = now_secs() + config.part_url_ttl.as_secs();
-    let mut credentials = Vec::with_capacity(num_parts as usize);
-    for part_number in 1..=num_parts {
-        let token = config
-            .signer
-            .sign(&Claims {
-                grant: Grant::Part,
-                expires,
-                part_number,
-                upload_id: upload_id.clone(),
-                target: key.to_owned(),
-            })
-            .map_err(|e| bad_request(format!("Cannot sign an upload URL: {e}")))?;
-        credentials.push(json!({
-            "url": format!("{url_base}/mlflow-artifacts/{SIGNED_PART_PATH}?token={token}"),
-            "part_number": part_number,
-        }));
-    }
     tracing::info!(key, num_parts, "multipart upload created");
-    // `message_to_json`: pretty, `upload_id` then `credentials`, empty `headers` left out.
-    let answer = json!({ "upload_id": upload_id, "credentials": credentials });
-    Ok(json_response(dumps(&answer, Dialect::FlaskPretty)))
+    let mut response = Response::new(create_answer(
+        app.transfers.config.signer.clone(),
+        Claims {
+            grant: Grant::Part,
+            expires: now_secs() + app.transfers.config.part_url_ttl.as_secs(),
+            part_number: 0,
+            upload_id,
+            target: key.to_owned(),
+        },
+        url_base.to_owned(),
+        num_parts,
+    ));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    Ok(response)
+}
+
+/// Credentials written per frame of the create answer.
+const CREDENTIALS_PER_FRAME: u32 = 256;
+
+/// The create answer as `message_to_json` writes it (pretty, `upload_id` then `credentials`,
+/// empty `headers` left out), produced a few hundred credentials at a time as the client reads:
+/// 10,000 URLs are up to 25 MB of text, never held at once. The upload id handed out is bound to
+/// the key (`Signer::seal_upload_id`).
+fn create_answer(
+    signer: crate::signing::Signer,
+    part: Claims,
+    url_base: String,
+    num_parts: u32,
+) -> ProxyBody {
+    let sealed = signer.seal_upload_id(&part.upload_id, &part.target);
+    let head = format!(
+        "{{\n  \"upload_id\": {},\n  \"credentials\": [",
+        dumps(&json!(sealed), Dialect::FlaskPretty)
+    );
+    let tail = if num_parts == 0 { "]\n}" } else { "\n  ]\n}" };
+    let batches = (0..num_parts.div_ceil(CREDENTIALS_PER_FRAME)).map(move |batch| {
+        let first = batch * CREDENTIALS_PER_FRAME + 1;
+        let last = (first + CREDENTIALS_PER_FRAME - 1).min(num_parts);
+        let mut text = String::new();
+        for part_number in first..=last {
+            let token = signer
+                .sign(&Claims {
+                    part_number,
+                    ..part.clone()
+                })
+                .map_err(|e| crate::body::BodyError(e.to_string().into()))?;
+            let url = format!("{url_base}/mlflow-artifacts/{SIGNED_PART_PATH}?token={token}");
+            if part_number > 1 {
+                text.push(',');
+            }
+            text.push_str(&format!(
+                "\n    {{\n      \"url\": {},\n      \"part_number\": {part_number}\n    }}",
+                dumps(&json!(url), Dialect::FlaskPretty)
+            ));
+        }
+        Ok(Bytes::from(text))
+    });
+    let frames = std::iter::once(Ok(Bytes::from(head)))
+        .chain(batches)
+        .chain(std::iter::once(Ok(Bytes::from_static(tail.as_bytes()))))
+        .map(|frame| frame.map(hyper::body::Frame::data));
+    http_body_util::StreamBody::new(futures_util::stream::iter(frames)).boxed()
 }
 
 /// S3's answer to a call whose inputs came from the client: its 404 (no such upload) and 400s
@@ -269,34 +471,11 @@ fn client_or_store(error: StoreError) -> ProxyError {
 async fn complete(
     app: &Arc<App>,
     key: &str,
-    body: &Map<String, Value>,
+    upload_id: &str,
+    list: Vec<(u32, String)>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
-    let upload_id = upload_id(body)?;
-    let parts = match body.get("parts") {
-        None | Some(Value::Null) => return Err(missing_value("parts")),
-        Some(Value::Array(parts)) if !parts.is_empty() => parts,
-        Some(other) => return Err(invalid_value("parts", other)),
-    };
-    if parts.len() as u64 > MAX_PARTS {
-        return Err(bad_request("More than 10000 parts"));
-    }
-    let mut list = Vec::with_capacity(parts.len());
-    for part in parts {
-        let Some(fields) = part.as_object() else {
-            return Err(invalid_value("parts", part));
-        };
-        let number = int_field(fields, "part_number")?
-            .and_then(|n| u32::try_from(n).ok())
-            .filter(|n| (1..=MAX_PARTS).contains(&u64::from(*n)))
-            .ok_or_else(|| invalid_value("part_number", part))?;
-        let etag = match fields.get("etag") {
-            Some(Value::String(etag)) if !etag.is_empty() => etag.clone(),
-            _ => return Err(invalid_value("etag", part)),
-        };
-        list.push((number, etag));
-    }
     app.store
-        .complete_multipart(key, &upload_id, list)
+        .complete_multipart(key, upload_id, list)
         .await
         .map_err(client_or_store)?;
     app.transfers
@@ -310,9 +489,9 @@ async fn complete(
 async fn abort(
     app: &Arc<App>,
     key: &str,
-    body: &Map<String, Value>,
+    body: &MpuBody,
 ) -> Result<Response<ProxyBody>, ProxyError> {
-    let upload_id = upload_id(body)?;
+    let upload_id = upload_id(app, body, key)?;
     app.store
         .abort_multipart(key, &upload_id)
         .await
@@ -426,13 +605,16 @@ pub async fn upload_part(
             return Err(refusal);
         }
     };
-    // Tells a client whose body broke off (fewer bytes than declared) from a store failure.
+    // Tells a client whose body broke off (fewer bytes than declared) or went silent (the idle
+    // timeout, server.rs) from a store failure.
     let client_failed = Arc::new(AtomicBool::new(false));
-    let flag = client_failed.clone();
+    let client_idle = Arc::new(AtomicBool::new(false));
+    let (flag, idle) = (client_failed.clone(), client_idle.clone());
     let body = request
         .into_body()
         .map_err(move |e| {
             flag.store(true, Ordering::Relaxed);
+            idle.store(e.is_idle_timeout(), Ordering::Relaxed);
             e
         })
         .boxed();
@@ -453,6 +635,15 @@ pub async fn upload_part(
             headers.insert(header::ETAG, crate::s3::header_value(&etag));
             headers.insert(header::CONTENT_LENGTH, 0.into());
             Ok(response)
+        }
+        Err(_) if client_idle.load(Ordering::Relaxed) => {
+            app.metrics
+                .body_idle_timeouts
+                .with_label_values(&["upload"])
+                .inc();
+            Err(ProxyError::body_stalled(
+                "The part's body stalled; the part was not stored",
+            ))
         }
         Err(e) if client_failed.load(Ordering::Relaxed) => Err(ProxyError::mlflow(
             Side::Client,
@@ -475,8 +666,93 @@ pub async fn upload_part(
 mod tests {
     use super::*;
 
-    fn body(path: &str) -> Map<String, Value> {
-        json!({ "path": path }).as_object().unwrap().clone()
+    fn body(path: &str) -> MpuBody {
+        MpuBody {
+            path: Scalar::Str(path.to_owned()),
+            ..MpuBody::default()
+        }
+    }
+
+    fn claims(key: &str, upload_id: &str) -> Claims {
+        Claims {
+            grant: Grant::Part,
+            expires: 4_000_000_000,
+            part_number: 0,
+            upload_id: upload_id.to_owned(),
+            target: key.to_owned(),
+        }
+    }
+
+    /// Produced frame by frame, the answer is byte for byte what `message_to_json` writes.
+    #[tokio::test]
+    async fn the_create_answer_is_mlflows_json() {
+        let signer = crate::signing::Signer::with_key(&[7; 32]);
+        let base = "http://h:5000/api/2.0";
+        for n in [0, 1, 3, 257, 600] {
+            let part = claims("1/r/artifacts/ü.bin", "id-1");
+            let body = create_answer(signer.clone(), part.clone(), base.into(), n);
+            let text = body.collect().await.unwrap().to_bytes();
+            let credentials: Vec<_> = (1..=n)
+                .map(|part_number| {
+                    let token = signer
+                        .sign(&Claims {
+                            part_number,
+                            ..part.clone()
+                        })
+                        .unwrap();
+                    json!({
+                        "url": format!("{base}/mlflow-artifacts/{SIGNED_PART_PATH}?token={token}"),
+                        "part_number": part_number,
+                    })
+                })
+                .collect();
+            let sealed = signer.seal_upload_id("id-1", "1/r/artifacts/ü.bin");
+            let expected = json!({ "upload_id": sealed, "credentials": credentials });
+            assert_eq!(
+                String::from_utf8(text.to_vec()).unwrap(),
+                dumps(&expected, Dialect::FlaskPretty),
+                "{n} parts"
+            );
+        }
+    }
+
+    /// The real client's largest complete (10,000 parts, the longest key, upload id, base URL
+    /// and ETag, the client's `json.dumps` separators) fits the limit, with little to spare.
+    #[test]
+    fn the_largest_complete_fits_the_limit() {
+        let signer = crate::signing::Signer::with_key(&[7; 32]);
+        let key = "k".repeat(MAX_KEY);
+        let part = claims(&key, &"u".repeat(MAX_UPLOAD_ID));
+        let base = format!(
+            "http://{}/ajax-api/2.0",
+            "h".repeat(MAX_BASE - "http:///ajax-api/2.0".len())
+        );
+        let parts: Vec<_> = (1..=MAX_PARTS_USIZE as u32)
+            .map(|part_number| {
+                let token = signer
+                    .sign(&Claims {
+                        part_number: part_number.max(10_000),
+                        ..part.clone()
+                    })
+                    .unwrap();
+                json!({
+                    "part_number": 10_000,
+                    "etag": "e".repeat(128),
+                    "url": format!("{base}/mlflow-artifacts/{SIGNED_PART_PATH}?token={token}"),
+                })
+            })
+            .collect();
+        let body = json!({
+            "path": "\u{1F600}".repeat(1024),
+            "upload_id": signer.seal_upload_id(&part.upload_id, &key),
+            "parts": parts,
+        });
+        let len = dumps(&body, Dialect::Flask).len();
+        assert!(len <= COMPLETE_BODY_LIMIT, "{len} > {COMPLETE_BODY_LIMIT}");
+        assert!(
+            len > COMPLETE_BODY_LIMIT * 9 / 10,
+            "{len} is far below {COMPLETE_BODY_LIMIT}"
+        );
     }
 
     #[test]
@@ -487,6 +763,6 @@ mod tests {
         for bad in ["", "x/", "..", "."] {
             assert!(file_name(&body(bad)).is_err(), "{bad:?}");
         }
-        assert!(file_name(&Map::new()).is_err());
+        assert!(file_name(&MpuBody::default()).is_err());
     }
 }

@@ -19,12 +19,12 @@ use tokio::sync::OwnedSemaphorePermit;
 use tokio::task::JoinSet;
 
 use super::store_error;
-use crate::body::{ProxyBody, empty, idle_timeout};
+use crate::body::{ProxyBody, empty};
 use crate::error::{ProxyError, Side};
 use crate::mlflow::content::guess_mime_type;
 use crate::mlflow::path::validate_path_is_safe;
 use crate::s3::StoreError;
-use crate::state::{App, BudgetPermit, MIN_PART};
+use crate::state::{App, BudgetPermit, MIN_PART, SMALL_BLOCK};
 
 /// A part that fails is sent again this many times (its frames are cheap to clone). Streamed
 /// parts cannot be sent again: their bytes are gone, as with the single PutObject.
@@ -68,10 +68,8 @@ pub async fn upload(
     let key = app.store.upload_key(head, tail);
     let content_type = guess_mime_type(tail);
     let fault = ClientFault::default();
-    let body = fault.watch(idle_timeout(
-        request.into_body(),
-        app.upload.body_idle_timeout,
-    ));
+    // The body already ends after the idle timeout (server.rs); `fault` notes it.
+    let body = fault.watch(request.into_body());
 
     // A task of its own: if the client goes away, hyper drops this handler, but the task still
     // sees the broken body and aborts the multipart upload.
@@ -160,12 +158,9 @@ impl ClientFault {
                 .body_idle_timeouts
                 .with_label_values(&["upload"])
                 .inc();
-            return Some(ProxyError::mlflow(
-                Side::Client,
-                StatusCode::REQUEST_TIMEOUT,
-                "BAD_REQUEST",
-                format!("The upload body stalled ({detail}); nothing was stored"),
-            ));
+            return Some(ProxyError::body_stalled(format!(
+                "The upload body stalled ({detail}); nothing was stored"
+            )));
         }
         Some(client_gone(detail))
     }
@@ -349,8 +344,12 @@ struct PartBuffer {
     len: usize,
     held: usize,
     permit: Option<BudgetPermit>,
-    /// The right to fill a part (see `App::part_slot`), taken at its first byte.
+    /// The right to fill a part (see `App::part_slot`), taken once the part outgrows its first
+    /// small block (or at its first byte when the trickle pool is empty).
     slot: Option<OwnedSemaphorePermit>,
+    /// The part's first block, from the trickle pool (`App::try_small_block`), while it has no
+    /// slot.
+    small: Option<OwnedSemaphorePermit>,
 }
 
 impl PartBuffer {
@@ -362,7 +361,27 @@ impl PartBuffer {
             held: 0,
             permit: None,
             slot: None,
+            small: None,
         }
+    }
+
+    /// Hold `data` in the part's first, small block, without a slot or budget: only while the
+    /// part is that small and a block of the trickle pool is free.
+    fn try_push_small(&mut self, app: &App, data: &Bytes) -> bool {
+        if self.slot.is_some() || self.len + data.len() > SMALL_BLOCK {
+            return false;
+        }
+        if self.small.is_none() {
+            self.small = app.try_small_block();
+            if self.small.is_none() {
+                return false;
+            }
+            self.block = BytesMut::with_capacity(SMALL_BLOCK);
+            self.held += SMALL_BLOCK;
+        }
+        self.len += data.len();
+        self.block.extend_from_slice(data);
+        true
     }
 
     /// What `held` becomes once `data` is added.
@@ -421,6 +440,7 @@ impl PartBuffer {
     fn close(mut self) -> (Vec<Bytes>, usize, Option<BudgetPermit>) {
         self.seal();
         drop(self.slot.take());
+        drop(self.small.take());
         (
             std::mem::take(&mut self.frames),
             self.len,
@@ -449,6 +469,9 @@ async fn fill_parts(
             while !data.is_empty() {
                 let take = (part_size - part.len).min(data.len()).min(STEP);
                 let piece = data.split_to(take);
+                if part.try_push_small(app, &piece) {
+                    continue;
+                }
                 if part.slot.is_none() {
                     part.slot = Some(app.part_slot().await);
                 }
@@ -475,6 +498,8 @@ async fn fill_parts(
                         None => part.permit = Some(granted),
                     }
                 }
+                // The budget now covers the small block too: its pool block goes back.
+                drop(part.small.take());
                 part.push(piece);
                 if part.len == part_size {
                     let full = std::mem::replace(&mut part, PartBuffer::new());

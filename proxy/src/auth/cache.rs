@@ -15,6 +15,68 @@ pub struct Key {
     pub resource: [u8; 32],
 }
 
+/// The resource half of a key: a digest of the operation and of the artifact path (None: the
+/// operation does not depend on the path, as HEAD, which MLflow allows admins only). None when
+/// the path is one MLflow cannot parse, which is never cached.
+///
+/// Never coarser than MLflow's own decision (3.17's `_before_request`):
+/// - The Flask substring rules (`_find_validator`) read the whole request path, with an order of
+///   their own (`/mlflow/logged-models` and `/mlflow/webhooks` turn the `/mlflow/traces/`,
+///   `/mlflow/datasets/`, `/mlflow/jobs/` and `/mlflow/issues/` denials off): any path that
+///   mentions `mlflow` (any case) is keyed whole, as the route gives it, so that whatever those
+///   rules make of it, one answer is never reused for another path.
+/// - Otherwise the decision reads the canonical path's experiment prefix and the two segments
+///   after it, with empty segments dropped (`_artifact_proxy_child_types`): the key keeps the
+///   first 3 canonical segments (5 below `workspaces/`) verbatim, and a path with an empty
+///   segment among them (whose later segments would move up) is keyed whole.
+pub fn resource(op: u8, path: Option<&str>) -> Option<[u8; 32]> {
+    let mut digest = ring::digest::Context::new(&ring::digest::SHA256);
+    digest.update(&[op]);
+    if let Some(path) = path {
+        let canonical = crate::mlflow::path::validate_path_is_safe(path).ok()?;
+        match prefix(path, &canonical) {
+            Some(segments) => {
+                digest.update(b"P");
+                for segment in segments {
+                    field(&mut digest, segment.as_bytes());
+                }
+                // The delete probes are built from the path as given, trailing `/` included.
+                digest.update(&[u8::from(path.ends_with('/'))]);
+            }
+            None => {
+                digest.update(b"W");
+                field(&mut digest, path.as_bytes());
+            }
+        }
+    }
+    let mut out = [0u8; 32];
+    out.copy_from_slice(digest.finish().as_ref());
+    Some(out)
+}
+
+/// The canonical segments that decide MLflow's answer, or None when only the whole path can.
+fn prefix<'a>(path: &str, canonical: &'a str) -> Option<Vec<&'a str>> {
+    if path.to_ascii_lowercase().contains("mlflow") || canonical.starts_with('/') {
+        return None;
+    }
+    let keep = if canonical.starts_with("workspaces/") {
+        5
+    } else {
+        3
+    };
+    let segments: Vec<&str> = canonical.split('/').take(keep).collect();
+    if segments.iter().any(|s| s.is_empty()) {
+        return None;
+    }
+    Some(segments)
+}
+
+/// Length-prefixed, so that no two different sequences of fields digest alike.
+fn field(digest: &mut ring::digest::Context, bytes: &[u8]) {
+    digest.update(&(bytes.len() as u64).to_le_bytes());
+    digest.update(bytes);
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Cached {
     Allowed,
@@ -191,6 +253,36 @@ mod tests {
         assert_eq!(cache.get(&key(1, 1), t0), None);
         assert_eq!(cache.get(&key(1, 2), t0), None);
         assert_eq!(cache.get(&key(2, 1), t0), Some(Cached::Allowed));
+    }
+
+    /// Paths MLflow may judge differently never share a key; paths of one class share one.
+    #[test]
+    fn resources_follow_mlflow_classes() {
+        let r = |p: &str| resource(4, Some(p)).unwrap();
+        // issue 20: the logged-models substring turns the traces denial off for the second path
+        // only; both used to share one key.
+        assert_ne!(
+            r("3/x/mlflow/traces/y/t.txt"),
+            r("3/x/mlflow/logged-models/mlflow/traces/z")
+        );
+        assert_ne!(r("3/x/mlflow/traces/a"), r("3/x/mlflow/traces/b"));
+        assert_ne!(r("3/x/MLflow/traces/a"), r("3/x/MLflow/traces/b"));
+        // Empty segments are dropped by MLflow: `artifacts` moves up into the tier position.
+        assert_ne!(r("3/abc//artifacts/f"), r("3/abc//foo"));
+        assert_ne!(r("3/abc/artifacts/f"), r("3/abc/foo"));
+        assert_ne!(r("3/abc/x"), r("4/abc/x"));
+        // Segment boundaries are kept: no two segment lists digest alike.
+        assert_ne!(r("3/ab/c"), r("3/a/bc"));
+        assert_ne!(r("3/a\0b/c"), r("3/a/b"));
+        // One class: files of one run share one answer.
+        assert_eq!(
+            r("1/0123456789abcdef0123456789abcdef/artifacts/a.txt"),
+            r("1/0123456789abcdef0123456789abcdef/artifacts/model/b.pkl")
+        );
+        // The operation is part of it; HEAD ignores the path.
+        assert_ne!(resource(1, Some("1/a/b")), resource(2, Some("1/a/b")));
+        assert_eq!(resource(3, None), resource(3, None));
+        assert_eq!(resource(3, Some("a/%2E%2E/b")), None);
     }
 
     #[test]

@@ -13,6 +13,7 @@
 //! 404), waiting does not help: `/readyz` says so until MLflow answers.
 
 mod cache;
+mod flight;
 mod probe;
 
 use std::sync::Arc;
@@ -27,7 +28,6 @@ use http_body_util::{BodyExt, Limited};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use ring::hmac;
-use tokio::sync::OnceCell;
 
 use crate::body::{ProxyBody, empty, full};
 use crate::error::{ProxyError, Side};
@@ -293,7 +293,7 @@ pub struct Auth {
     detection: Detection,
     metrics: Metrics,
     /// Probes in progress: callers with the same key wait for the one answer (single flight).
-    in_flight: std::sync::Mutex<std::collections::HashMap<Key, Arc<OnceCell<Outcome>>>>,
+    in_flight: flight::Flights<Key, Outcome>,
 }
 
 /// The outcome of asking MLflow, shared by every caller waiting on the same key.
@@ -343,7 +343,7 @@ impl Auth {
                 refused: std::sync::Mutex::new(None),
             },
             metrics,
-            in_flight: std::sync::Mutex::new(std::collections::HashMap::new()),
+            in_flight: flight::Flights::new(),
         };
         auth.publish_state(initial);
         Ok(auth)
@@ -567,20 +567,10 @@ impl Auth {
         }
         let outcome = match &key {
             Some(key) => {
-                let cell = {
-                    let mut in_flight = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
-                    in_flight.entry(*key).or_default().clone()
-                };
-                let outcome = cell
-                    .get_or_init(|| self.ask(op, api, path, &credentials))
+                self.in_flight
+                    .join(*key)
+                    .answer(|| self.ask(op, api, path, &credentials))
                     .await
-                    .clone();
-                if let Ok(mut in_flight) = self.in_flight.lock()
-                    && in_flight.get(key).is_some_and(|c| Arc::ptr_eq(c, &cell))
-                {
-                    in_flight.remove(key);
-                }
-                outcome
             }
             None => self.ask(op, api, path, &credentials).await,
         };
@@ -704,9 +694,29 @@ impl Auth {
         if let Some(extra) = run_tier.clone() {
             probes.push(extra);
         }
-        let answers =
-            futures_util::future::join_all(probes.iter().map(|p| self.run_probe(p, credentials)))
-                .await;
+        // A delete's probes: the first alone, so that wrong credentials (or a denial) cost MLflow
+        // one check, not three; the rest at once if it passed. (A listing's two stay parallel.)
+        let at_once = if op == Operation::Delete {
+            1
+        } else {
+            probes.len()
+        };
+        let mut answers = futures_util::future::join_all(
+            probes[..at_once]
+                .iter()
+                .map(|p| self.run_probe(p, credentials)),
+        )
+        .await;
+        if at_once < probes.len() && matches!(answers[0], Ok(Verdict::Allowed)) {
+            answers.extend(
+                futures_util::future::join_all(
+                    probes[at_once..]
+                        .iter()
+                        .map(|p| self.run_probe(p, credentials)),
+                )
+                .await,
+            );
+        }
         let mut hide_run_dirs = false;
         let mut denied = false;
         let mut failure = None;
@@ -852,44 +862,13 @@ impl Auth {
         Ok(Credentials { forward, digest })
     }
 
-    /// Everything else the decision depends on: the operation, the first segments of the
-    /// canonical path (never coarser than MLflow's classification: experiment, tier, the
-    /// `artifacts` marker), and the Flask-path substrings MLflow treats specially. None: a path
-    /// MLflow cannot parse, never cached.
+    /// Everything else the decision depends on (see `cache::resource`). None: a path MLflow
+    /// cannot parse, never cached.
     fn key_for(&self, op: Operation, path: &str, credentials: [u8; 32]) -> Option<Key> {
-        let canonical = crate::mlflow::path::validate_path_is_safe(path).ok()?;
-        let keep = if canonical.starts_with("workspaces/") {
-            5
-        } else {
-            3
-        };
-        let mut digest = ring::digest::Context::new(&ring::digest::SHA256);
-        digest.update(&[op.tag()]);
-        if op != Operation::Head {
-            for segment in canonical.split('/').take(keep) {
-                digest.update(segment.as_bytes());
-                digest.update(b"\0");
-            }
-            // MLflow's Flask substring rule and the delete probes depend on the whole path.
-            let flags = [
-                [
-                    "/mlflow/traces/",
-                    "/mlflow/datasets/",
-                    "/mlflow/jobs/",
-                    "/mlflow/issues/",
-                ]
-                .iter()
-                .any(|s| format!("/{path}/").contains(s)),
-                path.trim_end_matches('/').rsplit('/').next() == Some("mlflow"),
-                path.ends_with('/'),
-            ];
-            digest.update(&flags.map(u8::from));
-        }
-        let mut resource = [0u8; 32];
-        resource.copy_from_slice(digest.finish().as_ref());
+        let path = (op != Operation::Head).then_some(path);
         Some(Key {
             credentials,
-            resource,
+            resource: cache::resource(op.tag(), path)?,
         })
     }
 
@@ -900,6 +879,11 @@ impl Auth {
 
     pub fn cache(&self) -> &DecisionCache {
         &self.cache
+    }
+
+    /// Questions to MLflow in progress (single-flight entries).
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.len()
     }
 }
 

@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod process;
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -798,25 +800,45 @@ pub struct ProxyBinary {
     lines: std::sync::mpsc::Receiver<String>,
 }
 
+/// The proxy binary with an empty environment but the store and the upstream. The fake MLflow
+/// has no auth app to ask, so `PROXY_MLFLOW_AUTH=off`.
+pub fn proxy_command(binary: &str, s3: &S3Server, mlflow: &FakeMlflow) -> std::process::Command {
+    proxy_command_to(binary, s3, &s3.endpoint, &format!("http://{}", mlflow.addr))
+}
+
+/// As `proxy_command`, with the store reached at `endpoint` (e.g. through a TLS terminator) and
+/// MLflow at `upstream`.
+pub fn proxy_command_to(
+    binary: &str,
+    s3: &S3Server,
+    endpoint: &str,
+    upstream: &str,
+) -> std::process::Command {
+    let mut command = std::process::Command::new(binary);
+    command
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env(
+            "MLFLOW_ARTIFACTS_DESTINATION",
+            format!("s3://{}/", s3.bucket),
+        )
+        .env("MLFLOW_S3_ENDPOINT_URL", endpoint)
+        .env("AWS_ACCESS_KEY_ID", &s3.access_key)
+        .env("AWS_SECRET_ACCESS_KEY", &s3.secret_key)
+        .env("AWS_DEFAULT_REGION", &s3.region)
+        .env("PROXY_UPSTREAM", upstream)
+        .env("PROXY_MLFLOW_AUTH", "off");
+    command
+}
+
 impl ProxyBinary {
     /// Start it with an empty environment but the store, the upstream and `RUST_LOG=info`, plus
     /// `extra`. The fake MLflow has no auth app to ask, so `PROXY_MLFLOW_AUTH=off`.
     pub fn spawn(s3: &S3Server, mlflow: &FakeMlflow, extra: &[(&str, &str)]) -> ProxyBinary {
-        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_mlflow-artifact-proxy"));
+        let mut command = proxy_command(env!("CARGO_BIN_EXE_mlflow-artifact-proxy"), s3, mlflow);
         command
-            .env_clear()
-            .env(
-                "MLFLOW_ARTIFACTS_DESTINATION",
-                format!("s3://{}/", s3.bucket),
-            )
-            .env("MLFLOW_S3_ENDPOINT_URL", &s3.endpoint)
-            .env("AWS_ACCESS_KEY_ID", &s3.access_key)
-            .env("AWS_SECRET_ACCESS_KEY", &s3.secret_key)
-            .env("AWS_DEFAULT_REGION", &s3.region)
             .env("PROXY_LISTEN", "127.0.0.1:0")
             .env("PROXY_METRICS_LISTEN", "127.0.0.1:0")
-            .env("PROXY_UPSTREAM", format!("http://{}", mlflow.addr))
-            .env("PROXY_MLFLOW_AUTH", "off")
             .env("RUST_LOG", "info")
             .stderr(std::process::Stdio::piped());
         for (name, value) in extra {
@@ -849,61 +871,5 @@ impl Drop for ProxyBinary {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-    }
-}
-
-/// A free loopback port (bound, then released).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// The proxy binary `binary` as its own process: a clean environment (PATH, RUST_LOG=warn), the
-/// store `s3` reached at `endpoint`, MLflow at `upstream`, no MLflow auth (the tests that use it
-/// are about something else), listening on 127.0.0.1:`port` and :`metrics_port`. Add settings
-/// with `.env`, then spawn and `wait_listening`.
-pub fn proxy_command(
-    binary: &str,
-    s3: &S3Server,
-    endpoint: &str,
-    upstream: &str,
-    port: u16,
-    metrics_port: u16,
-) -> std::process::Command {
-    let mut command = std::process::Command::new(binary);
-    command
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("RUST_LOG", "warn")
-        .env(
-            "MLFLOW_ARTIFACTS_DESTINATION",
-            format!("s3://{}/", s3.bucket),
-        )
-        .env("MLFLOW_S3_ENDPOINT_URL", endpoint)
-        .env("AWS_ACCESS_KEY_ID", &s3.access_key)
-        .env("AWS_SECRET_ACCESS_KEY", &s3.secret_key)
-        .env("AWS_DEFAULT_REGION", &s3.region)
-        .env("PROXY_MLFLOW_AUTH", "off")
-        .env("PROXY_LISTEN", format!("127.0.0.1:{port}"))
-        .env("PROXY_METRICS_LISTEN", format!("127.0.0.1:{metrics_port}"))
-        .env("PROXY_UPSTREAM", upstream)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::inherit());
-    command
-}
-
-/// Wait until `addr` accepts connections (at most 20 s).
-pub async fn wait_listening(addr: SocketAddr) {
-    let started = std::time::Instant::now();
-    while tokio::net::TcpStream::connect(addr).await.is_err() {
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "the proxy did not listen"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
