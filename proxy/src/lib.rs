@@ -16,6 +16,7 @@ pub mod forwarding;
 pub mod metrics;
 pub mod mlflow;
 pub mod public_url;
+pub mod purge;
 mod quickack;
 pub mod request_line;
 pub mod router;

@@ -76,6 +76,38 @@ pub struct Listing {
     pub objects: Vec<(String, u64)>,
 }
 
+/// One object of a listing page.
+#[derive(Clone, Debug)]
+pub struct Entry {
+    pub key: String,
+    pub size: u64,
+    /// As S3 wrote it (`2026-11-30T19:00:00.000Z`).
+    pub last_modified: String,
+}
+
+/// One page of a listing (at most the `max_keys` asked for), and whether more follow.
+#[derive(Debug, Default)]
+pub struct Page {
+    /// Common prefixes (with their trailing `/`).
+    pub prefixes: Vec<String>,
+    pub objects: Vec<Entry>,
+    pub truncated: bool,
+}
+
+impl Page {
+    /// Where the next page starts (its `start_after`): past the last key, and past everything
+    /// under the last common prefix (`a/b/` becomes `a/b0`, as `0` follows `/`). Positions, not
+    /// continuation tokens, so keys deleted between pages move nothing on any store.
+    pub fn next_start_after(&self) -> Option<String> {
+        let last_key = self.objects.last().map(|o| o.key.clone());
+        let past_prefix = self.prefixes.last().map(|p| match p.strip_suffix('/') {
+            Some(stem) => format!("{stem}0"),
+            None => p.clone(),
+        });
+        last_key.max(past_prefix)
+    }
+}
+
 /// Metadata of one object, from HEAD.
 #[derive(Debug)]
 pub struct ObjectMeta {
@@ -85,7 +117,7 @@ pub struct ObjectMeta {
 }
 
 /// Plain HTTP, or TLS with the Mozilla root certificates compiled in (no system store needed).
-type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
+pub type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
 
 pub struct Store {
     bucket: Box<Bucket>,
@@ -103,19 +135,7 @@ impl Store {
     pub fn new(config: &StoreConfig, metrics: Metrics, timeout: Duration) -> Result<Self, String> {
         let bucket = control_bucket(config, timeout)?;
         let slow_bucket = control_bucket(config, timeout.max(COMPLETE_TIMEOUT))?;
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(Duration::from_secs(5)));
-        connector.enforce_http(false);
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_webpki_roots()
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(connector);
-        let http = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(30))
-            .pool_timer(TokioTimer::new())
-            .build(connector);
+        let http = http_client();
         Ok(Store {
             bucket,
             slow_bucket,
@@ -403,6 +423,48 @@ impl Store {
         }
     }
 
+    /// One page of the listing under `prefix`, from `start_after` on (ListObjectsV2).
+    pub async fn list_page(
+        &self,
+        prefix: &str,
+        delimiter: Option<&str>,
+        start_after: Option<&str>,
+        max_keys: usize,
+    ) -> Result<Page, StoreError> {
+        let (page, _) = self
+            .timed("list_objects", async {
+                Ok(self
+                    .bucket
+                    .list_page(
+                        prefix.to_owned(),
+                        delimiter.map(str::to_owned),
+                        None,
+                        start_after.map(str::to_owned),
+                        Some(max_keys),
+                    )
+                    .await?)
+            })
+            .await?;
+        Ok(Page {
+            prefixes: page
+                .common_prefixes
+                .unwrap_or_default()
+                .into_iter()
+                .map(|p| p.prefix)
+                .collect(),
+            objects: page
+                .contents
+                .into_iter()
+                .map(|o| Entry {
+                    key: o.key,
+                    size: o.size,
+                    last_modified: o.last_modified,
+                })
+                .collect(),
+            truncated: page.is_truncated,
+        })
+    }
+
     /// Whether anything at all is stored under `prefix` (one key is enough).
     pub async fn any_under(&self, prefix: &str) -> Result<bool, StoreError> {
         let (page, _) = self
@@ -442,6 +504,24 @@ impl Store {
     pub async fn check(&self) -> Result<(), StoreError> {
         self.any_under(&self.prefix).await.map(drop)
     }
+}
+
+/// An HTTP/1.1 client for http:// and https:// URLs (TLS with the compiled-in Mozilla roots),
+/// connecting within 5 s, keeping idle connections 30 s.
+pub fn http_client() -> Client<Connector, ProxyBody> {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    connector.set_connect_timeout(Some(Duration::from_secs(5)));
+    connector.enforce_http(false);
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_webpki_roots()
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(connector);
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(30))
+        .pool_timer(TokioTimer::new())
+        .build(connector)
 }
 
 /// The endpoint as rust-s3 addresses it, and the static credentials.
@@ -585,6 +665,30 @@ mod tests {
         assert_eq!(posix_join("pre", "a"), "pre/a");
         assert_eq!(posix_join("pre/", "a"), "pre/a");
         assert_eq!(posix_join("pre", ""), "pre/");
+    }
+
+    #[test]
+    fn the_next_page_starts_past_the_last_entry() {
+        let entry = |key: &str| Entry {
+            key: key.into(),
+            size: 0,
+            last_modified: String::new(),
+        };
+        let page = Page {
+            prefixes: vec!["1/a/".into(), "1/b/".into()],
+            objects: vec![entry("1/a.txt")],
+            truncated: true,
+        };
+        assert_eq!(page.next_start_after().as_deref(), Some("1/b0"));
+        let page = Page {
+            prefixes: vec!["1/a/".into()],
+            objects: vec![entry("1/c.txt")],
+            truncated: true,
+        };
+        assert_eq!(page.next_start_after().as_deref(), Some("1/c.txt"));
+        assert_eq!(Page::default().next_start_after(), None);
+        // Everything under `1/b/` sorts before `1/b0`, and nothing else does.
+        assert!("1/b/\u{10ffff}" < "1/b0" && "1/b." < "1/b/");
     }
 
     #[test]
