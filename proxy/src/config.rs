@@ -35,6 +35,9 @@ pub enum Command {
     /// Abort multipart uploads older than --older-than-hours under the destination, once (for a
     /// cron job; the serving proxy also sweeps by itself). Safe to run anywhere, any time.
     SweepUploads(SweepUploadsArgs),
+    /// Find the artifacts of runs, logged models and traces MLflow no longer has (asking it as
+    /// an admin) and, with --delete, delete those older than --older-than. A dry run by default.
+    Gc(Box<crate::gc::GcArgs>),
 }
 
 #[derive(Clone, Debug, Args)]

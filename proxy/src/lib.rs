@@ -13,6 +13,7 @@ pub mod config;
 pub mod downloads;
 pub mod error;
 pub mod forwarding;
+pub mod gc;
 pub mod metrics;
 pub mod mlflow;
 pub mod public_url;

@@ -1,6 +1,7 @@
 //! Wires the command line to the library; decides nothing itself.
 
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
@@ -56,6 +57,12 @@ fn main() -> ExitCode {
                     return Err(format!("{} uploads could not be aborted", report.failed));
                 }
                 Ok(())
+            }
+            Command::Gc(args) => {
+                let out: mlflow_artifact_proxy::gc::Sink = Arc::new(|line| println!("{line}"));
+                mlflow_artifact_proxy::gc::run(args.build()?, None, out)
+                    .await
+                    .map(drop)
             }
         }
     });
