@@ -391,34 +391,19 @@ impl Store {
     /// Every entry under `prefix`, page by page (ListObjectsV2).
     pub async fn list(&self, prefix: &str, delimiter: Option<&str>) -> Result<Listing, StoreError> {
         let mut listing = Listing::default();
-        let mut token = None;
+        let mut after: Option<String> = None;
         loop {
-            let (page, _) = self
-                .timed("list_objects", async {
-                    Ok(self
-                        .bucket
-                        .list_page(
-                            prefix.to_owned(),
-                            delimiter.map(str::to_owned),
-                            token.clone(),
-                            None,
-                            None,
-                        )
-                        .await?)
-                })
+            let page = self
+                .list_page(prefix, delimiter, after.as_deref(), 1000)
                 .await?;
-            listing.prefixes.extend(
-                page.common_prefixes
-                    .unwrap_or_default()
-                    .into_iter()
-                    .map(|p| p.prefix),
-            );
+            after = page.next_start_after();
+            let more = page.truncated && after.is_some();
+            listing.prefixes.extend(page.prefixes);
             listing
                 .objects
-                .extend(page.contents.into_iter().map(|o| (o.key, o.size)));
-            match page.next_continuation_token {
-                Some(next) if page.is_truncated => token = Some(next),
-                _ => return Ok(listing),
+                .extend(page.objects.into_iter().map(|o| (o.key, o.size)));
+            if !more {
+                return Ok(listing);
             }
         }
     }
