@@ -60,9 +60,13 @@ fn main() -> ExitCode {
             }
             Command::Gc(args) => {
                 let out: mlflow_artifact_proxy::gc::Sink = Arc::new(|line| println!("{line}"));
-                mlflow_artifact_proxy::gc::run(args.build()?, None, out)
-                    .await
-                    .map(drop)
+                mlflow_artifact_proxy::gc::run(
+                    mlflow_artifact_proxy::gc::GcConfig::from_args(&args)?,
+                    None,
+                    out,
+                )
+                .await
+                .map(drop)
             }
         }
     });

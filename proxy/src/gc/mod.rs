@@ -23,7 +23,6 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use clap::Args;
 use futures_util::StreamExt;
 
 pub use self::layout::{Candidate, Kind};
@@ -32,66 +31,11 @@ use self::mlflow::Mlflow;
 pub use self::report::Summary;
 use self::resume::Resume;
 use self::walk::{Tops, Walk};
-use crate::config::{StoreArgs, StoreConfig};
+use crate::config::{GcArgs, StoreConfig};
 use crate::purge::Freed;
 use crate::s3::Store;
 use crate::signing::now_secs;
 use crate::stale_uploads::parse_timestamp;
-
-#[derive(Clone, Debug, Args)]
-pub struct GcArgs {
-    #[command(flatten)]
-    pub store: StoreArgs,
-    /// MLflow, asked whether each run, logged model and trace still exists: the proxy's URL (or
-    /// MLflow's own).
-    #[arg(long, env = "MLFLOW_TRACKING_URI")]
-    pub tracking_uri: Option<String>,
-    /// An MLflow admin's user name, when MLflow runs its basic-auth app (with --password).
-    #[arg(long, env = "MLFLOW_TRACKING_USERNAME")]
-    pub username: Option<String>,
-    /// The admin's password.
-    #[arg(long, env = "MLFLOW_TRACKING_PASSWORD", hide_env_values = true)]
-    pub password: Option<String>,
-    /// A bearer token instead of a user name and password.
-    #[arg(long, env = "MLFLOW_TRACKING_TOKEN", hide_env_values = true)]
-    pub token: Option<String>,
-    /// Delete the orphaned folders last written more than --older-than ago, each re-checked with
-    /// MLflow just before. Without it, gc only reports (a dry run).
-    #[arg(long, conflicts_with = "dry_run")]
-    pub delete: bool,
-    /// Only report what --delete would delete (the default).
-    #[arg(long)]
-    pub dry_run: bool,
-    /// Orphaned folders written to more recently than this are kept: 7d, 12h, 30m, 1d12h, ...;
-    /// 0 keeps none back.
-    #[arg(long, env = "PROXY_GC_OLDER_THAN", default_value = "7d")]
-    pub older_than: String,
-    /// Folders checked (MLflow asked, S3 listed or deleted) at the same time.
-    #[arg(long, env = "PROXY_GC_CONCURRENCY", default_value_t = 8)]
-    pub concurrency: usize,
-    /// Only this folder of the destination, an experiment's location (`12`, or a custom one such
-    /// as `team-a/exp`); repeatable. Default: every experiment folder `<id>/` at its root.
-    #[arg(long = "under", value_name = "PATH")]
-    pub under: Vec<String>,
-    /// Checkpoint file: a run that stops half way starts again after the last folder it finished.
-    #[arg(long, env = "PROXY_GC_RESUME_FILE")]
-    pub resume_file: Option<PathBuf>,
-    /// Write the run's figures there as Prometheus text (node_exporter's textfile collector).
-    #[arg(long, env = "PROXY_GC_METRICS_FILE")]
-    pub metrics_file: Option<PathBuf>,
-    /// Seconds between progress lines on long runs (0: none).
-    #[arg(long, env = "PROXY_GC_PROGRESS_SECS", default_value_t = 30)]
-    pub progress_secs: u64,
-    /// How long S3 may take to answer one call.
-    #[arg(long, env = "PROXY_S3_TIMEOUT_SECS", default_value_t = 60)]
-    pub s3_timeout_secs: u64,
-    /// How long MLflow may take to answer one call.
-    #[arg(long, env = "PROXY_GC_MLFLOW_TIMEOUT_SECS", default_value_t = 60)]
-    pub mlflow_timeout_secs: u64,
-    /// Test hook: before each re-check, print a line and wait for one on stdin.
-    #[arg(long, hide = true)]
-    pub pause_before_delete: bool,
-}
 
 /// The settings, checked.
 #[derive(Clone, Debug)]
@@ -114,21 +58,22 @@ pub struct GcConfig {
     pub pause_before_delete: bool,
 }
 
-impl GcArgs {
-    pub fn build(&self) -> Result<GcConfig, String> {
-        let tracking_uri = self.tracking_uri.clone().ok_or(
+impl GcConfig {
+    /// The command line's settings, checked.
+    pub fn from_args(args: &GcArgs) -> Result<GcConfig, String> {
+        let tracking_uri = args.tracking_uri.clone().ok_or(
             "--tracking-uri (MLFLOW_TRACKING_URI) is required: the proxy's URL, e.g. http://127.0.0.1:5000",
         )?;
-        if self.concurrency == 0 {
+        if args.concurrency == 0 {
             return Err("--concurrency (PROXY_GC_CONCURRENCY) must be at least 1".into());
         }
-        if self.s3_timeout_secs == 0 || self.mlflow_timeout_secs == 0 {
+        if args.s3_timeout_secs == 0 || args.mlflow_timeout_secs == 0 {
             return Err("the timeouts must be at least 1 s".into());
         }
-        let under = if self.under.is_empty() {
+        let under = if args.under.is_empty() {
             None
         } else {
-            let mut folders = self
+            let mut folders = args
                 .under
                 .iter()
                 .map(|path| folder(path))
@@ -138,25 +83,25 @@ impl GcArgs {
             Some(folders)
         };
         Ok(GcConfig {
-            store: self.store.build()?,
+            store: args.store.build()?,
             tracking_uri,
             credentials: Credentials {
-                username: self.username.clone().filter(|u| !u.is_empty()),
-                password: self.password.clone(),
-                token: self.token.clone().filter(|t| !t.is_empty()),
+                username: args.username.clone().filter(|u| !u.is_empty()),
+                password: args.password.clone(),
+                token: args.token.clone().filter(|t| !t.is_empty()),
             },
-            delete: self.delete,
-            older_than: parse_age(&self.older_than)?,
-            older_than_text: self.older_than.clone(),
-            concurrency: self.concurrency,
+            delete: args.delete,
+            older_than: parse_age(&args.older_than)?,
+            older_than_text: args.older_than.clone(),
+            concurrency: args.concurrency,
             under,
-            resume_file: self.resume_file.clone(),
-            metrics_file: self.metrics_file.clone(),
-            progress_every: (self.progress_secs > 0)
-                .then(|| Duration::from_secs(self.progress_secs)),
-            s3_timeout: Duration::from_secs(self.s3_timeout_secs),
-            mlflow_timeout: Duration::from_secs(self.mlflow_timeout_secs),
-            pause_before_delete: self.pause_before_delete,
+            resume_file: args.resume_file.clone(),
+            metrics_file: args.metrics_file.clone(),
+            progress_every: (args.progress_secs > 0)
+                .then(|| Duration::from_secs(args.progress_secs)),
+            s3_timeout: Duration::from_secs(args.s3_timeout_secs),
+            mlflow_timeout: Duration::from_secs(args.mlflow_timeout_secs),
+            pause_before_delete: args.pause_before_delete,
         })
     }
 }
