@@ -557,7 +557,7 @@ async fn gc_stops_without_deleting_when_mlflow_cannot_answer_for_sure() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn checks_run_at_most_concurrency_at_a_time_and_under_limits_the_walk() {
+async fn checks_run_at_most_concurrency_at_a_time_under_limits_the_walk_and_progress_is_reported() {
     let s3 = S3Server::start().await;
     let runs: Vec<String> = (0..40).map(|i| format!("{i:032x}")).collect();
     let ids: Vec<&str> = runs.iter().map(String::as_str).collect();
@@ -575,9 +575,21 @@ async fn checks_run_at_most_concurrency_at_a_time_and_under_limits_the_walk() {
     let mut limited = config(&s3, &mlflow, false, "0");
     limited.concurrency = 3;
     limited.under = Some(vec!["3/".into()]);
+    // A progress line after every folder (a long run prints one every --progress-secs).
+    limited.progress_every = Some(Duration::ZERO);
     let (lines, result) = run_gc(limited, None).await;
     let summary = result.unwrap();
     assert_eq!(summary.checked[0], 40, "only experiment 3: {lines:#?}");
+    let progress: Vec<&String> = lines
+        .iter()
+        .filter(|l| l.starts_with("gc: progress: "))
+        .collect();
+    assert_eq!(progress.len(), 40, "{lines:#?}");
+    assert!(
+        progress[39].starts_with("gc: progress: 40 prefixes checked, 0 orphaned"),
+        "{}",
+        progress[39]
+    );
     assert_eq!(summary.orphans.count(), 0);
     let max = mlflow.known.lock().unwrap().max_in_flight;
     assert!(
