@@ -2,6 +2,7 @@
 //! already use, parsed and checked once at start-up.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -35,6 +36,9 @@ pub enum Command {
     /// Abort multipart uploads older than --older-than-hours under the destination, once (for a
     /// cron job; the serving proxy also sweeps by itself). Safe to run anywhere, any time.
     SweepUploads(SweepUploadsArgs),
+    /// Find the artifacts of runs, logged models and traces MLflow no longer has (asking it as
+    /// an admin) and, with --delete, delete those older than --older-than. A dry run by default.
+    Gc(Box<GcArgs>),
 }
 
 #[derive(Clone, Debug, Args)]
@@ -44,6 +48,62 @@ pub struct SweepUploadsArgs {
     /// Age above which an open upload counts as abandoned.
     #[arg(long, env = "PROXY_MPU_STALE_HOURS", default_value_t = 24)]
     pub older_than_hours: u64,
+}
+
+/// `gc` (see the `gc` module and docs/gc.md).
+#[derive(Clone, Debug, Args)]
+pub struct GcArgs {
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// MLflow, asked whether each run, logged model and trace still exists: the proxy's URL (or
+    /// MLflow's own).
+    #[arg(long, env = "MLFLOW_TRACKING_URI")]
+    pub tracking_uri: Option<String>,
+    /// An MLflow admin's user name, when MLflow runs its basic-auth app (with --password).
+    #[arg(long, env = "MLFLOW_TRACKING_USERNAME")]
+    pub username: Option<String>,
+    /// The admin's password.
+    #[arg(long, env = "MLFLOW_TRACKING_PASSWORD", hide_env_values = true)]
+    pub password: Option<String>,
+    /// A bearer token instead of a user name and password.
+    #[arg(long, env = "MLFLOW_TRACKING_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Delete the orphaned folders last written more than --older-than ago, each re-checked with
+    /// MLflow just before. Without it, gc only reports (a dry run).
+    #[arg(long, conflicts_with = "dry_run")]
+    pub delete: bool,
+    /// Only report what --delete would delete (the default).
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Orphaned folders written to more recently than this are kept: 7d, 12h, 30m, 1d12h, ...;
+    /// 0 keeps none back.
+    #[arg(long, env = "PROXY_GC_OLDER_THAN", default_value = "7d")]
+    pub older_than: String,
+    /// Folders checked (MLflow asked, S3 listed or deleted) at the same time.
+    #[arg(long, env = "PROXY_GC_CONCURRENCY", default_value_t = 8)]
+    pub concurrency: usize,
+    /// Only this folder of the destination, an experiment's location (`12`, or a custom one such
+    /// as `team-a/exp`); repeatable. Default: every experiment folder `<id>/` at its root.
+    #[arg(long = "under", value_name = "PATH")]
+    pub under: Vec<String>,
+    /// Checkpoint file: a run that stops half way starts again after the last folder it finished.
+    #[arg(long, env = "PROXY_GC_RESUME_FILE")]
+    pub resume_file: Option<PathBuf>,
+    /// Write the run's figures there as Prometheus text (node_exporter's textfile collector).
+    #[arg(long, env = "PROXY_GC_METRICS_FILE")]
+    pub metrics_file: Option<PathBuf>,
+    /// Seconds between progress lines on long runs (0: none).
+    #[arg(long, env = "PROXY_GC_PROGRESS_SECS", default_value_t = 30)]
+    pub progress_secs: u64,
+    /// How long S3 may take to answer one call.
+    #[arg(long, env = "PROXY_S3_TIMEOUT_SECS", default_value_t = 60)]
+    pub s3_timeout_secs: u64,
+    /// How long MLflow may take to answer one call.
+    #[arg(long, env = "PROXY_GC_MLFLOW_TIMEOUT_SECS", default_value_t = 60)]
+    pub mlflow_timeout_secs: u64,
+    /// Test hook: before each re-check, print a line and wait for one on stdin.
+    #[arg(long, hide = true)]
+    pub pause_before_delete: bool,
 }
 
 #[derive(Clone, Debug, Args)]

@@ -4,7 +4,8 @@
 //! One module per job: `config` (flags and environment), `server` (listener, access log),
 //! `router` (which requests are ours), `artifacts` (the artifact handlers), `s3` (the store),
 //! `upstream` (pass-through to MLflow), `upstream_pool` (its kept-alive connections), `metrics` (Prometheus, health), `error` (one error type),
-//! `mlflow` (the stock server's observable rules), `state` (what handlers share).
+//! `mlflow` (the stock server's observable rules), `state` (what handlers share), `purge`
+//! (deleting a prefix a page at a time), `gc` (the artifacts MLflow no longer knows).
 
 pub mod artifacts;
 pub mod auth;
@@ -13,9 +14,11 @@ pub mod config;
 pub mod downloads;
 pub mod error;
 pub mod forwarding;
+pub mod gc;
 pub mod metrics;
 pub mod mlflow;
 pub mod public_url;
+pub mod purge;
 mod quickack;
 pub mod request_line;
 pub mod router;

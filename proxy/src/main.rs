@@ -1,6 +1,7 @@
 //! Wires the command line to the library; decides nothing itself.
 
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
@@ -66,6 +67,16 @@ fn main() -> ExitCode {
                     return Err(format!("{} uploads could not be aborted", report.failed));
                 }
                 Ok(())
+            }
+            Command::Gc(args) => {
+                let out: mlflow_artifact_proxy::gc::Sink = Arc::new(|line| println!("{line}"));
+                mlflow_artifact_proxy::gc::run(
+                    mlflow_artifact_proxy::gc::GcConfig::from_args(&args)?,
+                    None,
+                    out,
+                )
+                .await
+                .map(drop)
             }
         }
     });

@@ -76,6 +76,38 @@ pub struct Listing {
     pub objects: Vec<(String, u64)>,
 }
 
+/// One object of a listing page.
+#[derive(Clone, Debug)]
+pub struct Entry {
+    pub key: String,
+    pub size: u64,
+    /// As S3 wrote it (`2026-11-30T19:00:00.000Z`).
+    pub last_modified: String,
+}
+
+/// One page of a listing (at most the `max_keys` asked for), and whether more follow.
+#[derive(Debug, Default)]
+pub struct Page {
+    /// Common prefixes (with their trailing `/`).
+    pub prefixes: Vec<String>,
+    pub objects: Vec<Entry>,
+    pub truncated: bool,
+}
+
+impl Page {
+    /// Where the next page starts (its `start_after`): past the last key, and past everything
+    /// under the last common prefix (`a/b/` becomes `a/b0`, as `0` follows `/`). Positions, not
+    /// continuation tokens, so keys deleted between pages move nothing on any store.
+    pub fn next_start_after(&self) -> Option<String> {
+        let last_key = self.objects.last().map(|o| o.key.clone());
+        let past_prefix = self.prefixes.last().map(|p| match p.strip_suffix('/') {
+            Some(stem) => format!("{stem}0"),
+            None => p.clone(),
+        });
+        last_key.max(past_prefix)
+    }
+}
+
 /// Metadata of one object, from HEAD.
 #[derive(Debug)]
 pub struct ObjectMeta {
@@ -85,7 +117,7 @@ pub struct ObjectMeta {
 }
 
 /// Plain HTTP, or TLS with the roots `tls` chooses.
-type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
+pub type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
 
 pub struct Store {
     bucket: Box<Bucket>,
@@ -103,19 +135,7 @@ impl Store {
     pub fn new(config: &StoreConfig, metrics: Metrics, timeout: Duration) -> Result<Self, String> {
         let bucket = control_bucket(config, timeout)?;
         let slow_bucket = control_bucket(config, timeout.max(COMPLETE_TIMEOUT))?;
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(Duration::from_secs(5)));
-        connector.enforce_http(false);
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(crate::tls::client_config(config.ca_bundle.as_deref())?)
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(connector);
-        let http = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(30))
-            .pool_timer(TokioTimer::new())
-            .build(connector);
+        let http = http_client(config.ca_bundle.as_deref())?;
         Ok(Store {
             bucket,
             slow_bucket,
@@ -392,36 +412,63 @@ impl Store {
     /// Every entry under `prefix`, page by page (ListObjectsV2).
     pub async fn list(&self, prefix: &str, delimiter: Option<&str>) -> Result<Listing, StoreError> {
         let mut listing = Listing::default();
-        let mut token = None;
+        let mut after: Option<String> = None;
         loop {
-            let (page, _) = self
-                .control("list_objects", self.timeout, async {
-                    Ok(self
-                        .bucket
-                        .list_page(
-                            prefix.to_owned(),
-                            delimiter.map(str::to_owned),
-                            token.clone(),
-                            None,
-                            None,
-                        )
-                        .await?)
-                })
+            let page = self
+                .list_page(prefix, delimiter, after.as_deref(), 1000)
                 .await?;
-            listing.prefixes.extend(
-                page.common_prefixes
-                    .unwrap_or_default()
-                    .into_iter()
-                    .map(|p| p.prefix),
-            );
+            after = page.next_start_after();
+            let more = page.truncated && after.is_some();
+            listing.prefixes.extend(page.prefixes);
             listing
                 .objects
-                .extend(page.contents.into_iter().map(|o| (o.key, o.size)));
-            match page.next_continuation_token {
-                Some(next) if page.is_truncated => token = Some(next),
-                _ => return Ok(listing),
+                .extend(page.objects.into_iter().map(|o| (o.key, o.size)));
+            if !more {
+                return Ok(listing);
             }
         }
+    }
+
+    /// One page of the listing under `prefix`, from `start_after` on (ListObjectsV2).
+    pub async fn list_page(
+        &self,
+        prefix: &str,
+        delimiter: Option<&str>,
+        start_after: Option<&str>,
+        max_keys: usize,
+    ) -> Result<Page, StoreError> {
+        let (page, _) = self
+            .control("list_objects", self.timeout, async {
+                Ok(self
+                    .bucket
+                    .list_page(
+                        prefix.to_owned(),
+                        delimiter.map(str::to_owned),
+                        None,
+                        start_after.map(str::to_owned),
+                        Some(max_keys),
+                    )
+                    .await?)
+            })
+            .await?;
+        Ok(Page {
+            prefixes: page
+                .common_prefixes
+                .unwrap_or_default()
+                .into_iter()
+                .map(|p| p.prefix)
+                .collect(),
+            objects: page
+                .contents
+                .into_iter()
+                .map(|o| Entry {
+                    key: o.key,
+                    size: o.size,
+                    last_modified: o.last_modified,
+                })
+                .collect(),
+            truncated: page.is_truncated,
+        })
     }
 
     /// Whether anything at all is stored under `prefix` (one key is enough).
@@ -463,6 +510,26 @@ impl Store {
     pub async fn check(&self) -> Result<(), StoreError> {
         self.any_under(&self.prefix).await.map(drop)
     }
+}
+
+/// An HTTP/1.1 client for http:// and https:// URLs (TLS with the roots `tls` chooses for `ca_bundle`),
+/// connecting within 5 s, keeping idle connections 30 s.
+pub fn http_client(
+    ca_bundle: Option<&std::path::Path>,
+) -> Result<Client<Connector, ProxyBody>, String> {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    connector.set_connect_timeout(Some(Duration::from_secs(5)));
+    connector.enforce_http(false);
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(crate::tls::client_config(ca_bundle)?)
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(connector);
+    Ok(Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(30))
+        .pool_timer(TokioTimer::new())
+        .build(connector))
 }
 
 /// The endpoint as rust-s3 addresses it, and the static credentials.
@@ -608,6 +675,30 @@ mod tests {
         assert_eq!(posix_join("pre", "a"), "pre/a");
         assert_eq!(posix_join("pre/", "a"), "pre/a");
         assert_eq!(posix_join("pre", ""), "pre/");
+    }
+
+    #[test]
+    fn the_next_page_starts_past_the_last_entry() {
+        let entry = |key: &str| Entry {
+            key: key.into(),
+            size: 0,
+            last_modified: String::new(),
+        };
+        let page = Page {
+            prefixes: vec!["1/a/".into(), "1/b/".into()],
+            objects: vec![entry("1/a.txt")],
+            truncated: true,
+        };
+        assert_eq!(page.next_start_after().as_deref(), Some("1/b0"));
+        let page = Page {
+            prefixes: vec!["1/a/".into()],
+            objects: vec![entry("1/c.txt")],
+            truncated: true,
+        };
+        assert_eq!(page.next_start_after().as_deref(), Some("1/c.txt"));
+        assert_eq!(Page::default().next_start_after(), None);
+        // Everything under `1/b/` sorts before `1/b0`, and nothing else does.
+        assert!("1/b/\u{10ffff}" < "1/b0" && "1/b." < "1/b/");
     }
 
     #[test]

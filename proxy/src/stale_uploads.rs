@@ -70,8 +70,8 @@ fn stale(
         .collect()
 }
 
-/// `2026-11-30T19:00:00.000Z` (S3's Initiated) → Unix seconds.
-fn parse_timestamp(text: &str) -> Option<u64> {
+/// `2026-11-30T19:00:00.000Z` (S3's Initiated, LastModified) → Unix seconds.
+pub fn parse_timestamp(text: &str) -> Option<u64> {
     let text = text.trim();
     let (date, time) = text.split_once('T')?;
     let mut date = date.split('-').map(|p| p.parse::<i64>().ok());

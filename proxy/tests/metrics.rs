@@ -267,10 +267,11 @@ async fn a_scripted_session_moves_exactly_these_counters() {
                 r#"mlflow_proxy_s3_requests_total{operation="get_object",outcome="ok"}"#,
                 3.0
             ),
-            // missing (is it a directory?), the listing, the delete.
+            // missing (is it a directory?), the listing, the delete (the file itself, then the
+            // page under it).
             (
                 r#"mlflow_proxy_s3_requests_total{operation="list_objects",outcome="ok"}"#,
-                3.0
+                4.0
             ),
             (
                 r#"mlflow_proxy_s3_requests_total{operation="put_object",outcome="error"}"#,
@@ -312,7 +313,7 @@ async fn a_scripted_session_moves_exactly_these_counters() {
             ),
             (
                 r#"mlflow_proxy_s3_request_duration_seconds_count{operation="list_objects"}"#,
-                3.0
+                4.0
             ),
             (
                 r#"mlflow_proxy_s3_request_duration_seconds_count{operation="put_object"}"#,

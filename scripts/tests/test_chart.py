@@ -98,6 +98,11 @@ def pod_specs(docs):
             yield d, template["spec"], template["metadata"].get("labels", {})
 
 
+def containers_of(spec):
+    """Every container of a pod spec, init containers first (the order they run in)."""
+    return spec.get("initContainers", []) + spec["containers"]
+
+
 def env_of(container):
     return {e["name"]: e for e in container.get("env", [])}
 
@@ -141,7 +146,7 @@ def test_probes_resources_and_restricted_security_everywhere(case):
         assert spec["securityContext"]["runAsNonRoot"] is True, where
         assert spec["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault", where
         assert spec["automountServiceAccountToken"] is False, where
-        for c in spec["containers"]:
+        for c in containers_of(spec):
             assert c["resources"]["requests"]["cpu"] and c["resources"]["requests"]["memory"], where
             assert c["resources"]["limits"]["memory"], where
             sc = c["securityContext"]
@@ -161,7 +166,7 @@ def test_probes_resources_and_restricted_security_everywhere(case):
 def test_secrets_only_by_reference(case):
     name, docs = case
     for owner, spec, _ in pod_specs(docs):
-        for c in spec["containers"]:
+        for c in containers_of(spec):
             for env_name, e in env_of(c).items():
                 if SECRETISH.search(env_name) and env_name != "MLFLOW_TRACKING_URI":
                     assert "value" not in e, f"{owner['metadata']['name']}: {env_name} is a literal"
@@ -169,7 +174,7 @@ def test_secrets_only_by_reference(case):
     secrets = kinds(docs, "Secret")
     assert len(secrets) == (1 if name == "chart-secret" else 0)
     for owner, spec, _ in pod_specs(docs):
-        for c in spec["containers"]:
+        for c in containers_of(spec):
             refs = {e["valueFrom"]["secretKeyRef"]["name"] for e in c.get("env", []) if "valueFrom" in e}
             expected = {"mls-mlflow-stack-credentials" if name == "chart-secret" else "mlflow-credentials"}
             assert refs <= expected
@@ -235,10 +240,10 @@ def test_database_connection_arithmetic(case):
     _, docs = case
     total = 0
     for owner, spec, _ in pod_specs(docs):
-        c = spec["containers"][0]
-        env = env_of(c)
-        if "BACKEND_STORE_URI" not in env:
+        c = next((c for c in containers_of(spec) if "BACKEND_STORE_URI" in env_of(c)), None)
+        if c is None:
             continue
+        env = env_of(c)
         per_engine = int(env["MLFLOW_SQLALCHEMYSTORE_POOL_SIZE"]["value"]) + int(
             env["MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW"]["value"]
         )
@@ -283,6 +288,51 @@ def test_pdb_hpa_and_service_monitor_follow_the_values(case):
     assert bool(kinds(docs, "ServiceMonitor")) == (name == "monitoring")
     if name == "no-hpa":
         assert proxy_deployment(docs)["spec"]["replicas"] == 3
+
+
+def test_gc_cronjob_runs_mlflow_gc_then_the_orphan_step(binary):
+    """gc.enabled: `mlflow gc` (MLflow image, gc.py) as an init container, then the orphan step
+    (proxy image) against the proxy's own store; what compose's gc profile runs (docs/gc.md)."""
+    docs = render(binary, "monitoring-values.yaml", "--api-versions", SERVICE_MONITOR_API)
+    cron = one(docs, "CronJob", f"{FULLNAME}-gc")
+    assert cron["spec"]["concurrencyPolicy"] == "Forbid"
+    spec = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    (gc,), (orphans,) = spec["initContainers"], spec["containers"]
+    compose = yaml.safe_load((ROOT / "compose" / "compose.yaml").read_text())["services"]
+    proxy = container(proxy_deployment(docs), "proxy")
+    assert gc["name"] == "gc" and gc["image"].startswith("mlflow-server:")
+    assert gc["command"] == ["python3", "/usr/local/bin/mlflow-gc.py"]
+    assert "mlflow-gc.py" in compose["gc"]["entrypoint"][2], "compose runs the same script"
+    assert env_of(gc)["GC_OLDER_THAN"]["value"] == "30d"
+    assert env_of(gc)["BACKEND_STORE_URI"]["valueFrom"]["secretKeyRef"]["key"] == "backend-store-uri"
+    assert orphans["name"] == "gc-orphans" and orphans["image"] == proxy["image"]
+    assert orphans["args"] == ["gc", "--delete"]
+    assert compose["gc-orphans"]["entrypoint"][2].startswith("while :; do mlflow-artifact-proxy gc --delete;")
+    assert env_of(orphans)["PROXY_GC_OLDER_THAN"]["value"] == "7d"
+    for c in (gc, orphans):
+        # Through the proxy's Service, as compose's gc services go through `proxy`.
+        assert env_of(c)["MLFLOW_TRACKING_URI"]["value"] == f"http://{FULLNAME}:5000"
+    store = ("MLFLOW_S3_ENDPOINT_URL", "MLFLOW_ARTIFACTS_DESTINATION", "AWS_DEFAULT_REGION", "AWS_ACCESS_KEY_ID",
+             "AWS_SECRET_ACCESS_KEY")
+    assert {k: env_of(orphans)[k] for k in store} == {k: env_of(proxy)[k] for k in store}, "the proxy's store"
+    assert int(cron["spec"]["jobTemplate"]["spec"]["activeDeadlineSeconds"]) >= 3600
+
+    # Without the orphan step, `mlflow gc` is the job's only container; without gc, no CronJob.
+    docs = render(binary, "monitoring-values.yaml", "--api-versions", SERVICE_MONITOR_API,
+                  "--set", "gc.orphans.enabled=false")
+    spec = one(docs, "CronJob", f"{FULLNAME}-gc")["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    assert "initContainers" not in spec and [c["name"] for c in spec["containers"]] == ["gc"]
+    assert not kinds(render(binary), "CronJob")
+
+    # With MLflow's auth app, both steps act as MLflow's admin (anything less is refused, and gc
+    # would free nothing); the password from the Secret, as MLflow's own.
+    docs = render(binary, "auth-values.yaml", "--set", "gc.enabled=true")
+    spec = one(docs, "CronJob", f"{FULLNAME}-gc")["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    mlflow = container(one(docs, "Deployment", f"{FULLNAME}-mlflow"), "mlflow")
+    for c in spec["initContainers"] + spec["containers"]:
+        env = env_of(c)
+        assert env["MLFLOW_TRACKING_USERNAME"]["value"] == env_of(mlflow)["MLFLOW_AUTH_ADMIN_USERNAME"]["value"]
+        assert env["MLFLOW_TRACKING_PASSWORD"]["valueFrom"] == env_of(mlflow)["MLFLOW_AUTH_ADMIN_PASSWORD"]["valueFrom"]
 
 
 # ---------------------------------------------------------------- env parity with compose
@@ -407,6 +457,7 @@ BASE = ["--set", "s3.endpointUrl=https://s3.example.com", "--set", "secrets.exis
         (["--set", "auth.enabled=true", "--set", "proxy.env.PROXY_MLFLOW_AUTH=auto"], "artifact requests could be served unchecked"),
         (["--set", "auth.enabled=true", "--set", "secrets.existingSecret=", "--set", "secrets.create.backendStoreUri=mysql://u:p@db/m", "--set", "secrets.create.awsAccessKeyId=a", "--set", "secrets.create.awsSecretAccessKey=b", "--set", "secrets.create.signingKey=0123456789abcdef0123456789abcdef"], "auth.enabled needs secrets.existingSecret"),
         (["--set", "proxy.env.PROXY_MLFLOW_AUTH=sometimes"], "PROXY_MLFLOW_AUTH"),
+        (["--set", "gc.orphans.olderThan=7 days"], "olderThan"),
     ],
 )
 def test_each_guard_refuses(binary, args, message):

@@ -212,7 +212,7 @@ def test_every_s3_client_uses_the_same_store(compose):
             "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION"]
     reference = {key: env_of(compose["services"]["mlflow"]).get(key) for key in keys}
     assert reference["MLFLOW_ARTIFACTS_DESTINATION"] == "s3://default/"
-    for service in ("proxy", "defaultbucket"):
+    for service in ("proxy", "defaultbucket", "gc-orphans"):
         got = {key: env_of(compose["services"][service]).get(key) for key in keys}
         assert got == reference, f"{service} S3 settings: expected (as mlflow) {reference}, got {got}"
     minio = env_of(compose["services"]["minio"])
@@ -654,6 +654,8 @@ def test_real_compose_validates_and_renders_like_env_example(tmp_path, env_examp
     assert services["proxy"]["depends_on"]["defaultbucket"]["condition"] == "service_completed_successfully"
     monitoring = compose_config("--profile", "monitoring", env_file=empty)
     assert monitoring["services"]["prometheus"]["profiles"] == ["monitoring"]
+    gc = compose_config("--profile", "gc", env_file=empty)
+    assert {"gc", "gc-orphans"} <= set(gc["services"]), sorted(gc["services"])
 
 
 # --------------------------------------------------------------------------- the same names natively
@@ -697,7 +699,9 @@ PROXY_BIN = Path(os.environ.get("PROXY_BIN", ROOT / "target" / "release" / "mlfl
 
 
 @pytest.mark.skipif(not PROXY_BIN.exists(), reason=f"{PROXY_BIN} is not built")
-@pytest.mark.parametrize(("service", "subcommand"), [("proxy", "serve"), ("defaultbucket", "ensure-bucket")])
+@pytest.mark.parametrize(
+    ("service", "subcommand"), [("proxy", "serve"), ("defaultbucket", "ensure-bucket"), ("gc-orphans", "gc")]
+)
 def test_proxy_cli_knows_every_variable_compose_sets(service, subcommand, compose):
     done = subprocess.run([str(PROXY_BIN), subcommand, "--help"], capture_output=True, text=True, timeout=30)
     assert done.returncode == 0, done.stderr
@@ -724,3 +728,66 @@ def test_proxy_stop_grace_covers_its_shutdown_grace(compose):
     grace = int(env_of(compose["services"]["proxy"])["PROXY_SHUTDOWN_GRACE_SECS"])
     stop = int(str(compose["services"]["proxy"]["stop_grace_period"]).rstrip("s"))
     assert stop > grace, f"stop_grace_period {stop}s must exceed PROXY_SHUTDOWN_GRACE_SECS {grace}s"
+
+
+# --------------------------------------------------------------------------- garbage collection (docs/gc.md)
+
+GC_SERVICES = {"gc", "gc-orphans"}
+
+
+def loop_command(service: dict) -> str:
+    """The command the service's `sh -c` loop runs before it sleeps GC_INTERVAL."""
+    entrypoint = service["entrypoint"]
+    assert entrypoint[:2] == ["/bin/sh", "-c"], entrypoint
+    match = re.fullmatch(r'while :; do (.+); sleep "\$GC_INTERVAL"; done', entrypoint[2])
+    assert match, f"expected a run-then-sleep loop, got {entrypoint[2]!r}"
+    return match[1]
+
+
+def test_gc_services_sit_behind_the_gc_profile(compose):
+    services = compose["services"]
+    for name in GC_SERVICES:
+        service = services[name]
+        assert service["profiles"] == ["gc"], f"{name}: {service.get('profiles')}"
+        assert service["restart"] == "unless-stopped" and service["init"] is True, name
+        assert not service.get("ports"), f"{name} publishes nothing"
+        assert service["depends_on"]["proxy"]["condition"] == "service_healthy", name
+        env = env_of(service)
+        # Through the proxy (artifacts are mlflow-artifacts: URIs), as MLflow's admin when auth is on.
+        assert env["MLFLOW_TRACKING_URI"] == "http://proxy:5000", env
+        assert (env["MLFLOW_TRACKING_USERNAME"], env["MLFLOW_TRACKING_PASSWORD"]) == (
+            env_of(services["mlflow"])["MLFLOW_AUTH_ADMIN_USERNAME"],
+            env_of(services["mlflow"])["MLFLOW_AUTH_ADMIN_PASSWORD"],
+        )
+        assert env["GC_INTERVAL"] == "24h"
+
+
+def test_gc_runs_mlflow_gc_in_the_mlflow_image_with_its_database(compose, raw_compose):
+    gc, mlflow = compose["services"]["gc"], compose["services"]["mlflow"]
+    assert gc["image"] == mlflow["image"] and gc["build"] == mlflow["build"], "gc runs the MLflow image"
+    assert raw_compose["services"]["gc"]["build"] == raw_compose["services"]["mlflow"]["build"]
+    assert loop_command(gc) == "python3 /usr/local/bin/mlflow-gc.py"
+    copies = [rest.split() for keyword, rest in stages(MLFLOW_DOCKERFILE)[-1] if keyword == "COPY"]
+    assert ["gc.py", "/usr/local/bin/mlflow-gc.py"] in copies, f"the MLflow image must carry gc.py: {copies}"
+    env = env_of(gc)
+    for key in ("MYSQL_HOST", "MYSQL_TCP_PORT", "MYSQL_DATABASE", "MYSQL_USER", "MYSQL_PASSWORD"):
+        assert env[key] == env_of(mlflow)[key], f"gc.{key}: {env[key]!r}, mlflow's: {env_of(mlflow)[key]!r}"
+    assert env["GC_OLDER_THAN"] == "30d"
+    assert not [key for key in env if key.startswith("AWS_")], "mlflow gc deletes through the proxy: no S3 keys"
+    assert gc["depends_on"]["mysql"]["condition"] == "service_healthy"
+
+
+def test_gc_orphans_runs_the_proxy_image_against_the_same_store(compose):
+    orphans, proxy = compose["services"]["gc-orphans"], compose["services"]["proxy"]
+    assert orphans["image"] == proxy["image"] and orphans["build"] == proxy["build"]
+    assert loop_command(orphans) == "mlflow-artifact-proxy gc --delete"
+    assert env_of(orphans)["PROXY_GC_OLDER_THAN"] == "7d"
+    assert orphans["healthcheck"] == {"disable": True}, "the image's healthcheck is the server's"
+
+
+def test_gc_reads_what_compose_gives_it():
+    """gc.py reads the variables compose sets (and builds the database URI as entrypoint.sh does)."""
+    text = (MLFLOW_IMAGE_DIR / "gc.py").read_text()
+    for key in ("MLFLOW_TRACKING_URI", "GC_OLDER_THAN", "MYSQL_HOST", "MYSQL_TCP_PORT", "MYSQL_USER",
+                "MYSQL_PASSWORD", "MYSQL_DATABASE", "BACKEND_STORE_URI"):
+        assert f'"{key}"' in text, f"gc.py does not read {key}"

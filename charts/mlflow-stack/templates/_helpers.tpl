@@ -226,3 +226,44 @@ topologySpreadConstraints:
       matchLabels:
         {{- include "mlflow-stack.selectorLabels" . | nindent 8 }}
 {{- end -}}
+
+{{/* The gc CronJob's `mlflow gc` container (mlflow-image/gc.py, through the proxy). */}}
+{{/*
+The gc jobs ask MLflow and delete through the proxy as MLflow's admin when auth.enabled (with
+auth on, anything less is refused: the jobs would stop without freeing anything).
+*/}}
+{{- define "mlflow-stack.gcCredentials" -}}
+{{- if .Values.auth.enabled }}
+- name: MLFLOW_TRACKING_USERNAME
+  value: {{ .Values.auth.MLFLOW_AUTH_ADMIN_USERNAME | quote }}
+- name: MLFLOW_TRACKING_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ .Values.secrets.existingSecret }}
+      key: {{ .Values.secrets.keys.authAdminPassword }}
+{{- end }}
+{{- end -}}
+
+{{- define "mlflow-stack.gcContainer" -}}
+- name: gc
+  image: {{ include "mlflow-stack.image" .Values.images.mlflow | quote }}
+  imagePullPolicy: {{ .Values.images.mlflow.pullPolicy }}
+  command: ["python3", "/usr/local/bin/mlflow-gc.py"]
+  env:
+    - name: GC_OLDER_THAN
+      value: {{ .Values.gc.olderThan | quote }}
+    - name: MLFLOW_TRACKING_URI
+      value: "http://{{ include "mlflow-stack.fullname" . }}:5000"
+    {{- include "mlflow-stack.gcCredentials" . | nindent 4 }}
+    {{- include "mlflow-stack.mlflowEnv" . | nindent 4 }}
+  resources:
+    {{- toYaml .Values.gc.resources | nindent 4 }}
+  securityContext:
+    {{- toYaml .Values.containerSecurityContext | nindent 4 }}
+  volumeMounts:
+    - name: tmp
+      mountPath: /tmp
+    - name: home
+      mountPath: /home/mlflow
+    {{- include "mlflow-stack.caMount" . | nindent 4 }}
+{{- end -}}
