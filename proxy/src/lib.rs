@@ -2,7 +2,8 @@
 //! straight from S3 in bounded memory; every other request streams through to MLflow.
 //!
 //! One module per job: `config` (flags and environment), `server` (listener, access log),
-//! `router` (which requests are ours), `artifacts` (the artifact handlers), `s3` (the store),
+//! `router` (which requests are ours), `artifacts` (the artifact handlers), `locations` (where
+//! MLflow keeps what the UI's downloads name), `s3` (the store),
 //! `upstream` (pass-through to MLflow), `upstream_pool` (its kept-alive connections), `metrics` (Prometheus, health), `error` (one error type),
 //! `mlflow` (the stock server's observable rules), `state` (what handlers share).
 
@@ -13,6 +14,7 @@ pub mod config;
 pub mod downloads;
 pub mod error;
 pub mod forwarding;
+pub mod locations;
 pub mod metrics;
 pub mod mlflow;
 pub mod public_url;
@@ -70,7 +72,10 @@ impl Proxy {
             config.trusted_proxies.clone(),
         );
         let auth = Arc::new(auth::Auth::new(
-            config.auth.clone(),
+            auth::AuthConfig {
+                static_prefix: config.static_prefix.clone(),
+                ..config.auth.clone()
+            },
             config.upstream.clone(),
             metrics.clone(),
         )?);
@@ -84,7 +89,8 @@ impl Proxy {
                 auth.clone(),
                 config.download,
             )
-            .with_transfers(config.transfers.clone()),
+            .with_transfers(config.transfers.clone())
+            .with_static_prefix(&config.static_prefix),
         );
 
         let listener = TcpListener::bind(config.listen)

@@ -67,13 +67,16 @@ fn invalid_value(name: &str, value: &Value) -> ProxyError {
     ))
 }
 
-/// `/api/2.0` or `/ajax-api/2.0`, whichever the client came in on: the URLs we hand out use it
-/// too, so they pass whatever a front proxy routes for that client.
-pub(super) fn api_prefix(request_path: &str) -> &'static str {
-    if request_path.starts_with("/ajax-api/") {
-        "/ajax-api/2.0"
+/// `/api/2.0` or `/ajax-api/2.0`, whichever the client came in on (below MLflow's static
+/// prefix, kept): the URLs we hand out use it too, so they pass whatever a front proxy routes
+/// for that client.
+pub(super) fn api_prefix(app: &App, request_path: &str) -> String {
+    let prefix = app.static_prefix.as_str();
+    let below = crate::router::without_static_prefix(request_path, prefix).unwrap_or(request_path);
+    if below.starts_with("/ajax-api/") {
+        format!("{prefix}/ajax-api/2.0")
     } else {
-        "/api/2.0"
+        format!("{prefix}/api/2.0")
     }
 }
 
@@ -108,7 +111,7 @@ pub async fn handle(
         MpuAction::Create => Some(public_base(app, &request)?),
         _ => None,
     };
-    let prefix = api_prefix(request.uri().path());
+    let prefix = api_prefix(app, request.uri().path());
     let body = read_json(request).await?;
     let name = file_name(&body)?;
     let key = app.store.upload_key(dir.trim_end_matches('/'), &name);

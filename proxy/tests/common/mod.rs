@@ -534,6 +534,7 @@ pub fn serve_config(s3: &S3Server, upstream: &str) -> ServeConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
         metrics_listen: "127.0.0.1:0".parse().unwrap(),
         upstream: upstream.parse().unwrap(),
+        static_prefix: String::new(),
         store: s3.store_config(""),
         upload: upload_config(),
         download: Default::default(),
