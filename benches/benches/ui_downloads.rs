@@ -35,7 +35,12 @@ use benches::stack::{self, MlflowApi, S3Access};
 use benches::stats::{Spread, round, spread};
 use serde_json::{Value, json};
 
-const ROUTES: [&str; 4] = ["client route", "run (UI)", "logged model (UI)", "model version"];
+const ROUTES: [&str; 4] = [
+    "client route",
+    "run (UI)",
+    "logged model (UI)",
+    "model version",
+];
 
 fn main() {
     setup::bench_main(run);
@@ -107,6 +112,28 @@ struct World {
     name: String,
 }
 
+/// POST as `api.post` does, once more (up to 3 times) when the connection broke: under load,
+/// uvicorn restarts a worker that missed its health check, dropping what it was answering.
+/// `body(attempt)` may differ per attempt (a fresh name, so a retry never collides with a first
+/// attempt that did land).
+async fn post_retrying(
+    mlflow: &MlflowApi,
+    path: &str,
+    body: impl Fn(usize) -> Value,
+) -> Result<Value, String> {
+    let mut attempt = 0;
+    loop {
+        match mlflow.post(path, &body(attempt)).await {
+            Err(e) if attempt < 2 && !e.contains(" answered ") => {
+                println!("  {path}: {e}; asking again");
+                attempt += 1;
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+            other => return other,
+        }
+    }
+}
+
 /// The experiment, run, logged model and model version, and the file twice (through the proxy).
 async fn make_world(mlflow: &MlflowApi, proxy: &str, size: u64) -> Result<World, String> {
     let text = |v: &Value, pointer: &str| {
@@ -115,37 +142,40 @@ async fn make_world(mlflow: &MlflowApi, proxy: &str, size: u64) -> Result<World,
             .map(str::to_owned)
             .ok_or_else(|| format!("no {pointer} in {v}"))
     };
-    let exp = mlflow
-        .post(
-            "/api/2.0/mlflow/experiments/create",
-            &json!({"name": "bench-ui-downloads"}),
-        )
-        .await?;
+    let exp = post_retrying(
+        mlflow,
+        "/api/2.0/mlflow/experiments/create",
+        |a| json!({"name": format!("bench-ui-downloads-{a}")}),
+    )
+    .await?;
     let exp = text(&exp, "/experiment_id")?;
-    let run = mlflow
-        .post("/api/2.0/mlflow/runs/create", &json!({"experiment_id": exp}))
-        .await?;
+    let run = post_retrying(
+        mlflow,
+        "/api/2.0/mlflow/runs/create",
+        |_| json!({"experiment_id": exp}),
+    )
+    .await?;
     let run = text(&run, "/run/info/run_id")?;
-    let model = mlflow
-        .post(
-            "/api/2.0/mlflow/logged-models",
-            &json!({"experiment_id": exp, "name": "bench"}),
-        )
-        .await?;
+    let model = post_retrying(
+        mlflow,
+        "/api/2.0/mlflow/logged-models",
+        |_| json!({"experiment_id": exp, "name": "bench"}),
+    )
+    .await?;
     let model = text(&model, "/model/info/model_id")?;
-    let name = "bench-ui-model".to_owned();
-    mlflow
-        .post(
-            "/api/2.0/mlflow/registered-models/create",
-            &json!({"name": name}),
-        )
-        .await?;
-    mlflow
-        .post(
-            "/api/2.0/mlflow/model-versions/create",
-            &json!({"name": name, "source": format!("models:/{model}"), "model_id": model}),
-        )
-        .await?;
+    let registered = post_retrying(
+        mlflow,
+        "/api/2.0/mlflow/registered-models/create",
+        |a| json!({"name": format!("bench-ui-model-{a}")}),
+    )
+    .await?;
+    let name = text(&registered, "/registered_model/name")?;
+    post_retrying(
+        mlflow,
+        "/api/2.0/mlflow/model-versions/create",
+        |_| json!({"name": name, "source": format!("models:/{model}"), "model_id": model}),
+    )
+    .await?;
     for path in [
         format!("{exp}/{run}/artifacts/big.bin"),
         format!("{exp}/models/{model}/artifacts/big.bin"),
@@ -174,7 +204,8 @@ fn run() -> Result<(), String> {
     let proxy_bin = procs::proxy_binary(&root)?;
     let scratch = setup::Scratch::create("mlflow-proxy-bench-ui")?;
     let work = scratch.path();
-    let store = servers::start_s3_store("s3s-fs", &setup::tools_dir(), work, ACCESS_KEY, SECRET_KEY)?;
+    let store =
+        servers::start_s3_store("s3s-fs", &setup::tools_dir(), work, ACCESS_KEY, SECRET_KEY)?;
     // s3s-fs keeps a bucket as a folder under its root.
     std::fs::create_dir_all(work.join("s3s-fs").join(BUCKET)).map_err(|e| e.to_string())?;
     let s3 = S3Access {
@@ -286,8 +317,11 @@ fn run() -> Result<(), String> {
         "store": store.kind,
         "rows": report,
     });
-    std::fs::write(&out, serde_json::to_vec_pretty(&summary).map_err(|e| e.to_string())?)
-        .map_err(|e| format!("{}: {e}", out.display()))?;
+    std::fs::write(
+        &out,
+        serde_json::to_vec_pretty(&summary).map_err(|e| e.to_string())?,
+    )
+    .map_err(|e| format!("{}: {e}", out.display()))?;
     println!("written: {}", out.display());
     drop(proxy);
     drop(mlflow);
