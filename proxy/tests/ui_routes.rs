@@ -17,11 +17,8 @@ use common::{S3Server, random_bytes, serve_config, sha256};
 use http::{Request, Response};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
 use mlflow_artifact_proxy::Proxy;
 use mlflow_artifact_proxy::auth::{AuthConfig, Mode};
-use tokio::net::TcpListener;
 
 /// `alice:pw`: may use every route and read every location.
 const ALICE: &str = "Basic YWxpY2U6cHc=";
@@ -64,26 +61,7 @@ fn user(request: &Request<Incoming>) -> &'static str {
 }
 
 async fn start_registry(registry: Arc<Registry>) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
-            };
-            let registry = registry.clone();
-            tokio::spawn(async move {
-                let service = service_fn(move |request: Request<Incoming>| {
-                    let registry = registry.clone();
-                    async move { Ok::<_, std::convert::Infallible>(answer(&registry, &request)) }
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
-        }
-    });
-    addr
+    common::serve_stand_in(move |request| answer(&registry, request)).await
 }
 
 fn reply(status: u16, content_type: &str, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
@@ -190,6 +168,11 @@ fn answer(registry: &Registry, request: &Request<Incoming>) -> Response<Full<Byt
             r#"{"error_code": "RESOURCE_DOES_NOT_EXIST", "message": "not found"}"#,
         ),
     }
+}
+
+/// Put `data` at `key` in the test bucket, straight into the store.
+async fn seed(setup: &Setup, key: &str, data: &[u8]) {
+    setup.s3.client().put_object(key, data).await.unwrap();
 }
 
 struct Setup {
@@ -385,12 +368,7 @@ async fn each_route_streams_the_object_from_s3() {
 #[tokio::test]
 async fn directories_and_missing_files_in_mlflows_shape() {
     let setup = Setup::start(Mode::Off, "").await;
-    setup
-        .s3
-        .client()
-        .put_object("1/r1/artifacts/d/f.txt", b"x")
-        .await
-        .unwrap();
+    seed(&setup, "1/r1/artifacts/d/f.txt", b"x").await;
     for (target, status, body) in [
         (
             "/get-artifact?path=d&run_id=r1",
@@ -451,12 +429,7 @@ async fn what_the_proxy_cannot_answer_goes_to_mlflow() {
 #[tokio::test]
 async fn mlflow_decides_as_the_caller() {
     let setup = Setup::start(Mode::On, "").await;
-    setup
-        .s3
-        .client()
-        .put_object("1/r1/artifacts/f.txt", b"alice's")
-        .await
-        .unwrap();
+    seed(&setup, "1/r1/artifacts/f.txt", b"alice's").await;
     let target = "/get-artifact?path=f.txt&run_id=r1";
 
     let response = setup.get(target, Some(ALICE)).await;
@@ -508,12 +481,7 @@ async fn mlflow_decides_as_the_caller() {
 async fn presigned_model_downloads_point_at_the_proxy() {
     let setup = Setup::start(Mode::Off, "/mlflow").await;
     let data = random_bytes(3000);
-    setup
-        .s3
-        .client()
-        .put_object("1/models/m-1/artifacts/MLmodel", &data)
-        .await
-        .unwrap();
+    seed(&setup, "1/models/m-1/artifacts/MLmodel", &data).await;
     let targets = [
         "/mlflow/model-versions/get-artifact?path=MLmodel&name=reg&version=1&presigned=true",
         "/mlflow/ajax-api/2.0/mlflow/logged-models/m-1/artifacts/files?artifact_file_path=MLmodel&presigned=true",
@@ -524,12 +492,7 @@ async fn presigned_model_downloads_point_at_the_proxy() {
         assert_eq!(response.bytes().await.unwrap(), data, "3.17: {target}");
     }
     let setup = Setup::start_with(Mode::Off, "/mlflow", true).await;
-    setup
-        .s3
-        .client()
-        .put_object("1/models/m-1/artifacts/MLmodel", &data)
-        .await
-        .unwrap();
+    seed(&setup, "1/models/m-1/artifacts/MLmodel", &data).await;
     for target in targets {
         let response = setup.get(target, None).await;
         assert_eq!(response.status(), 200);
@@ -557,12 +520,7 @@ async fn presigned_model_downloads_point_at_the_proxy() {
 async fn under_the_static_prefix() {
     // Auto: whether MLflow's auth app is on is asked under the prefix too.
     let setup = Setup::start(Mode::Auto, "/mlflow").await;
-    setup
-        .s3
-        .client()
-        .put_object("1/r1/artifacts/f.txt", b"prefixed")
-        .await
-        .unwrap();
+    seed(&setup, "1/r1/artifacts/f.txt", b"prefixed").await;
     let response = setup
         .get("/mlflow/get-artifact?path=f.txt&run_id=r1", Some(ALICE))
         .await;

@@ -455,6 +455,35 @@ impl FakeMlflow {
 
 type TestBody = http_body_util::combinators::BoxBody<Bytes, std::convert::Infallible>;
 
+/// A stand-in server on a free loopback port whose every answer is `answer(request)` (the
+/// request's body unread): an MLflow that answers as a test needs.
+pub async fn serve_stand_in<F>(answer: F) -> SocketAddr
+where
+    F: Fn(&Request<Incoming>) -> Response<Full<Bytes>> + Send + Sync + 'static,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let answer = Arc::new(answer);
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let answer = answer.clone();
+            tokio::spawn(async move {
+                let service = service_fn(move |request: Request<Incoming>| {
+                    let answer = answer.clone();
+                    async move { Ok::<_, std::convert::Infallible>(answer(&request)) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
 /// Deterministic bytes for the streamed answer.
 pub fn pattern(len: usize, seed: u8) -> Vec<u8> {
     (0..len)
