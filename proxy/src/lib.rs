@@ -166,7 +166,8 @@ impl ReadinessProbe for Readiness {
 
     async fn probe(&self) -> Vec<(&'static str, Result<(), String>)> {
         let store = tokio::time::timeout(std::time::Duration::from_secs(3), self.app.store.check());
-        let (store, upstream) = tokio::join!(store, self.app.upstream.check());
+        let (store, upstream) =
+            tokio::join!(store, self.app.upstream.check(&self.app.static_prefix));
         let store = match store {
             Ok(result) => result.map_err(|e| e.to_string()),
             Err(_) => Err("no answer within 3 s".to_owned()),

@@ -88,6 +88,9 @@ fn answer(registry: &Registry, request: &Request<Incoming>) -> Response<Full<Byt
         url::form_urlencoded::parse(request.uri().query().unwrap_or("").as_bytes())
             .into_owned()
             .collect();
+    if path == "/health" {
+        return reply(200, "text/plain", "OK");
+    }
     if path == "/api/3.0/mlflow/server-info" {
         let body = if registry.presigned_key.load(Ordering::SeqCst) {
             r#"{"store_type": "SqlStore", "model_artifact_presigned_downloads_supported": true}"#
@@ -538,13 +541,21 @@ async fn under_the_static_prefix() {
             .count("alice GET /mlflow/get-artifact?run_id=r1"),
         1
     );
-    // Auth detection under the prefix too (the stand-in answers 404 outside it).
+    // Auth detection under the prefix too (the stand-in answers 404 outside it), and readiness.
     assert!(
         setup
             .registry
             .count("GET /mlflow/api/2.0/mlflow/users/current")
             >= 1
     );
+    let ready = setup
+        .http
+        .get(format!("http://{}/readyz?deep=1", setup.proxy.metrics_addr))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 200, "{}", ready.text().await.unwrap());
+    assert_eq!(setup.registry.count("GET /mlflow/health"), 1);
     // Outside the prefix MLflow has no such route: it says so itself.
     let response = setup
         .get("/get-artifact?path=f.txt&run_id=r1", Some(ALICE))
