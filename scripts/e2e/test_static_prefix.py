@@ -8,6 +8,7 @@ folder), and what is outside the prefix goes to MLflow, which has no such route.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -96,6 +97,7 @@ def prefixed():
         for p in (proxy, server):
             if p is not None:
                 stop(p)
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def test_served_under_the_prefix(prefixed, tmp_path):
