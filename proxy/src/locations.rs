@@ -119,21 +119,10 @@ impl Locations {
         let answer = auth
             .get_as(&path_and_query, &caller, host, LOOKUP_LIMIT)
             .await;
-        let location = match answer {
-            Ok((StatusCode::OK, body)) => serde_json::from_slice::<Value>(&body)
-                .ok()?
-                .pointer(pointer)?
-                .as_str()?
-                .to_owned(),
-            Ok((status, _)) => {
-                tracing::debug!("location of {lookup:?}: MLflow answered {status}");
-                return None;
-            }
-            Err(e) => {
-                tracing::warn!("location of {lookup:?}: {e}");
-                return None;
-            }
-        };
+        let location = json_answer(answer, &format!("the location of {lookup:?}"))?
+            .pointer(pointer)?
+            .as_str()?
+            .to_owned();
         self.cache.insert(key, location.clone(), now);
         Some(location)
     }
@@ -162,24 +151,29 @@ impl Locations {
                 SERVER_INFO_LIMIT,
             )
             .await;
-        let value = match answer {
-            Ok((StatusCode::OK, body)) => serde_json::from_slice::<Value>(&body)
-                .ok()?
-                .get("model_artifact_presigned_downloads_supported")
-                .is_some(),
-            Ok((status, _)) => {
-                tracing::warn!("MLflow's server-info answered {status}");
-                return None;
-            }
-            Err(e) => {
-                tracing::warn!("MLflow's server-info: {e}");
-                return None;
-            }
-        };
+        let value = json_answer(answer, "MLflow's server-info")?
+            .get("model_artifact_presigned_downloads_supported")
+            .is_some();
         if let Ok(mut known) = self.presigned.lock() {
             *known = Some((Instant::now(), value));
         }
         Some(value)
+    }
+}
+
+/// MLflow's JSON answer when it answered 200 with JSON; None (and a log line) otherwise.
+fn json_answer(answer: Result<(StatusCode, bytes::Bytes), String>, what: &str) -> Option<Value> {
+    match answer {
+        Ok((StatusCode::OK, body)) => serde_json::from_slice(&body).ok(),
+        // A refusal or an unknown thing: MLflow answers the real request itself.
+        Ok((status, _)) => {
+            tracing::debug!("{what}: MLflow answered {status}");
+            None
+        }
+        Err(e) => {
+            tracing::warn!("{what}: {e}");
+            None
+        }
     }
 }
 
