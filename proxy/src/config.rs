@@ -140,6 +140,10 @@ pub struct ServeArgs {
     /// The MLflow server that answers everything but the artifact routes.
     #[arg(long, env = "PROXY_UPSTREAM", default_value = "http://127.0.0.1:5001")]
     pub upstream: String,
+    /// MLflow's `--static-prefix` (MLflow reads the same variable), e.g. `/mlflow`: the proxy
+    /// answers its routes under it only, and asks MLflow under it. Empty: no prefix.
+    #[arg(long, env = "MLFLOW_STATIC_PREFIX", default_value = "")]
+    pub static_prefix: String,
     /// Operations listener: /metrics, /healthz, /readyz. Loopback by default, so that a proxy run
     /// by hand exposes nothing but its client port; the image, compose and the chart set
     /// 0.0.0.0:9464, where Prometheus and the kubelet reach it across the container network.
@@ -243,6 +247,8 @@ pub struct ServeConfig {
     pub listen: SocketAddr,
     pub metrics_listen: SocketAddr,
     pub upstream: http::Uri,
+    /// MLflow's `--static-prefix` ("" for none): every MLflow route starts with it.
+    pub static_prefix: String,
     pub store: StoreConfig,
     pub upload: UploadConfig,
     pub download: crate::downloads::DownloadConfig,
@@ -346,6 +352,7 @@ impl ServeArgs {
             listen: self.listen,
             metrics_listen: self.metrics_listen,
             upstream,
+            static_prefix: static_prefix(&self.static_prefix)?,
             store: self.store.build()?,
             security: self.security.build()?,
             auth: self.auth.build()?,
@@ -371,9 +378,44 @@ impl ServeArgs {
     }
 }
 
+/// MLflow's own rules for `--static-prefix` (`_validate_static_prefix`), so that a value MLflow
+/// refuses is refused here too.
+fn static_prefix(value: &str) -> Result<String, String> {
+    if value.is_empty() {
+        return Ok(String::new());
+    }
+    if !value.starts_with('/') {
+        return Err(format!(
+            "MLFLOW_STATIC_PREFIX={value:?} must begin with a '/'"
+        ));
+    }
+    if value.ends_with('/') {
+        return Err(format!(
+            "MLFLOW_STATIC_PREFIX={value:?} should not end with a '/'"
+        ));
+    }
+    if value.contains(['{', '}']) {
+        return Err(format!(
+            "MLFLOW_STATIC_PREFIX={value:?} must not contain '{{' or '}}'"
+        ));
+    }
+    Ok(value.to_owned())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn static_prefixes_as_mlflow_takes_them() {
+        assert_eq!(static_prefix(""), Ok(String::new()));
+        assert_eq!(static_prefix("/mlflow"), Ok("/mlflow".into()));
+        assert_eq!(static_prefix("/a/b"), Ok("/a/b".into()));
+        assert!(static_prefix("mlflow").is_err());
+        assert!(static_prefix("/mlflow/").is_err());
+        assert!(static_prefix("/").is_err());
+        assert!(static_prefix("/{x}").is_err());
+    }
 
     #[test]
     fn destinations() {

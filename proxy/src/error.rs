@@ -153,6 +153,25 @@ impl ProxyError {
         self
     }
 
+    /// The same error as a Flask route of MLflow's answers it: the `MlflowException` a FastAPI
+    /// route turns into `{"detail": ...}` stays in MLflow's own shape, with Flask's spacing.
+    #[must_use]
+    pub fn flask(mut self) -> Self {
+        if let Payload::Detail(message) = &mut self.payload {
+            let code = match self.status {
+                StatusCode::BAD_REQUEST => "INVALID_PARAMETER_VALUE",
+                StatusCode::NOT_FOUND => "RESOURCE_DOES_NOT_EXIST",
+                _ => "INTERNAL_ERROR",
+            };
+            self.payload = Payload::Mlflow {
+                code,
+                message: std::mem::take(message),
+            };
+        }
+        self.dialect = Dialect::Flask;
+        self
+    }
+
     pub fn message(&self) -> &str {
         match &self.payload {
             Payload::Mlflow { message, .. } | Payload::Detail(message) => message,
@@ -230,5 +249,23 @@ mod tests {
             dumps(&fast.body(), fast.dialect),
             r#"{"error_code":"INVALID_PARAMETER_VALUE","message":"Invalid path","sqlstate":"KAM00","error_class":"INVALID_PARAMETER_VALUE"}"#
         );
+    }
+
+    #[test]
+    fn flask_keeps_mlflows_shape() {
+        // What stock's `/get-artifact` answers for a directory (FastAPI's routes say `detail`).
+        let error = ProxyError::detail(
+            StatusCode::BAD_REQUEST,
+            "Artifact path refers to a directory, not a file: '1/r/artifacts/d'",
+        )
+        .flask();
+        assert_eq!(
+            dumps(&error.body(), error.dialect),
+            r#"{"error_code": "INVALID_PARAMETER_VALUE", "message": "Artifact path refers to a directory, not a file: '1/r/artifacts/d'", "sqlstate": "KAM00", "error_class": "INVALID_PARAMETER_VALUE"}"#
+        );
+        let missing = ProxyError::not_found("No such artifact: 'x'")
+            .fastapi()
+            .flask();
+        assert_eq!(missing.dialect, Dialect::Flask);
     }
 }

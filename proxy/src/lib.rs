@@ -2,7 +2,8 @@
 //! straight from S3 in bounded memory; every other request streams through to MLflow.
 //!
 //! One module per job: `config` (flags and environment), `server` (listener, access log),
-//! `router` (which requests are ours), `artifacts` (the artifact handlers), `s3` (the store),
+//! `router` (which requests are ours), `artifacts` (the artifact handlers), `locations` (where
+//! MLflow keeps what the UI's downloads name), `s3` (the store),
 //! `upstream` (pass-through to MLflow), `upstream_pool` (its kept-alive connections), `metrics` (Prometheus, health), `error` (one error type),
 //! `mlflow` (the stock server's observable rules), `state` (what handlers share), `purge`
 //! (deleting a prefix a page at a time), `gc` (the artifacts MLflow no longer knows).
@@ -15,6 +16,7 @@ pub mod downloads;
 pub mod error;
 pub mod forwarding;
 pub mod gc;
+pub mod locations;
 pub mod metrics;
 pub mod mlflow;
 pub mod public_url;
@@ -74,7 +76,10 @@ impl Proxy {
             config.trusted_proxies.clone(),
         );
         let auth = Arc::new(auth::Auth::new(
-            config.auth.clone(),
+            auth::AuthConfig {
+                static_prefix: config.static_prefix.clone(),
+                ..config.auth.clone()
+            },
             config.upstream.clone(),
             metrics.clone(),
         )?);
@@ -88,7 +93,8 @@ impl Proxy {
                 auth.clone(),
                 config.download,
             )
-            .with_transfers(config.transfers.clone()),
+            .with_transfers(config.transfers.clone())
+            .with_static_prefix(&config.static_prefix),
         );
 
         let listener = TcpListener::bind(config.listen)
@@ -168,7 +174,8 @@ impl ReadinessProbe for Readiness {
 
     async fn probe(&self) -> Vec<(&'static str, Result<(), String>)> {
         let store = tokio::time::timeout(std::time::Duration::from_secs(3), self.app.store.check());
-        let (store, upstream) = tokio::join!(store, self.app.upstream.check());
+        let (store, upstream) =
+            tokio::join!(store, self.app.upstream.check(&self.app.static_prefix));
         let store = match store {
             Ok(result) => result.map_err(|e| e.to_string()),
             Err(_) => Err("no answer within 3 s".to_owned()),

@@ -13,6 +13,11 @@ const SERVER_INFO_PATHS: &[&str] = &[
     "/api/3.0/mlflow/server-info",
     "/ajax-api/3.0/mlflow/server-info",
 ];
+/// The UI's and the registry's own downloads (Flask routes of MLflow's server).
+const RUN_ARTIFACT_PATH: &str = "/get-artifact";
+const MODEL_VERSION_ARTIFACT_PATH: &str = "/model-versions/get-artifact";
+const LOGGED_MODELS_PATH: &str = "/ajax-api/2.0/mlflow/logged-models/";
+const LOGGED_MODEL_FILES: &str = "/artifacts/files";
 
 /// Where the URLs the proxy hands out point, after the artifact prefix the client used.
 pub const SIGNED_PART_PATH: &str = "signed/part";
@@ -56,9 +61,26 @@ pub enum Route {
     SignedObject {
         head: bool,
     },
+    /// GET/HEAD of a download the UI or the registry makes by naming a run, a model version or
+    /// a logged model; where its bytes are is asked of MLflow (`artifacts::ui_routes`).
+    UiDownload {
+        source: ArtifactSource,
+        head: bool,
+    },
     /// Passed through, with the capability flags rewritten.
     ServerInfo,
     PassThrough,
+}
+
+/// What a UI download names; the artifact path is in the query.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ArtifactSource {
+    /// `/get-artifact?path=&run_id=` (or `run_uuid=`): a run's artifact.
+    Run,
+    /// `/model-versions/get-artifact?path=&name=&version=`: a registered model version's file.
+    ModelVersion,
+    /// `/ajax-api/2.0/mlflow/logged-models/<model_id>/artifacts/files?artifact_file_path=`.
+    LoggedModel { model_id: String },
 }
 
 impl Route {
@@ -73,13 +95,21 @@ impl Route {
             Route::Presigned { .. } => "presigned",
             Route::SignedPart => "signed_part",
             Route::SignedObject { .. } => "signed_object",
+            Route::UiDownload { .. } => "ui_download",
             Route::ServerInfo => "server_info",
             Route::PassThrough => "passthrough",
         }
     }
 }
 
+/// The route of a request to an MLflow server without a `--static-prefix`.
 pub fn classify<B>(request: &Request<B>) -> Route {
+    classify_under(request, "")
+}
+
+/// The route of a request to an MLflow server run with `--static-prefix <static_prefix>` (""
+/// for none): MLflow's routes are all under it, so the proxy's are too.
+pub fn classify_under<B>(request: &Request<B>, static_prefix: &str) -> Route {
     // MLflow's workspace feature rewrites artifact paths; only MLflow can answer those faithfully.
     if request
         .headers()
@@ -90,9 +120,23 @@ pub fn classify<B>(request: &Request<B>) -> Route {
     }
     // uvicorn percent-decodes the path once before routing; so do we.
     let path = py_unquote(request.uri().path());
+    let Some(path) = without_static_prefix(&path, static_prefix) else {
+        return Route::PassThrough;
+    };
     let method = request.method();
-    if SERVER_INFO_PATHS.contains(&path.as_str()) && method == Method::GET {
+    if SERVER_INFO_PATHS.contains(&path) && method == Method::GET {
         return Route::ServerInfo;
+    }
+    if let Some(source) = ui_download(path) {
+        return match *method {
+            Method::GET => Route::UiDownload {
+                source,
+                head: false,
+            },
+            // Flask answers HEAD on every GET route (by running the GET).
+            Method::HEAD => Route::UiDownload { source, head: true },
+            _ => Route::PassThrough,
+        };
     }
     let Some(rest) = ARTIFACT_PREFIXES.iter().find_map(|p| path.strip_prefix(p)) else {
         return Route::PassThrough;
@@ -138,6 +182,28 @@ pub fn classify<B>(request: &Request<B>) -> Route {
         (SIGNED_OBJECT_PATH, &Method::HEAD) => Route::SignedObject { head: true },
         _ => Route::PassThrough,
     }
+}
+
+/// The path below MLflow's `--static-prefix`, or None when it is not under it.
+pub fn without_static_prefix<'a>(path: &'a str, static_prefix: &str) -> Option<&'a str> {
+    let rest = path.strip_prefix(static_prefix)?;
+    (static_prefix.is_empty() || rest.starts_with('/')).then_some(rest)
+}
+
+/// The UI's downloads, matched as Flask matches its rules (exact paths; `<model_id>` is one
+/// non-empty segment).
+fn ui_download(path: &str) -> Option<ArtifactSource> {
+    match path {
+        RUN_ARTIFACT_PATH => return Some(ArtifactSource::Run),
+        MODEL_VERSION_ARTIFACT_PATH => return Some(ArtifactSource::ModelVersion),
+        _ => {}
+    }
+    let model_id = path
+        .strip_prefix(LOGGED_MODELS_PATH)?
+        .strip_suffix(LOGGED_MODEL_FILES)?;
+    (!model_id.is_empty() && !model_id.contains('/')).then(|| ArtifactSource::LoggedModel {
+        model_id: model_id.to_owned(),
+    })
 }
 
 #[cfg(test)]
@@ -238,6 +304,93 @@ mod tests {
             route(Method::GET, "/mlflow/api/2.0/mlflow-artifacts/artifacts/x"),
             Route::PassThrough
         );
+    }
+
+    #[test]
+    fn ui_downloads() {
+        let ui = |source: ArtifactSource, head: bool| Route::UiDownload { source, head };
+        assert_eq!(
+            route(Method::GET, "/get-artifact?path=a&run_id=r"),
+            ui(ArtifactSource::Run, false)
+        );
+        assert_eq!(
+            route(Method::HEAD, "/model-versions/get-artifact?path=a"),
+            ui(ArtifactSource::ModelVersion, true)
+        );
+        assert_eq!(
+            route(
+                Method::GET,
+                "/ajax-api/2.0/mlflow/logged-models/m-1/artifacts/files?artifact_file_path=a"
+            ),
+            ui(
+                ArtifactSource::LoggedModel {
+                    model_id: "m-1".into()
+                },
+                false
+            )
+        );
+        for passed in [
+            (Method::POST, "/get-artifact?path=a"),
+            (Method::GET, "/get-artifact/"),
+            (Method::GET, "//get-artifact"),
+            (
+                Method::GET,
+                "/api/2.0/mlflow/logged-models/m-1/artifacts/files",
+            ),
+            (
+                Method::GET,
+                "/ajax-api/2.0/mlflow/logged-models//artifacts/files",
+            ),
+            // `%2F` is decoded before routing: two segments, no Flask rule.
+            (
+                Method::GET,
+                "/ajax-api/2.0/mlflow/logged-models/a%2Fb/artifacts/files",
+            ),
+        ] {
+            assert_eq!(
+                route(passed.0.clone(), passed.1),
+                Route::PassThrough,
+                "{passed:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn under_a_static_prefix() {
+        let under = |method: Method, uri: &str| {
+            classify_under(
+                &Request::builder().method(method).uri(uri).body(()).unwrap(),
+                "/mlflow",
+            )
+        };
+        assert_eq!(
+            under(Method::GET, "/mlflow/get-artifact?path=a&run_id=r"),
+            Route::UiDownload {
+                source: ArtifactSource::Run,
+                head: false
+            }
+        );
+        assert_eq!(
+            under(Method::GET, "/mlflow/api/2.0/mlflow-artifacts/artifacts/x"),
+            Route::Download {
+                path: "x".into(),
+                head: false
+            }
+        );
+        assert_eq!(
+            under(Method::GET, "/mlflow/ajax-api/3.0/mlflow/server-info"),
+            Route::ServerInfo
+        );
+        // MLflow serves nothing of ours outside its prefix (its native GET/PUT answer for
+        // themselves there).
+        for outside in [
+            "/get-artifact?path=a&run_id=r",
+            "/api/2.0/mlflow-artifacts/artifacts/x",
+            "/mlflowx/get-artifact",
+            "/api/3.0/mlflow/server-info",
+        ] {
+            assert_eq!(under(Method::GET, outside), Route::PassThrough, "{outside}");
+        }
     }
 
     #[test]

@@ -24,7 +24,7 @@ use crate::artifacts;
 use crate::body::{BodyError, ProxyBody};
 use crate::error::{FailedSide, ProxyError, Side};
 use crate::request_line;
-use crate::router::{Route, classify};
+use crate::router::{Route, classify_under};
 use crate::state::App;
 
 /// What one connection's tasks share: the request lines hyper read (for their fragments), and
@@ -195,7 +195,7 @@ async fn handle(
     let route = if refused.is_some() {
         Route::PassThrough
     } else {
-        classify(&request)
+        classify_under(&request, &app.static_prefix)
     };
     // From here on the exchange is recorded exactly once, whenever and however it ends: if
     // hyper drops this future because the client went away, the record's `Drop` does it.
@@ -318,9 +318,9 @@ impl Record {
     fn start(app: Arc<App>, route: &Route, request: &Request<Incoming>) -> Record {
         let direction = match route {
             Route::Upload { .. } | Route::SignedPart => Some(UPLOAD),
-            Route::Download { head: false, .. } | Route::SignedObject { head: false } => {
-                Some(DOWNLOAD)
-            }
+            Route::Download { head: false, .. }
+            | Route::SignedObject { head: false }
+            | Route::UiDownload { head: false, .. } => Some(DOWNLOAD),
             _ => None,
         };
         if let Some(direction) = direction {

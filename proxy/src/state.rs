@@ -9,6 +9,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use crate::auth::Auth;
 use crate::config::UploadConfig;
 use crate::downloads::{DownloadConfig, Downloads};
+use crate::locations::Locations;
 use crate::metrics::Metrics;
 use crate::s3::Store;
 use crate::security::Security;
@@ -48,6 +49,10 @@ pub struct App {
     pub downloads: Downloads,
     /// Client-driven multipart uploads and presigned downloads (see `App::with_transfers`).
     pub transfers: Transfers,
+    /// Where MLflow keeps what the UI's downloads name, as it tells each caller.
+    pub locations: Locations,
+    /// MLflow's `--static-prefix` ("" for none; see `App::with_static_prefix`).
+    pub static_prefix: String,
     budget: Arc<Semaphore>,
     /// Parts being filled from a chunked body, at most budget / `PART_SLOT_COST`: each can reach
     /// S3's minimum part size within the budget, so waiting for budget never deadlocks.
@@ -110,6 +115,7 @@ impl App {
         metrics
             .upload_budget_capacity
             .set(i64::try_from(upload.budget).unwrap_or(i64::MAX));
+        let (lookup_ttl, lookup_capacity) = auth.cache_policy();
         App {
             store,
             upstream,
@@ -119,6 +125,8 @@ impl App {
             metrics,
             auth,
             transfers: Transfers::disabled(),
+            locations: Locations::new(lookup_ttl, lookup_capacity),
+            static_prefix: String::new(),
             budget: Arc::new(Semaphore::new(units)),
             part_slots: Arc::new(Semaphore::new(
                 usize::try_from((upload.budget / PART_SLOT_COST).max(1)).unwrap_or(usize::MAX),
@@ -133,6 +141,13 @@ impl App {
     #[must_use]
     pub fn with_transfers(mut self, config: TransferConfig) -> Self {
         self.transfers = Transfers::new(config, Some(&self.metrics.registry));
+        self
+    }
+
+    /// Serve MLflow's routes under its `--static-prefix`.
+    #[must_use]
+    pub fn with_static_prefix(mut self, prefix: &str) -> Self {
+        prefix.clone_into(&mut self.static_prefix);
         self
     }
 

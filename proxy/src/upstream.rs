@@ -168,10 +168,14 @@ impl Upstream {
         Ok(Response::from_parts(parts, full(rewritten)))
     }
 
-    /// Whether MLflow answers (for /readyz).
-    pub async fn check(&self) -> Result<(), String> {
+    /// Whether MLflow answers (for /readyz): its `/health`, under its static prefix.
+    pub async fn check(&self, static_prefix: &str) -> Result<(), String> {
         let mut parts = self.base.clone().into_parts();
-        parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/health"));
+        parts.path_and_query = Some(
+            format!("{static_prefix}/health")
+                .parse()
+                .map_err(|e| format!("health URI: {e}"))?,
+        );
         let uri = Uri::from_parts(parts).map_err(|e| e.to_string())?;
         let request = Request::get(uri)
             .header(header::HOST, "localhost")
@@ -184,7 +188,10 @@ impl Upstream {
         if response.status().is_success() {
             Ok(())
         } else {
-            Err(format!("/health answered {}", response.status()))
+            Err(format!(
+                "{static_prefix}/health answered {}",
+                response.status()
+            ))
         }
     }
 }

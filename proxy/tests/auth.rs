@@ -15,8 +15,6 @@ use common::{S3Server, raw_request, serve_config};
 use http::{Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
 use mlflow_artifact_proxy::Proxy;
 use mlflow_artifact_proxy::auth::{AuthConfig, Mode};
 use tokio::net::TcpListener;
@@ -42,7 +40,7 @@ struct Policy {
 /// Answers like MLflow's auth app: `users/current` without credentials is 401 with the app and
 /// 404 without; a listing probe is 401 without alice's credentials, 403 or 200 for alice.
 async fn start_auth_mlflow(policy: Arc<Policy>) -> SocketAddr {
-    serve(move |request: Request<Incoming>| {
+    common::serve_stand_in(move |request: Request<Incoming>| {
         let policy = policy.clone();
         async move {
             if policy.hold_probes.load(Ordering::SeqCst)
@@ -55,34 +53,6 @@ async fn start_auth_mlflow(policy: Arc<Policy>) -> SocketAddr {
         }
     })
     .await
-}
-
-/// Serve `answer` on a loopback port, a task per connection.
-async fn serve<F, Fut>(answer: F) -> SocketAddr
-where
-    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
-    Fut: Future<Output = Response<Full<Bytes>>> + Send + 'static,
-{
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
-            };
-            let answer = answer.clone();
-            tokio::spawn(async move {
-                let service = service_fn(move |request: Request<Incoming>| {
-                    let answered = answer(request);
-                    async move { Ok::<_, std::convert::Infallible>(answered.await) }
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
-        }
-    });
-    addr
 }
 
 fn answer(policy: &Policy, request: &Request<Incoming>) -> Response<Full<Bytes>> {
@@ -543,7 +513,7 @@ fn base64_basic(user_password: &str) -> String {
 /// MANAGE everywhere: a Flask path containing `/mlflow/traces/` (or datasets, jobs, issues) is
 /// denied, unless it also contains `/mlflow/logged-models` (or webhooks), which skips those rules.
 async fn start_trap_mlflow(probes: Arc<AtomicUsize>) -> SocketAddr {
-    serve(move |request: Request<Incoming>| {
+    common::serve_stand_in(move |request: Request<Incoming>| {
         let probes = probes.clone();
         async move {
             let path = percent_encoding::percent_decode_str(request.uri().path())

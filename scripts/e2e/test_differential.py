@@ -590,3 +590,181 @@ def test_deliberate_differences_are_listed_cases():
     assert set(DELIBERATE) <= ids, f"unknown ids in DELIBERATE: {sorted(set(DELIBERATE) - ids)}"
     for store, quirks in [*STORE_QUIRKS.items(), *KNOWN_PROXY_BUGS.items()]:
         assert set(quirks) <= ids, f"unknown ids in STORE_QUIRKS/KNOWN_PROXY_BUGS[{store!r}]: {sorted(set(quirks) - ids)}"
+
+
+# ==== The UI's and the registry's downloads (issue 19) ============================================
+# /get-artifact, /model-versions/get-artifact and a logged model's artifacts/files, to the proxy
+# (which streams them from S3) and to stock MLflow (which copies them into its temp folder first).
+# Both sides read the same run, logged model and model versions; error answers name the key path
+# ({exp}/{run}/artifacts/...), which is the same on both sides.
+UI_TREE: dict[str, bytes] = {
+    "hello.txt": b"hello world\n",
+    "sub/a.json": b'{"a": 1}',
+    "img.png": RANDOM_PNG,
+    "big.bin": BIG,
+    "ünï dir/x y.txt": b"unicode dir",
+    "a b.txt": b"space",
+    # A key with a literal '%20': the logged-model route joins its argument as it came (decoded
+    # once, by Flask), the other two join it decoded until it settles.
+    "pct%20name.txt": b"literal percent",
+    "pct name.txt": b"decoded percent",
+    "MLmodel": b"flavors: {}\n",
+}
+
+
+@dataclass
+class UiWorld:
+    run: str
+    model: str
+    name: str
+
+
+@pytest.fixture(scope="module")
+def ui_world(s3):
+    import mlflow
+
+    client = mlflow.MlflowClient(PROXY_URL)
+    exp = client.create_experiment(f"{BASE}-ui")
+    run = client.create_run(exp).info.run_id
+    model = client.create_logged_model(experiment_id=exp, name="ui-diff")
+    for rel, data in UI_TREE.items():
+        s3.put_object(Bucket=BUCKET, Key=key(f"{exp}/{run}/artifacts/{rel}"), Body=data)
+        s3.put_object(Bucket=BUCKET, Key=key(f"{exp}/models/{model.model_id}/artifacts/{rel}"), Body=data)
+    name = f"{BASE}-ui-model"
+    client.create_registered_model(name)
+    client.create_model_version(name, source=f"models:/{model.model_id}", model_id=model.model_id)  # version 1
+    client.create_model_version(name, source=f"runs:/{run}/sub", run_id=run)  # version 2
+    yield UiWorld(run, model.model_id, name)
+    for prefix in (f"{exp}/{run}/", f"{exp}/models/{model.model_id}/"):
+        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=key(prefix)):
+            for o in page.get("Contents", []):
+                s3.delete_object(Bucket=BUCKET, Key=o["Key"])
+
+
+GA = "/get-artifact"
+MVA = "/model-versions/get-artifact"
+LMA = "/ajax-api/2.0/mlflow/logged-models/{model}/artifacts/files"
+UI_CASES = [
+    # ---- a run's artifacts (the run page's preview and download)
+    C("ui-run-file", "GET", GA + "?path=hello.txt&run_id={run}"),
+    C("ui-run-run-uuid", "GET", GA + "?path=hello.txt&run_uuid={run}"),
+    C("ui-run-empty-run-id", "GET", GA + "?path=hello.txt&run_id=&run_uuid={run}"),
+    C("ui-run-png", "GET", GA + "?path=img.png&run_id={run}"),
+    C("ui-run-json-is-text", "GET", GA + "?path=sub%2Fa.json&run_id={run}"),
+    C("ui-run-big", "GET", GA + "?path=big.bin&run_id={run}"),
+    C("ui-run-unicode", "GET", GA + "?path=%C3%BCn%C3%AF+dir%2Fx+y.txt&run_id={run}"),
+    C("ui-run-space", "GET", GA + "?path=a%20b.txt&run_id={run}"),
+    C("ui-run-double-encoded", "GET", GA + "?path=pct%2520name.txt&run_id={run}"),
+    C("ui-run-mlmodel", "GET", GA + "?path=MLmodel&run_id={run}"),
+    C("ui-run-range", "GET", GA + "?path=big.bin&run_id={run}", None, {"Range": "bytes=100-199"}),
+    C("ui-run-head", "HEAD", GA + "?path=hello.txt&run_id={run}"),
+    C("ui-run-directory", "GET", GA + "?path=sub&run_id={run}"),
+    C("ui-run-root", "GET", GA + "?path=&run_id={run}"),
+    C("ui-run-missing", "GET", GA + "?path=nope.txt&run_id={run}"),
+    C("ui-run-no-path", "GET", GA + "?run_id={run}"),
+    C("ui-run-no-run", "GET", GA + "?path=hello.txt"),
+    C("ui-run-unknown-run", "GET", GA + "?path=hello.txt&run_id=0123456789abcdef0123456789abcdef"),
+    C("ui-run-dotdot", "GET", GA + "?path=..%2Fx&run_id={run}"),
+    C("ui-run-double-encoded-dotdot", "GET", GA + "?path=%252e%252e%2Fx&run_id={run}"),
+    C("ui-run-absolute", "GET", GA + "?path=%2Fetc%2Fpasswd&run_id={run}"),
+    C("ui-run-hash", "GET", GA + "?path=a%23b&run_id={run}"),
+    C("ui-run-post", "POST", GA + "?path=hello.txt&run_id={run}", mutates=False),
+    C("ui-run-trailing-slash-route", "GET", GA + "/?path=hello.txt&run_id={run}"),
+    C("ui-run-foreign-host", "GET", GA + "?path=hello.txt&run_id={run}", None, {"Host": "evil.example.com"}),
+    # ---- a registered model version's files (the registry page)
+    C("ui-mv-file", "GET", MVA + "?path=MLmodel&name={name}&version=1"),
+    C("ui-mv-presigned-3.17", "GET", MVA + "?path=MLmodel&name={name}&version=1&presigned=true"),
+    C("ui-mv-runs-source", "GET", MVA + "?path=a.json&name={name}&version=2"),
+    C("ui-mv-directory", "GET", MVA + "?path=sub&name={name}&version=1"),
+    C("ui-mv-missing", "GET", MVA + "?path=nope&name={name}&version=1"),
+    C("ui-mv-unknown-version", "GET", MVA + "?path=MLmodel&name={name}&version=99"),
+    C("ui-mv-unknown-model", "GET", MVA + "?path=MLmodel&name=no-such-model&version=1"),
+    C("ui-mv-no-version", "GET", MVA + "?path=MLmodel&name={name}"),
+    C("ui-mv-no-name", "GET", MVA + "?path=MLmodel&version=1"),
+    C("ui-mv-no-path", "GET", MVA + "?name={name}&version=1"),
+    C("ui-mv-dotdot", "GET", MVA + "?path=..%2F..%2Fx&name={name}&version=1"),
+    # ---- a logged model's files (MLflow 3's model pages)
+    C("ui-lm-file", "GET", LMA + "?artifact_file_path=MLmodel"),
+    C("ui-lm-presigned-3.17", "GET", LMA + "?artifact_file_path=MLmodel&presigned=true"),
+    C("ui-lm-unicode", "GET", LMA + "?artifact_file_path=%C3%BCn%C3%AF+dir%2Fx+y.txt"),
+    C("ui-lm-joined-as-it-came", "GET", LMA + "?artifact_file_path=pct%2520name.txt"),
+    C("ui-lm-directory", "GET", LMA + "?artifact_file_path=sub"),
+    C("ui-lm-missing", "GET", LMA + "?artifact_file_path=nope"),
+    C("ui-lm-no-arg", "GET", LMA),
+    C("ui-lm-empty-arg", "GET", LMA + "?artifact_file_path="),
+    C("ui-lm-unknown-model", "GET", "/ajax-api/2.0/mlflow/logged-models/m-0123456789abcdef0123456789abcdef/artifacts/files?artifact_file_path=MLmodel"),
+    C("ui-lm-dotdot", "GET", LMA + "?artifact_file_path=%2E%2E%2Fx"),
+    C("ui-lm-api-prefix", "GET", LMA.replace("/ajax-api/", "/api/") + "?artifact_file_path=MLmodel"),
+]
+
+UI_RUNS_SOURCE = (
+    "a model version whose source is runs:/<run>/<path>: stock resolves it through the tracking URI, which in a "
+    "server is the database, and fails (500 'the tracking URI must be a valid http or https URI'); the proxy "
+    "resolves the run's artifact root through MLflow's REST API, as MLflow's RunsArtifactRepository does, and "
+    "serves the file"
+)
+UI_DELIBERATE: dict[str, dict] = {
+    "ui-run-missing": D(MISSING_404, 500, 404, "RESOURCE_DOES_NOT_EXIST"),
+    "ui-mv-missing": D(MISSING_404, 500, 404, "RESOURCE_DOES_NOT_EXIST"),
+    "ui-lm-missing": D(MISSING_404, 500, 404, "RESOURCE_DOES_NOT_EXIST"),
+    "ui-mv-runs-source": D(UI_RUNS_SOURCE, 500, 200, None, proxy_body=UI_TREE["sub/a.json"]),
+}
+
+
+# What the proxy answers itself (the rest goes to MLflow as it came, which answers it before reading
+# an artifact byte). An answer the proxy made has no `server: uvicorn` header.
+UI_SERVED_BY_PROXY = {
+    "ui-run-file", "ui-run-run-uuid", "ui-run-empty-run-id", "ui-run-png", "ui-run-json-is-text", "ui-run-big",
+    "ui-run-unicode", "ui-run-space", "ui-run-double-encoded", "ui-run-mlmodel", "ui-run-range", "ui-run-head",
+    "ui-run-directory", "ui-run-root", "ui-run-missing", "ui-run-foreign-host",
+    "ui-mv-file", "ui-mv-presigned-3.17", "ui-mv-runs-source", "ui-mv-directory", "ui-mv-missing",
+    "ui-lm-file", "ui-lm-presigned-3.17", "ui-lm-unicode", "ui-lm-joined-as-it-came", "ui-lm-directory",
+    "ui-lm-missing",
+}
+
+
+def ui_render(case: Case, w: UiWorld) -> str:
+    return case.path.format(run=w.run, model=w.model, name=quote(w.name, safe=""))
+
+
+@pytest.mark.parametrize("case", UI_CASES, ids=[c.id for c in UI_CASES])
+def test_ui_routes_match_stock(case: Case, ui_world):
+    target = ui_render(case, ui_world)
+    answers = {
+        side: raw_request(base_url, case.method, target, case.body, case.headers)
+        for side, base_url in (("proxy", PROXY_URL), ("stock", MLFLOW_URL))
+    }
+    views = {side: view(a, "\0no prefix\0", case.method) for side, a in answers.items()}
+    request = f"{case.method} {target}" + (f"  headers={case.headers}" if case.headers else "")
+    served = "server" not in answers["proxy"].headers
+    assert served == (case.id in UI_SERVED_BY_PROXY), (
+        f"{request}\n  answered by {'the proxy' if served else 'MLflow'}, expected "
+        f"{'the proxy' if case.id in UI_SERVED_BY_PROXY else 'MLflow'}: {fmt(views['proxy'])}"
+    )
+    if case.id in UI_DELIBERATE:
+        d = UI_DELIBERATE[case.id]
+        got = (answers["stock"].status, answers["proxy"].status, error_code(answers["proxy"]))
+        want = (d["stock_status"], d["proxy_status"], d["proxy_error_code"])
+        if d["proxy_body"] is not None:
+            got += (sha256_bytes(answers["proxy"].body),)
+            want += (sha256_bytes(d["proxy_body"]),)
+        assert got == want, (
+            f"{request}\n  deliberate difference: {d['reason']}\n  expected {want}\n  got      {got}\n"
+            f"  stock answer: {fmt(views['stock'])}\n  proxy answer: {fmt(views['proxy'])}"
+        )
+        # The store's address is in stock's 500; never in the proxy's answer.
+        assert b"s3://" not in answers["proxy"].body, answers["proxy"].body[:300]
+        return
+    problems = []
+    if views["proxy"] != views["stock"]:
+        problems.append(f"  answer\n    expected (stock): {fmt(views['stock'])}\n    got (proxy):      {fmt(views['proxy'])}")
+    stock_sec, proxy_sec = security_headers(answers["stock"]), security_headers(answers["proxy"])
+    if stock_sec != proxy_sec:
+        problems.append(f"  security headers\n    expected (stock): {stock_sec}\n    got (proxy):      {proxy_sec}")
+    assert not problems, f"{request}\n" + "\n".join(problems)
+
+
+def test_ui_deliberate_differences_are_listed_cases():
+    ids = {c.id for c in UI_CASES}
+    assert set(UI_DELIBERATE) <= ids, sorted(set(UI_DELIBERATE) - ids)
+    assert UI_SERVED_BY_PROXY <= ids, sorted(UI_SERVED_BY_PROXY - ids)

@@ -7,6 +7,7 @@ mod list;
 mod multipart;
 mod presigned;
 pub mod ranged;
+mod ui_routes;
 mod upload;
 
 use std::sync::Arc;
@@ -25,6 +26,10 @@ pub async fn handle(
     route: Route,
     request: Request<ProxyBody>,
 ) -> Response<ProxyBody> {
+    // The UI's downloads may go to MLflow as they came: they apply MLflow's rules themselves.
+    if let Route::UiDownload { source, head } = route {
+        return ui_routes::handle(app, source, head, request).await;
+    }
     // MLflow's security middleware, before anything is read or stored.
     if let Some(rejection) = app.security.reject(&request) {
         return rejection;
@@ -60,7 +65,7 @@ pub async fn handle(
         // Authorized by the token `mpu/create` or `presigned/` handed out, not by MLflow.
         Route::SignedPart => multipart::upload_part(app, request).await,
         Route::SignedObject { head } => presigned::serve(app, &request, head).await,
-        Route::ServerInfo | Route::PassThrough => {
+        Route::ServerInfo | Route::PassThrough | Route::UiDownload { .. } => {
             Err(ProxyError::internal("route is not an artifact route"))
         }
     };
@@ -95,7 +100,7 @@ fn auth_target<B>(route: &Route, request: &Request<B>) -> Option<(Operation, Str
         Route::Presigned { path } => (Operation::Presigned, path.clone()),
         // Authorized by the token `mpu/create` or `presigned/` handed out, not by MLflow.
         Route::SignedPart | Route::SignedObject { .. } => return None,
-        Route::ServerInfo | Route::PassThrough => return None,
+        Route::ServerInfo | Route::PassThrough | Route::UiDownload { .. } => return None,
     };
     Some(target)
 }

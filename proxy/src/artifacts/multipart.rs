@@ -87,13 +87,16 @@ fn invalid_value(name: &str, value: &str) -> ProxyError {
     ))
 }
 
-/// `/api/2.0` or `/ajax-api/2.0`, whichever the client came in on: the URLs we hand out use it
-/// too, so they pass whatever a front proxy routes for that client.
-pub(super) fn api_prefix(request_path: &str) -> &'static str {
-    if request_path.starts_with("/ajax-api/") {
-        "/ajax-api/2.0"
+/// `/api/2.0` or `/ajax-api/2.0`, whichever the client came in on (below MLflow's static
+/// prefix, kept): the URLs we hand out use it too, so they pass whatever a front proxy routes
+/// for that client.
+pub(super) fn api_prefix(app: &App, request_path: &str) -> String {
+    let prefix = app.static_prefix.as_str();
+    let below = crate::router::without_static_prefix(request_path, prefix).unwrap_or(request_path);
+    if below.starts_with("/ajax-api/") {
+        format!("{prefix}/ajax-api/2.0")
     } else {
-        "/api/2.0"
+        format!("{prefix}/api/2.0")
     }
 }
 
@@ -133,7 +136,7 @@ pub async fn handle(
             "Cannot build transfer URLs: the public address is longer than {MAX_BASE} characters"
         )));
     }
-    let prefix = api_prefix(request.uri().path());
+    let prefix = api_prefix(app, request.uri().path());
     let limit = match action {
         MpuAction::Complete => COMPLETE_BODY_LIMIT,
         MpuAction::Create | MpuAction::Abort => SMALL_BODY_LIMIT,

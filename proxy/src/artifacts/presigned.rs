@@ -29,11 +29,24 @@ pub async fn presign(
     raw_path: &str,
     request: &Request<ProxyBody>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
-    let config = &app.transfers.config;
-    if !config.downloads {
+    if !app.transfers.config.downloads {
         return Err(ProxyError::not_implemented(DOWNLOADS_OFF));
     }
     let path = validate_path_is_safe(raw_path).map_err(|_| ProxyError::invalid_path())?;
+    let (url, size) = signed_object_url(app, path, request).await?;
+    // `json.dumps(PresignedDownloadUrlResponse.to_dict())`: Flask spacing, headers always there.
+    let answer = json!({ "url": url, "headers": {}, "file_size": size });
+    Ok(json_response(dumps(&answer, Dialect::Flask)))
+}
+
+/// A URL on this proxy for the object at `path` (destination-relative, already through
+/// `validate_path_is_safe`), good until it expires, and the object's size.
+pub(super) async fn signed_object_url(
+    app: &Arc<App>,
+    path: String,
+    request: &Request<ProxyBody>,
+) -> Result<(String, u64), ProxyError> {
+    let config = &app.transfers.config;
     let base = public_base(app, request)?;
     // Stock MLflow asks S3 for the object's size first (HeadObject), and so do we: a missing
     // object is a 404 here, which the UI and client take as "fall back" or "not found".
@@ -54,16 +67,18 @@ pub async fn presign(
             target: path,
         })
         .map_err(|_| ProxyError::invalid_path())?;
-    let prefix = api_prefix(request.uri().path());
+    let prefix = api_prefix(app, request.uri().path());
     let url = format!("{base}{prefix}/mlflow-artifacts/{SIGNED_OBJECT_PATH}?token={token}");
-    // `json.dumps(PresignedDownloadUrlResponse.to_dict())`: Flask spacing, headers always there.
-    let answer = json!({ "url": url, "headers": {}, "file_size": meta.size });
-    let mut response = Response::new(full(Bytes::from(dumps(&answer, Dialect::Flask))));
+    Ok((url, meta.size))
+}
+
+pub(super) fn json_response(text: String) -> Response<ProxyBody> {
+    let mut response = Response::new(full(Bytes::from(text)));
     response.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
-    Ok(response)
+    response
 }
 
 /// `GET|HEAD signed/object?token=`: the object the token names, as the download route serves it.

@@ -83,27 +83,29 @@ pub enum Cached {
     Denied,
 }
 
-struct Entry {
-    value: Cached,
+struct Entry<V> {
+    value: V,
     expires: Instant,
     /// Insertion number: tells the eviction queue's stale slots from live ones.
     seq: u64,
 }
 
-struct Inner {
-    map: HashMap<Key, Entry>,
+struct Inner<V> {
+    map: HashMap<Key, Entry<V>>,
     /// Insertion order, oldest first (may hold slots of entries already replaced or removed).
     order: VecDeque<(Key, u64)>,
     seq: u64,
 }
 
-pub struct DecisionCache {
+/// Values are allow/deny bits (`Cached`), or another small answer of MLflow's that may be
+/// reused exactly as long (the locations it gives for a caller: `locations`).
+pub struct DecisionCache<V = Cached> {
     ttl: Duration,
     capacity: usize,
-    inner: Mutex<Inner>,
+    inner: Mutex<Inner<V>>,
 }
 
-impl DecisionCache {
+impl<V: Clone> DecisionCache<V> {
     pub fn new(ttl: Duration, capacity: usize) -> Self {
         DecisionCache {
             ttl,
@@ -120,13 +122,13 @@ impl DecisionCache {
         !self.ttl.is_zero() && self.capacity > 0
     }
 
-    pub fn get(&self, key: &Key, now: Instant) -> Option<Cached> {
+    pub fn get(&self, key: &Key, now: Instant) -> Option<V> {
         if !self.enabled() {
             return None;
         }
         let mut inner = self.inner.lock().ok()?;
         match inner.map.get(key) {
-            Some(entry) if entry.expires > now => Some(entry.value),
+            Some(entry) if entry.expires > now => Some(entry.value.clone()),
             Some(_) => {
                 inner.map.remove(key);
                 None
@@ -135,7 +137,7 @@ impl DecisionCache {
         }
     }
 
-    pub fn insert(&self, key: Key, value: Cached, asked_at: Instant) {
+    pub fn insert(&self, key: Key, value: V, asked_at: Instant) {
         if !self.enabled() {
             return;
         }

@@ -35,7 +35,7 @@ use crate::metrics::Metrics;
 use crate::quickack::QuickAckConnector;
 
 pub use cache::{Cached, DecisionCache, Key};
-pub use probe::{Kind, Probe, Verdict};
+pub use probe::{Kind, Probe, Verdict, route_probe};
 
 /// MLflow's answers are small (a 401 text, `{}`, a short error); more is not read.
 const ANSWER_LIMIT: usize = 64 * 1024;
@@ -103,6 +103,8 @@ pub struct AuthConfig {
     pub recheck: Duration,
     pub timeout: Duration,
     pub credential_headers: Vec<HeaderName>,
+    /// MLflow's `--static-prefix` ("" for none): every question goes under it.
+    pub static_prefix: String,
 }
 
 impl AuthConfig {
@@ -115,6 +117,7 @@ impl AuthConfig {
             recheck: Duration::from_secs(10),
             timeout: Duration::from_secs(10),
             credential_headers: vec![header::AUTHORIZATION],
+            static_prefix: String::new(),
         }
     }
 }
@@ -186,6 +189,7 @@ impl AuthArgs {
             recheck: Duration::from_secs(self.mlflow_auth_recheck_secs),
             timeout: Duration::from_secs(self.mlflow_auth_timeout_secs),
             credential_headers,
+            static_prefix: String::new(),
         })
     }
 }
@@ -407,6 +411,7 @@ impl Auth {
                 "/api/2.0/mlflow/users/current",
                 HeaderMap::new(),
                 false,
+                ANSWER_LIMIT,
             )
             .await;
         self.metrics
@@ -534,7 +539,12 @@ impl Auth {
             }
         }
         let headers = request.headers();
-        let api = if request.uri().path().starts_with("/ajax-api/") {
+        let path_only = request.uri().path();
+        let api = if path_only
+            .strip_prefix(self.config.static_prefix.as_str())
+            .unwrap_or(path_only)
+            .starts_with("/ajax-api/")
+        {
             "/ajax-api/2.0"
         } else {
             "/api/2.0"
@@ -565,16 +575,85 @@ impl Auth {
                 None => {}
             }
         }
-        let outcome = match &key {
-            Some(key) => {
-                self.in_flight
-                    .join(*key)
-                    .answer(|| self.ask(op, api, path, &credentials))
-                    .await
-            }
-            None => self.ask(op, api, path, &credentials).await,
-        };
+        let outcome = self
+            .single_flight(key, self.ask(op, api, path, &credentials))
+            .await;
         self.answer(op, key, now, outcome)
+    }
+
+    /// Callers with the same key wait for one answer from MLflow (None: no key, ask alone); the
+    /// entry goes with its last waiter, answered or gone (`flight`).
+    async fn single_flight(&self, key: Option<Key>, ask: impl Future<Output = Outcome>) -> Outcome {
+        match key {
+            Some(key) => self.in_flight.join(key).answer(|| ask).await,
+            None => ask.await,
+        }
+    }
+
+    /// Whether MLflow lets the caller through `probe`: a request to one of MLflow's own routes
+    /// that its auth app judges exactly as the real request (the route itself, with an argument
+    /// left out so that its handler stops at once). False for a refusal, and for anything that
+    /// does not say (the caller then gets MLflow's own answer to the real request). Answers are
+    /// cached like every other decision.
+    pub async fn allows<B>(&self, probe: &Probe, request: &Request<B>) -> bool {
+        match self.checks().await {
+            Some(false) => return true,
+            Some(true) => {}
+            None => return false,
+        }
+        let credentials = self.caller(request.headers());
+        let key = credentials.digest.map(|credentials| {
+            let mut digest = ring::digest::Context::new(&ring::digest::SHA256);
+            digest.update(probe.method.as_str().as_bytes());
+            digest.update(b" ");
+            digest.update(probe.path_and_query.as_bytes());
+            let mut resource = [0u8; 32];
+            resource.copy_from_slice(digest.finish().as_ref());
+            Key {
+                credentials,
+                resource,
+            }
+        });
+        let now = Instant::now();
+        if let Some(key) = &key {
+            match self.cache.get(key, now) {
+                Some(Cached::Allowed) => {
+                    self.count("allowed", "cache");
+                    return true;
+                }
+                Some(Cached::Denied) => {
+                    self.count("403", "cache");
+                    return false;
+                }
+                None => {}
+            }
+        }
+        let ask = async {
+            match self.run_probe(probe, &credentials).await {
+                Ok(Verdict::Allowed) => Outcome::Allowed(Permit::default()),
+                Ok(Verdict::Denied) => Outcome::Denied,
+                Ok(Verdict::Unauthenticated {
+                    www_authenticate,
+                    body,
+                }) => Outcome::Unauthenticated {
+                    www_authenticate,
+                    body,
+                },
+                Ok(Verdict::Odd(message)) => Outcome::Failed(StatusCode::BAD_GATEWAY, message),
+                Err(message) => Outcome::Failed(StatusCode::SERVICE_UNAVAILABLE, message),
+            }
+        };
+        let outcome = self.single_flight(key, ask).await;
+        // MLflow answers the real request itself when this is not an allow: no refusal here.
+        self.answer(Operation::Download, key, now, outcome).is_ok()
+    }
+
+    /// Whether MLflow's auth app is on now: None while that cannot be told.
+    pub async fn checks(&self) -> Option<bool> {
+        if self.config.mode == Mode::Off {
+            return Some(false);
+        }
+        self.required().await.ok()
     }
 
     /// A cached allow for a listing still needs the run-tier answer for the filter; it has its
@@ -762,6 +841,7 @@ impl Auth {
                 &probe.path_and_query,
                 headers,
                 probe.json_body,
+                ANSWER_LIMIT,
             )
             .await;
         self.metrics
@@ -772,17 +852,36 @@ impl Auth {
         Ok(probe::read_answer(probe.kind, status, www, &body))
     }
 
-    /// One request to MLflow, its answer read in full (bounded), within the timeout.
+    /// A GET of MLflow's REST API as the caller (their credentials; the Host every question to
+    /// MLflow carries), its answer read
+    /// up to `limit` bytes (more is an error) within the check timeout. MLflow's auth app
+    /// judges it as it judges any request of the caller.
+    pub async fn get_as(
+        &self,
+        path_and_query: &str,
+        credentials: &Credentials,
+        limit: usize,
+    ) -> Result<(StatusCode, Bytes), String> {
+        let headers = credentials.forward.clone();
+        let (status, _, body) = self
+            .send(http::Method::GET, path_and_query, headers, false, limit)
+            .await?;
+        Ok((status, body))
+    }
+
+    /// One request to MLflow (under its static prefix), its answer read in full up to `limit`
+    /// bytes, within the timeout.
     async fn send(
         &self,
         method: http::Method,
         path_and_query: &str,
         mut headers: HeaderMap,
         json_body: bool,
+        limit: usize,
     ) -> Result<(StatusCode, Option<HeaderValue>, Bytes), String> {
         let mut parts = self.base.clone().into_parts();
         parts.path_and_query = Some(
-            path_and_query
+            format!("{}{path_and_query}", self.config.static_prefix)
                 .parse()
                 .map_err(|e| format!("probe URI: {e}"))?,
         );
@@ -812,7 +911,7 @@ impl Auth {
             retire.after(&response);
             let status = response.status();
             let www = response.headers().get(header::WWW_AUTHENTICATE).cloned();
-            let body = Limited::new(response.into_body(), ANSWER_LIMIT)
+            let body = Limited::new(response.into_body(), limit)
                 .collect()
                 .await
                 .map_err(|e| format!("reading MLflow's answer: {e}"))?
@@ -833,6 +932,20 @@ impl Auth {
     /// The headers sent to MLflow as the caller, and their digest (None: no credentials, which
     /// is never cached).
     fn credentials(&self, op: Operation, headers: &HeaderMap) -> Result<Credentials, ()> {
+        let mut credentials = self.caller(headers);
+        // MLflow's default authorization function on its FastAPI routes (native GET/PUT):
+        // Basic credentials parsed FastAPI's way, anything else is a 401.
+        if op.native() && self.basic_only() {
+            let value = headers.get(header::AUTHORIZATION).ok_or(())?;
+            let encoded = fastapi_basic(value).ok_or(())?;
+            credentials.forward.insert(header::AUTHORIZATION, encoded);
+        }
+        Ok(credentials)
+    }
+
+    /// The caller's credential headers (PROXY_MLFLOW_AUTH_HEADERS) as a Flask route of MLflow
+    /// reads them, and their keyed digest (None: the caller sent none).
+    pub fn caller(&self, headers: &HeaderMap) -> Credentials {
         let mut forward = HeaderMap::new();
         let mut ctx = hmac::Context::with_key(&self.key);
         let mut any = false;
@@ -846,20 +959,13 @@ impl Auth {
                 forward.append(name.clone(), value.clone());
             }
         }
-        // MLflow's default authorization function on its FastAPI routes (native GET/PUT):
-        // Basic credentials parsed FastAPI's way, anything else is a 401.
-        if op.native() && self.basic_only() {
-            let value = headers.get(header::AUTHORIZATION).ok_or(())?;
-            let encoded = fastapi_basic(value).ok_or(())?;
-            forward.insert(header::AUTHORIZATION, encoded);
-        }
         let digest = any.then(|| {
             let tag = ctx.sign();
             let mut out = [0u8; 32];
             out.copy_from_slice(tag.as_ref());
             out
         });
-        Ok(Credentials { forward, digest })
+        Credentials { forward, digest }
     }
 
     /// Everything else the decision depends on (see `cache::resource`). None: a path MLflow
@@ -887,9 +993,18 @@ impl Auth {
     }
 }
 
-struct Credentials {
-    forward: HeaderMap,
-    digest: Option<[u8; 32]>,
+/// Who is asking, as MLflow is told: the credential headers sent on the caller's behalf, and
+/// their keyed digest (what cache keys are made of; None: no credentials).
+pub struct Credentials {
+    pub forward: HeaderMap,
+    pub digest: Option<[u8; 32]>,
+}
+
+impl Auth {
+    /// How long and how many answers of MLflow may be remembered (`PROXY_MLFLOW_AUTH_CACHE_*`).
+    pub fn cache_policy(&self) -> (Duration, usize) {
+        (self.config.cache_ttl, self.config.cache_size)
+    }
 }
 
 /// The cache slot for a listing's run-tier answer, next to the listing's own.

@@ -49,6 +49,9 @@ pub enum Kind {
     Delete,
     /// `GET presigned/<P>/TOKEN`: the presigned route's read validator.
     Presigned,
+    /// One of MLflow's UI download routes itself, without its artifact-path argument: the
+    /// route's own validator; its handler then stops at the missing argument (400).
+    Route,
 }
 
 impl Kind {
@@ -59,15 +62,17 @@ impl Kind {
             Kind::MpuAbort => "mpu_abort",
             Kind::Delete => "delete",
             Kind::Presigned => "presigned",
+            Kind::Route => "route",
         }
     }
 
-    pub const ALL: [Kind; 5] = [
+    pub const ALL: [Kind; 6] = [
         Kind::List,
         Kind::CurrentUser,
         Kind::MpuAbort,
         Kind::Delete,
         Kind::Presigned,
+        Kind::Route,
     ];
 }
 
@@ -164,6 +169,17 @@ pub fn probes_for(op: Operation, api: &str, path: &str) -> Vec<Probe> {
     }
 }
 
+/// A probe of one of MLflow's own download routes: the real request's method, route and
+/// arguments, less the artifact path (`path_and_query` as sent, below the static prefix).
+pub fn route_probe(method: Method, path_and_query: String) -> Probe {
+    Probe {
+        kind: Kind::Route,
+        method,
+        path_and_query,
+        json_body: false,
+    }
+}
+
 /// For a listing: MLflow withholds run directories from an experiment-root listing when the
 /// caller may not read the run tier. A listing probe one run-shaped segment below the listed
 /// directory asks exactly that (below a root it lands in the listed directory's own class, and
@@ -222,6 +238,9 @@ pub fn read_answer(
         }
         (Kind::Presigned, 501) => error_code().as_deref() == Some("NOT_IMPLEMENTED"),
         (Kind::Presigned, 404) => error_code().as_deref() == Some("RESOURCE_DOES_NOT_EXIST"),
+        // The handler's missing-argument answer: werkzeug's HTML page (`request.args["path"]`)
+        // or MLflow's BAD_REQUEST; a validator's own 400 (INVALID_PARAMETER_VALUE) is not it.
+        (Kind::Route, 400) => error_code().is_none_or(|code| code == "BAD_REQUEST"),
         (Kind::CurrentUser, 200) => {
             return match serde_json::from_slice::<serde_json::Value>(body)
                 .ok()
@@ -345,6 +364,38 @@ mod tests {
             ),
             Verdict::Denied
         );
+        // The route's handler stopped at the left-out argument: the validator let it through.
+        let html = b("<!doctype html>\n<html lang=en>\n<title>400 Bad Request</title>");
+        assert_eq!(
+            read_answer(Kind::Route, StatusCode::BAD_REQUEST, None, &html),
+            Verdict::Allowed
+        );
+        assert_eq!(
+            read_answer(
+                Kind::Route,
+                StatusCode::BAD_REQUEST,
+                None,
+                &b(
+                    r#"{"error_code": "BAD_REQUEST", "message": "Request must include the \"artifact_file_path\" query parameter."}"#
+                )
+            ),
+            Verdict::Allowed
+        );
+        assert!(matches!(
+            read_answer(
+                Kind::Route,
+                StatusCode::BAD_REQUEST,
+                None,
+                &b(
+                    r#"{"error_code": "INVALID_PARAMETER_VALUE", "message": "Request must specify run_id or run_uuid parameter"}"#
+                )
+            ),
+            Verdict::Odd(_)
+        ));
+        assert!(matches!(
+            read_answer(Kind::Route, StatusCode::OK, None, &b("file bytes")),
+            Verdict::Odd(_)
+        ));
         // A server without the auth app has no users/current route.
         assert!(matches!(
             read_answer(Kind::CurrentUser, StatusCode::NOT_FOUND, None, &b("")),

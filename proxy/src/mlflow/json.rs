@@ -1,4 +1,4 @@
-//! Python's `json.dumps` output in the three forms MLflow's artifact routes produce.
+//! Python's `json.dumps` output in the forms MLflow's artifact routes produce.
 //!
 //! Clients mostly parse, but byte-for-byte answers keep our differential tests honest and keep
 //! the UI's error handling on familiar ground.
@@ -14,6 +14,9 @@ pub enum Dialect {
     FlaskPretty,
     /// FastAPI/Starlette `JSONResponse`: compact, UTF-8 as is.
     FastApi,
+    /// Flask `jsonify` (outside debug mode): compact, keys sorted, non-ASCII as `\uXXXX`; the
+    /// response adds a final newline.
+    Jsonify,
 }
 
 pub fn dumps(value: &Value, dialect: Dialect) -> String {
@@ -34,8 +37,12 @@ fn write_value(out: &mut String, value: &Value, dialect: Dialect, level: usize) 
             });
         }
         Value::Object(map) => {
-            let entries: Vec<(&String, &Value)> = map.iter().collect();
-            let colon = if dialect == Dialect::FastApi {
+            let mut entries: Vec<(&String, &Value)> = map.iter().collect();
+            if dialect == Dialect::Jsonify {
+                // Python compares str by code point, as Rust compares UTF-8 bytes.
+                entries.sort_by(|a, b| a.0.cmp(b.0));
+            }
+            let colon = if matches!(dialect, Dialect::FastApi | Dialect::Jsonify) {
                 ":"
             } else {
                 ": "
@@ -69,7 +76,7 @@ fn write_container(
             out.push_str(match dialect {
                 Dialect::Flask => ", ",
                 Dialect::FlaskPretty => ",",
-                Dialect::FastApi => ",",
+                Dialect::FastApi | Dialect::Jsonify => ",",
             });
         }
         if pretty {
@@ -140,6 +147,15 @@ mod tests {
         assert_eq!(
             dumps(&json!({"x": "😀"}), Dialect::Flask),
             "{\"x\": \"\\ud83d\\ude00\"}"
+        );
+    }
+
+    #[test]
+    fn jsonify_is_compact_sorted_ascii() {
+        let v = json!({"url": "http://h/é", "headers": {}, "file_size": 3});
+        assert_eq!(
+            dumps(&v, Dialect::Jsonify),
+            r#"{"file_size":3,"headers":{},"url":"http://h/\u00e9"}"#
         );
     }
 }

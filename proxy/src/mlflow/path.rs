@@ -95,13 +95,13 @@ fn local_file_uri_to_path(uri: &str) -> Result<String, PathError> {
 }
 
 #[derive(Debug, Default, PartialEq, Eq)]
-struct ParsedUrl {
-    scheme: String,
-    netloc: String,
-    path: String,
-    params: String,
-    query: String,
-    fragment: String,
+pub(crate) struct ParsedUrl {
+    pub scheme: String,
+    pub netloc: String,
+    pub path: String,
+    pub params: String,
+    pub query: String,
+    pub fragment: String,
 }
 
 const SCHEME_CHARS: &str = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789+-.";
@@ -116,7 +116,7 @@ const USES_NETLOC: &[&str] = &[
 ];
 
 /// `urllib.parse.urlparse` (CPython 3.11).
-fn urlparse(url: &str) -> Result<ParsedUrl, PathError> {
+pub(crate) fn urlparse(url: &str) -> Result<ParsedUrl, PathError> {
     let url = url.trim_start_matches(|c: char| u32::from(c) <= 0x20);
     let mut url: String = url
         .chars()

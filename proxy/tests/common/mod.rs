@@ -458,6 +458,36 @@ impl FakeMlflow {
 
 type TestBody = http_body_util::combinators::BoxBody<Bytes, std::convert::Infallible>;
 
+/// A stand-in server on a free loopback port whose every answer is `answer(request)` (the
+/// request's body unread unless `answer` reads it), a task per connection: an MLflow that answers
+/// as a test needs.
+pub async fn serve_stand_in<F, Fut>(answer: F) -> SocketAddr
+where
+    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Response<Full<Bytes>>> + Send + 'static,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let answer = answer.clone();
+            tokio::spawn(async move {
+                let service = service_fn(move |request: Request<Incoming>| {
+                    let answered = answer(request);
+                    async move { Ok::<_, std::convert::Infallible>(answered.await) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
 /// Deterministic bytes for the streamed answer.
 pub fn pattern(len: usize, seed: u8) -> Vec<u8> {
     (0..len)
@@ -537,6 +567,7 @@ pub fn serve_config(s3: &S3Server, upstream: &str) -> ServeConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
         metrics_listen: "127.0.0.1:0".parse().unwrap(),
         upstream: upstream.parse().unwrap(),
+        static_prefix: String::new(),
         store: s3.store_config(""),
         upload: upload_config(),
         download: Default::default(),

@@ -1,0 +1,84 @@
+"""The UI's and the registry's downloads go through the proxy (issue 19): a file logged by the real
+MLflow client as a run artifact and as a logged-model artifact, the logged model registered as a model
+version, then downloaded through each route the UI and the registry use, on port 5000. Each must give
+the same bytes, leave stock MLflow's temp folder (.stack/tmp) as it was, and never reach MLflow's
+artifact routes (MLflow is asked only where the file is). The same download from stock MLflow itself
+is the control: its temp folder grows by the file's size, so the temp check can fail."""
+
+from __future__ import annotations
+
+import uuid
+from urllib.parse import quote, urlencode
+
+import mlflow
+import pytest
+from mlflow.tracking import MlflowClient
+
+from e2e_util import (
+    ARTIFACTS,
+    LOGS,
+    MLFLOW_URL,
+    PROXY_URL,
+    STACK_TMP,
+    DirSampler,
+    LogWatch,
+    check_equal,
+    raw_request,
+    sha256_bytes,
+    write_random,
+)
+
+SIZE = 48 << 20
+SUFFIX = uuid.uuid4().hex[:8]
+# What stock MLflow's access log shows for a download it serves itself.
+ARTIFACT_ROUTES = ("/get-artifact", "/artifacts/files", "/mlflow-artifacts/")
+
+
+@pytest.fixture(scope="module")
+def logged(tmp_path_factory):
+    path = tmp_path_factory.mktemp("ui-downloads") / "weights.bin"
+    digest = write_random(path, SIZE)
+    client = MlflowClient()
+    mlflow.set_experiment(f"e2e-ui-downloads-{SUFFIX}")
+    with mlflow.start_run() as run:
+        mlflow.log_artifact(str(path), "data")
+    model = client.create_logged_model(experiment_id=run.info.experiment_id, name="ui-downloads")
+    client.log_model_artifact(model.model_id, str(path))
+    name = f"ui-downloads-{SUFFIX}"
+    client.create_registered_model(name)
+    version = client.create_model_version(name, source=f"models:/{model.model_id}", model_id=model.model_id)
+    root = run.info.artifact_uri[len("mlflow-artifacts:") :].lstrip("/")
+    targets = {
+        "client route": f"{ARTIFACTS}/{quote(root)}/data/weights.bin",
+        "run (UI)": "/get-artifact?" + urlencode({"path": "data/weights.bin", "run_id": run.info.run_id}),
+        "logged model (UI)": f"/ajax-api/2.0/mlflow/logged-models/{model.model_id}/artifacts/files?"
+        + urlencode({"artifact_file_path": "weights.bin"}),
+        "model version (registry)": "/model-versions/get-artifact?"
+        + urlencode({"path": "weights.bin", "name": name, "version": version.version}),
+    }
+    path.unlink()
+    return targets, digest
+
+
+@pytest.mark.parametrize("route", ["client route", "run (UI)", "logged model (UI)", "model version (registry)"])
+def test_download_streams_through_the_proxy(route, logged):
+    targets, digest = logged
+    mlflow_log = LogWatch(LOGS / "mlflow.log")
+    with DirSampler(STACK_TMP) as tmp:
+        r = raw_request(PROXY_URL, "GET", targets[route], timeout=300)
+    check_equal(f"{route}: status", 200, r.status)
+    check_equal(f"{route}: Content-Length", str(SIZE), r.headers.get("content-length"))
+    check_equal(f"{route}: SHA-256 of the download", digest, sha256_bytes(r.body))
+    check_equal(f"{route}: growth of stock MLflow's TMPDIR ({STACK_TMP}) during the download, bytes", 0, tmp.growth)
+    hits = [line for line in mlflow_log.text().splitlines() if any(a in line for a in ARTIFACT_ROUTES)]
+    check_equal(f"{route}: artifact routes in MLflow's access log during the download", [], hits)
+
+
+def test_stock_copies_the_same_download_into_its_temp_folder(logged):
+    """The control: the same route on stock MLflow's own port spools the file to its temp folder."""
+    targets, digest = logged
+    with DirSampler(STACK_TMP) as tmp:
+        r = raw_request(MLFLOW_URL, "GET", targets["run (UI)"], timeout=300)
+    check_equal("stock: status", 200, r.status)
+    check_equal("stock: SHA-256", digest, sha256_bytes(r.body))
+    assert tmp.growth >= SIZE, f"stock MLflow's temp folder grew by {tmp.growth} bytes, expected >= {SIZE}"
