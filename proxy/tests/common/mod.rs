@@ -49,6 +49,8 @@ pub struct S3Server {
     external: Option<External>,
     /// The accept loop; it owns every connection, so aborting it closes them all.
     task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// The in-process server's requests as they arrived: method and target, unaltered.
+    received: Arc<Mutex<Vec<String>>>,
 }
 
 /// An external store: its address, and a client of our own to inspect and clean up the bucket.
@@ -110,9 +112,10 @@ impl S3Server {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let endpoint = format!("http://{addr}");
+        let received = Arc::new(Mutex::new(Vec::new()));
         let Some((upstream, access_key, secret_key, region, store)) = external_store() else {
             std::fs::create_dir(root.join(BUCKET)).unwrap();
-            let task = tokio::spawn(serve_s3(listener, root.clone()));
+            let task = tokio::spawn(serve_s3(listener, root.clone(), received.clone()));
             return S3Server {
                 endpoint,
                 addr,
@@ -125,6 +128,7 @@ impl S3Server {
                 _dir: dir,
                 external: None,
                 task: Mutex::new(Some(task)),
+                received,
             };
         };
         let name = format!("proxy-test-{:016x}", rand::random::<u64>());
@@ -162,11 +166,23 @@ impl S3Server {
                 bucket,
             }),
             task: Mutex::new(Some(task)),
+            received,
         }
     }
 
     pub fn is_external(&self) -> bool {
         self.external.is_some()
+    }
+
+    /// Every request the in-process server received, as `METHOD /bucket/key?query` exactly as it
+    /// came (what the proxy sent, before s3s-fs's disk resolves "." segments). Not for an
+    /// external store: there, `keys` shows what was stored.
+    pub fn received(&self) -> Vec<String> {
+        assert!(
+            self.external.is_none(),
+            "received: the store is external; use keys()"
+        );
+        self.received.lock().unwrap().clone()
     }
 
     /// The proxy's store settings for this server's bucket.
@@ -226,8 +242,14 @@ impl S3Server {
         let Some(external) = &self.external else {
             let mut keys = Vec::new();
             collect_files(&self.root.join(BUCKET), &self.root.join(BUCKET), &mut keys);
-            // s3s-fs's own metadata files
-            keys.retain(|k| !k.split('/').any(|s| s.starts_with('.')));
+            // s3s-fs's own metadata files (keys like `d/.x` or `d/.../x` are kept)
+            keys.retain(|k| {
+                !k.split('/').any(|s| {
+                    [".bucket-", ".upload", ".tmp."]
+                        .iter()
+                        .any(|p| s.starts_with(p))
+                })
+            });
             keys.sort();
             return keys;
         };
@@ -297,7 +319,7 @@ impl S3Server {
         };
         let task = match &self.external {
             Some(external) => tokio::spawn(serve_relay(listener, external.upstream.clone())),
-            None => tokio::spawn(serve_s3(listener, self.root.clone())),
+            None => tokio::spawn(serve_s3(listener, self.root.clone(), self.received.clone())),
         };
         *self.task.lock().unwrap() = Some(task);
     }
@@ -331,11 +353,19 @@ impl Drop for S3Server {
 }
 
 /// Serve S3 (SigV4 checked) from `root` until aborted; aborting also ends every connection.
-async fn serve_s3(listener: TcpListener, root: PathBuf) {
+/// Each request's method and target are noted in `received` first.
+async fn serve_s3(listener: TcpListener, root: PathBuf, received: Arc<Mutex<Vec<String>>>) {
     let fs = s3s_fs::FileSystem::new(&root).unwrap();
     let mut builder = s3s::service::S3ServiceBuilder::new(fs);
     builder.set_auth(s3s::auth::SimpleAuth::from_single(ACCESS_KEY, SECRET_KEY));
-    let service = builder.build();
+    let s3 = builder.build();
+    let service = service_fn(move |request: Request<Incoming>| {
+        received
+            .lock()
+            .unwrap()
+            .push(format!("{} {}", request.method(), request.uri()));
+        hyper::service::Service::call(&s3, request)
+    });
     let mut connections = tokio::task::JoinSet::new();
     loop {
         let Ok((stream, _)) = listener.accept().await else {
@@ -716,10 +746,25 @@ impl RawResponse {
 }
 
 pub async fn raw_request(addr: SocketAddr, method: &str, target: &str, body: &[u8]) -> RawResponse {
+    raw_request_with(addr, method, target, &[], body).await
+}
+
+/// `raw_request` with more request headers.
+pub async fn raw_request_with(
+    addr: SocketAddr,
+    method: &str,
+    target: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> RawResponse {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let extra: String = headers
+        .iter()
+        .map(|(name, value)| format!("{name}: {value}\r\n"))
+        .collect();
     let head = format!(
-        "{method} {target} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
+        "{method} {target} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n{extra}Content-Length: {}\r\n\r\n",
         body.len()
     );
     stream.write_all(head.as_bytes()).await.unwrap();
