@@ -350,25 +350,14 @@ impl Store {
         frames: Vec<Bytes>,
         len: usize,
     ) -> Result<String, StoreError> {
-        self.put_part(key, upload_id, part_number, len as u64, from_frames(frames))
+        let body = from_frames(frames);
+        self.upload_part_body(key, upload_id, part_number, len as u64, body)
             .await
     }
 
     /// Upload one part streamed from a client's body of exactly `len` bytes; returns its ETag.
     /// Nothing is held here: hyper hands the frames on as S3 takes them.
     pub async fn upload_part_body(
-        &self,
-        key: &str,
-        upload_id: &str,
-        part_number: u32,
-        len: u64,
-        body: ProxyBody,
-    ) -> Result<String, StoreError> {
-        self.put_part(key, upload_id, part_number, len, body).await
-    }
-
-    /// UploadPart of exactly `len` bytes; returns its ETag.
-    async fn put_part(
         &self,
         key: &str,
         upload_id: &str,

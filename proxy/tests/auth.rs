@@ -15,8 +15,6 @@ use common::{S3Server, raw_request, serve_config};
 use http::{Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
 use mlflow_artifact_proxy::Proxy;
 use mlflow_artifact_proxy::auth::{AuthConfig, Mode};
 use tokio::net::TcpListener;
@@ -35,26 +33,7 @@ struct Policy {
 /// Answers like MLflow's auth app: `users/current` without credentials is 401 with the app and
 /// 404 without; a listing probe is 401 without alice's credentials, 403 or 200 for alice.
 async fn start_auth_mlflow(policy: Arc<Policy>) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
-            };
-            let policy = policy.clone();
-            tokio::spawn(async move {
-                let service = service_fn(move |request: Request<Incoming>| {
-                    let policy = policy.clone();
-                    async move { Ok::<_, std::convert::Infallible>(answer(&policy, &request)) }
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
-        }
-    });
-    addr
+    common::serve_answers(move |request| answer(&policy, request)).await
 }
 
 fn answer(policy: &Policy, request: &Request<Incoming>) -> Response<Full<Bytes>> {

@@ -15,13 +15,10 @@ use common::{RawResponse, S3Server, raw_request_with, serve_config};
 use http::{Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
 use mlflow_artifact_proxy::Proxy;
 use mlflow_artifact_proxy::auth::{AuthConfig, Mode};
 use mlflow_artifact_proxy::mlflow::path::{py_unquote, validate_path_is_safe};
 use pretty_assertions::assert_eq;
-use tokio::net::TcpListener;
 
 /// `alice:pw`: no permission on experiment 3, READ and EDIT elsewhere.
 const ALICE: &str = "Basic YWxpY2U6cHc=";
@@ -31,26 +28,7 @@ const ADMIN: &str = "Basic YWRtaW46cHc=";
 /// MLflow's auth app, reduced to one rule: alice may do nothing on experiment 3. `asked` gets the
 /// artifact path of every validator probe, as MLflow's validator reads it.
 async fn start_mlflow(asked: Arc<Mutex<Vec<String>>>) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
-            };
-            let asked = asked.clone();
-            tokio::spawn(async move {
-                let service = service_fn(move |request: Request<Incoming>| {
-                    let answer = judge(&asked, &request);
-                    async move { Ok::<_, std::convert::Infallible>(answer) }
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
-        }
-    });
-    addr
+    common::serve_answers(move |request| judge(&asked, request)).await
 }
 
 fn judge(asked: &Mutex<Vec<String>>, request: &Request<Incoming>) -> Response<Full<Bytes>> {

@@ -402,13 +402,7 @@ async fn a_store_refusing_the_proxy_gives_the_same_answer_everywhere() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dot_segments_keep_mlflows_key() {
     let h = Harness::start().await;
-    let put = raw_request(
-        h.proxy.addr,
-        "PUT",
-        "/api/2.0/mlflow-artifacts/artifacts/d/./x.txt",
-        b"dot",
-    )
-    .await;
+    let put = artifacts(&h, "PUT", "/d/./x.txt", b"dot").await;
     assert_eq!(put.status, 200);
     assert_eq!(
         h.s3.keys(),
@@ -418,6 +412,12 @@ async fn dot_segments_keep_mlflows_key() {
         assert_eq!(sent(&h, "d/x.txt"), Vec::<String>::new());
         assert_eq!(sent(&h, "d/./x.txt"), ["PUT"]);
     }
+}
+
+/// A request to `/api/2.0/mlflow-artifacts/artifacts<target>`, sent as written.
+async fn artifacts(h: &Harness, method: &str, target: &str, body: &[u8]) -> RawResponse {
+    let target = format!("/api/2.0/mlflow-artifacts/artifacts{target}");
+    raw_request(h.proxy.addr, method, &target, body).await
 }
 
 /// The methods of the in-process store's requests for exactly `key` (percent-decoded, the query
@@ -439,20 +439,6 @@ fn sent(h: &Harness, key: &str) -> Vec<String> {
     methods
 }
 
-async fn post_json(h: &Harness, url: String, body: serde_json::Value) -> (u16, serde_json::Value) {
-    let response = h
-        .http
-        .post(url)
-        .header("content-type", "application/json")
-        .body(body.to_string())
-        .send()
-        .await
-        .unwrap();
-    let status = response.status().as_u16();
-    let text = response.text().await.unwrap();
-    (status, serde_json::from_str(&text).unwrap())
-}
-
 /// Every S3 call the proxy makes with a key, for a key with a "." segment: single and
 /// multipart uploads (streamed parts and parts from a chunked body), client-driven multipart
 /// create/part/complete/abort, HEAD, GET, ranged and parallel GETs, presigned downloads, the
@@ -468,13 +454,7 @@ async fn every_keyed_call_keeps_the_dot_segment() {
     // resolve a literal "./" or "%2E/" itself before sending).
     let artifact = |name: &str| h.artifact(&format!("d/%252E/{name}"));
     let small = b"small".to_vec();
-    let put = raw_request(
-        h.proxy.addr,
-        "PUT",
-        "/api/2.0/mlflow-artifacts/artifacts/d/./small.txt",
-        &small,
-    )
-    .await;
+    let put = artifacts(&h, "PUT", "/d/./small.txt", &small).await;
     assert_eq!(put.status, 200);
     let big = random_bytes(9 * MIB + 5);
     let put = h
@@ -499,21 +479,9 @@ async fn every_keyed_call_keeps_the_dot_segment() {
         .unwrap();
     assert_eq!(put.status(), 200, "multipart upload of a chunked body");
 
-    let get = raw_request(
-        h.proxy.addr,
-        "GET",
-        "/api/2.0/mlflow-artifacts/artifacts/d/./small.txt",
-        b"",
-    )
-    .await;
+    let get = artifacts(&h, "GET", "/d/./small.txt", b"").await;
     assert_eq!((get.status, get.body), (200, small.clone()));
-    let head = raw_request(
-        h.proxy.addr,
-        "HEAD",
-        "/api/2.0/mlflow-artifacts/artifacts/d/./small.txt",
-        b"",
-    )
-    .await;
+    let head = artifacts(&h, "HEAD", "/d/./small.txt", b"").await;
     assert_eq!(
         (head.status, head.header("content-length")),
         (200, Some("5"))
@@ -529,11 +497,8 @@ async fn every_keyed_call_keeps_the_dot_segment() {
     assert_eq!(ranged.bytes().await.unwrap().as_ref(), b"ma");
     for (name, data) in [("big.bin", &big), ("chunked.bin", &chunked)] {
         let body = h
-            .http
-            .get(artifact(name))
-            .send()
+            .get(&format!("d/%252E/{name}"))
             .await
-            .unwrap()
             .bytes()
             .await
             .unwrap();
@@ -546,13 +511,14 @@ async fn every_keyed_call_keeps_the_dot_segment() {
 
     // Client-driven multipart upload, and one aborted.
     let mpu = |action: &str| h.url(&format!("/api/2.0/mlflow-artifacts/mpu/{action}/d/%252E"));
-    let (status, created) = post_json(
-        &h,
-        mpu("create"),
-        serde_json::json!({"path": "mpu.bin", "num_parts": 1}),
-    )
-    .await;
-    assert_eq!(status, 200, "{created}");
+    let mut created = Vec::new();
+    for name in ["mpu.bin", "gone.bin"] {
+        let body = serde_json::json!({"path": name, "num_parts": 1});
+        let (status, answer) = post_json(&h, &mpu("create"), body).await;
+        assert_eq!(status, 200, "{answer}");
+        created.push(answer);
+    }
+    let (created, aborted) = (&created[0], &created[1]);
     let part_url = created["credentials"][0]["url"].as_str().unwrap();
     let part = h
         .http
@@ -567,19 +533,12 @@ async fn every_keyed_call_keeps_the_dot_segment() {
     let done =
         serde_json::json!({"path": "mpu.bin", "upload_id": created["upload_id"], "parts": parts});
     assert_eq!(
-        post_json(&h, mpu("complete"), done).await,
+        post_json(&h, &mpu("complete"), done).await,
         (200, serde_json::json!({}))
     );
-    let (status, aborted) = post_json(
-        &h,
-        mpu("create"),
-        serde_json::json!({"path": "gone.bin", "num_parts": 1}),
-    )
-    .await;
-    assert_eq!(status, 200, "{aborted}");
     let abort = serde_json::json!({"path": "gone.bin", "upload_id": aborted["upload_id"]});
     assert_eq!(
-        post_json(&h, mpu("abort"), abort).await,
+        post_json(&h, &mpu("abort"), abort).await,
         (200, serde_json::json!({}))
     );
 
@@ -608,13 +567,7 @@ async fn every_keyed_call_keeps_the_dot_segment() {
 
     // The listing of `d/.` is the listing of the prefix `d/./`: the objects above on a store
     // with opaque keys; nothing on s3s-fs, whose keys (file paths) never hold a "." segment.
-    let list = raw_request(
-        h.proxy.addr,
-        "GET",
-        "/api/2.0/mlflow-artifacts/artifacts?path=d%2F.",
-        b"",
-    )
-    .await;
+    let list = artifacts(&h, "GET", "?path=d%2F.", b"").await;
     assert_eq!(list.status, 200);
     let listed: serde_json::Value = serde_json::from_slice(&list.body).unwrap();
     let names: Vec<&str> = listed["files"].as_array().map_or(vec![], |files| {
@@ -663,13 +616,7 @@ async fn every_keyed_call_keeps_the_dot_segment() {
     }
 
     // DELETE of `d/.` removes what is under the prefix `d/./`; on s3s-fs nothing is listed there.
-    let delete = raw_request(
-        h.proxy.addr,
-        "DELETE",
-        "/api/2.0/mlflow-artifacts/artifacts/d/.",
-        b"",
-    )
-    .await;
+    let delete = artifacts(&h, "DELETE", "/d/.", b"").await;
     assert_eq!(delete.status, 200);
     assert_eq!(
         h.s3.keys(),
@@ -696,21 +643,9 @@ async fn dotted_names_keep_mlflows_key() {
         ("d/100%25.txt", "d/100%.txt", "d/100%.txt"),
     ];
     for (target, key, _) in cases {
-        let put = raw_request(
-            h.proxy.addr,
-            "PUT",
-            &format!("/api/2.0/mlflow-artifacts/artifacts/{target}"),
-            key.as_bytes(),
-        )
-        .await;
+        let put = artifacts(&h, "PUT", &format!("/{target}"), key.as_bytes()).await;
         assert_eq!(put.status, 200, "{target}: {}", put.text());
-        let get = raw_request(
-            h.proxy.addr,
-            "GET",
-            &format!("/api/2.0/mlflow-artifacts/artifacts/{target}"),
-            b"",
-        )
-        .await;
+        let get = artifacts(&h, "GET", &format!("/{target}"), b"").await;
         assert_eq!((get.status, get.text()), (200, key.to_owned()), "{target}");
         if !h.s3.is_external() {
             assert_eq!(sent(&h, key), ["GET", "PUT"], "{target}");
@@ -725,24 +660,12 @@ async fn dotted_names_keep_mlflows_key() {
 
     // MLflow refuses a ".." segment, wherever a "." is: nothing is stored.
     for target in ["d/./b/../c.txt", "d/%2E%2E/c.txt", "./../c.txt"] {
-        let put = raw_request(
-            h.proxy.addr,
-            "PUT",
-            &format!("/api/2.0/mlflow-artifacts/artifacts/{target}"),
-            b"x",
-        )
-        .await;
+        let put = artifacts(&h, "PUT", &format!("/{target}"), b"x").await;
         assert_eq!(put.status, 400, "{target}: {}", put.text());
     }
     // A file named "." is no file: stock MLflow cannot write it (its temp file would be its
     // temp folder); the proxy refuses it as a bad path.
-    let put = raw_request(
-        h.proxy.addr,
-        "PUT",
-        "/api/2.0/mlflow-artifacts/artifacts/d/.",
-        b"x",
-    )
-    .await;
+    let put = artifacts(&h, "PUT", "/d/.", b"x").await;
     assert_eq!(put.status, 400, "{}", put.text());
     assert_eq!(h.s3.keys(), expected);
 }

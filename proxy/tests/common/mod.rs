@@ -419,6 +419,34 @@ fn collect_files(base: &Path, dir: &Path, out: &mut Vec<String>) {
     }
 }
 
+/// An HTTP/1 server on loopback that gives each request the response `answer` makes of it (a
+/// stand-in for a peer whose answers the test decides); its address.
+pub async fn serve_answers<F>(answer: F) -> SocketAddr
+where
+    F: Fn(&Request<Incoming>) -> Response<Full<Bytes>> + Clone + Send + Sync + 'static,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let answer = answer.clone();
+            tokio::spawn(async move {
+                let service = service_fn(move |request: Request<Incoming>| {
+                    let response = answer(&request);
+                    async move { Ok::<_, std::convert::Infallible>(response) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
 /// What the MLflow stand-in saw of one request.
 #[derive(Clone, Debug)]
 pub struct Seen {
@@ -694,6 +722,28 @@ impl Harness {
             .await
             .unwrap()
     }
+}
+
+/// POST a JSON body: the status, and the answer as JSON (or as a JSON string when it is not).
+pub async fn post_json(
+    h: &Harness,
+    url: &str,
+    body: serde_json::Value,
+) -> (u16, serde_json::Value) {
+    let response = h
+        .http
+        .post(url)
+        .header("content-type", "application/json")
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    let text = response.text().await.unwrap();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)),
+    )
 }
 
 pub fn sha256(data: &[u8]) -> String {
