@@ -308,7 +308,11 @@ def test_dot_segments_are_judged_where_the_store_reads(world):
     serves `<exp>/<run>/...` for both. The proxy also asks MLflow about the path without its "."
     segments and needs both answers to allow; the S3 key stays MLflow's."""
     exp, run = world.exp, world.run
-    A, P = PREFIXES["api"], f"{exp}/{run}/artifacts/file.txt"
+    A, name = PREFIXES["api"], f"dot-{SUFFIX}.txt"
+    P = f"{exp}/{run}/artifacts/{name}"
+    # A file of its own: the decision matrix deletes the experiment's seeded files at its end.
+    seeded = raw_request(MLFLOW_URL, "PUT", f"{A}/artifacts/{P}", body=b"seed", headers={"Host": "localhost", **world.users["admin"]})
+    assert seeded.status == 200, (seeded.status, seeded.body[:200])
     stricter = [
         # `denied`: no permission on `exp`, the default (READ) elsewhere.
         ("denied", f"{A}/artifacts/./{P}"),
@@ -318,7 +322,7 @@ def test_dot_segments_are_judged_where_the_store_reads(world):
         ("denied", f"{A}/presigned/./{exp}/{run}/artifacts"),
         ("denied", f"/ajax-api/2.0/mlflow-artifacts/artifacts/./{P}"),
         # `runsdenied`: READ on `exp`, DENY on its runs.
-        ("runsdenied", f"{A}/artifacts/{exp}/./{run}/artifacts/file.txt"),
+        ("runsdenied", f"{A}/artifacts/{exp}/./{run}/artifacts/{name}"),
     ]
     for user, target in stricter:
         hdrs = {"Host": "localhost", **world.users[user]}
@@ -326,7 +330,7 @@ def test_dot_segments_are_judged_where_the_store_reads(world):
         proxy = raw_request(PROXY_URL, "GET", target, headers=hdrs)
         assert (decision(stock), decision(proxy)) == ("allowed", "403"), (user, target, stock.status, proxy.status)
         assert proxy.body == b"Permission denied", (user, target, proxy.body)
-        if STORE == "s3s-fs" and "artifacts/file.txt" in target:
+        if STORE == "s3s-fs" and target.endswith(name):
             # What stock leaks on this store: the run's file itself.
             assert (stock.status, stock.body) == (200, b"seed"), (user, target, stock.status)
     # Where both readings are allowed, both serve the same answer.
