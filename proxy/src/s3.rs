@@ -1,15 +1,18 @@
 //! The artifact store: S3 (MinIO, Garage, s3s, AWS...) with path-style addressing.
 //!
-//! rust-s3 signs and carries the small control-plane calls (list, multipart create/complete/
-//! abort, delete). Payload bytes never go through it: uploads and downloads are presigned
-//! requests (`UNSIGNED-PAYLOAD`) sent with hyper, so the body frames pass through unhashed and
-//! uncopied, with backpressure both ways. Knows nothing of HTTP routing or MLflow.
+//! Every request that names a key or a key prefix (get, head, put, parts, multipart create/
+//! complete/abort, list) is signed by `signer`, which keeps the key exactly as MLflow names it, and
+//! sent with hyper: payload bytes pass through unhashed (`UNSIGNED-PAYLOAD`) and uncopied, with
+//! backpressure both ways. rust-s3 carries only the calls whose URL holds no key: DeleteObjects
+//! (the keys travel in its body), ListMultipartUploads of the configured root, and creating the
+//! bucket. Knows nothing of HTTP routing or MLflow.
 
-use std::collections::HashMap;
+mod signer;
+
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderValue, Request, Response, header};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
@@ -19,20 +22,21 @@ use s3::Bucket;
 use s3::creds::Credentials;
 use s3::error::S3Error;
 use s3::region::Region;
-use s3::serde_types::Part;
+use s3::serde_types::ListBucketResult;
 
-use crate::body::{ProxyBody, empty, from_frames};
+use crate::body::{ProxyBody, empty, from_frames, full};
 use crate::config::StoreConfig;
 use crate::metrics::Metrics;
 use crate::timeouts::SendError;
+use signer::{Payload, Signer};
 
-/// Presigned part and object URLs are used at once; an hour covers a slow part upload.
-const PUT_URL_TTL_SECS: u32 = 3600;
-const GET_URL_TTL_SECS: u32 = 300;
 /// Completing a multipart upload can take the store a while.
 const COMPLETE_TIMEOUT: Duration = Duration::from_secs(300);
 /// Error bodies from S3 are small XML documents; we read at most this much of one.
 const ERROR_BODY_LIMIT: usize = 64 * 1024;
+/// The answer to a control call, the largest being a ListObjectsV2 page: at most 1,000 keys of
+/// at most 1 KiB each, with their metadata.
+const ANSWER_LIMIT: usize = 8 * 1024 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -120,10 +124,9 @@ pub struct ObjectMeta {
 pub type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
 
 pub struct Store {
+    /// rust-s3, for the calls whose URL names no key (see the module's comment).
     bucket: Box<Bucket>,
-    /// The same bucket with a longer limit, for CompleteMultipartUpload (S3 may take minutes
-    /// to assemble a large object).
-    slow_bucket: Box<Bucket>,
+    signer: Signer,
     /// How long S3 may take to answer (see `timeouts::send`).
     timeout: Duration,
     prefix: String,
@@ -134,11 +137,11 @@ pub struct Store {
 impl Store {
     pub fn new(config: &StoreConfig, metrics: Metrics, timeout: Duration) -> Result<Self, String> {
         let bucket = control_bucket(config, timeout)?;
-        let slow_bucket = control_bucket(config, timeout.max(COMPLETE_TIMEOUT))?;
+        let signer = Signer::new(config)?;
         let http = http_client(config.ca_bundle.as_deref())?;
         Ok(Store {
             bucket,
-            slow_bucket,
+            signer,
             timeout,
             prefix: config.prefix.clone(),
             http,
@@ -195,14 +198,78 @@ impl Store {
         .await
     }
 
-    async fn send(&self, request: Request<ProxyBody>) -> Result<Response<Incoming>, StoreError> {
-        crate::timeouts::send(&self.http, request, self.timeout)
+    /// Send under `limit` (see `timeouts::send`).
+    async fn send(
+        &self,
+        request: Request<ProxyBody>,
+        limit: Duration,
+    ) -> Result<Response<Incoming>, StoreError> {
+        crate::timeouts::send(&self.http, request, limit)
             .await
             .map_err(|e| match e {
                 SendError::Http(e) if e.is_connect() => StoreError::Unreachable(e.to_string()),
                 SendError::Http(e) => StoreError::Other(e.to_string()),
                 SendError::TimedOut(_) => StoreError::TimedOut,
             })
+    }
+
+    /// A request for `key` with the key as MLflow names it (see `signer`), sent with hyper; the
+    /// answer's body is left unread.
+    async fn send_keyed(
+        &self,
+        method: Method,
+        key: &str,
+        query: &[(&str, Option<&str>)],
+        headers: HeaderMap,
+        body: ProxyBody,
+    ) -> Result<Response<Incoming>, StoreError> {
+        let request = self
+            .signer
+            .request(method, key, query, headers, Payload::Unsigned, body)
+            .map_err(StoreError::Other)?;
+        self.send(request, self.timeout).await
+    }
+
+    /// A control call (small request, small answer): sent, answered with success and its body
+    /// read in full (at most `ANSWER_LIMIT`), all within `deadline`; S3's error otherwise.
+    async fn call(
+        &self,
+        method: Method,
+        key: &str,
+        query: &[(&str, Option<&str>)],
+        headers: HeaderMap,
+        body: Bytes,
+        deadline: Duration,
+    ) -> Result<Bytes, StoreError> {
+        let exchange = async {
+            let request = self
+                .signer
+                .request(
+                    method,
+                    key,
+                    query,
+                    headers,
+                    Payload::Bytes(&body),
+                    full(body.clone()),
+                )
+                .map_err(StoreError::Other)?;
+            let response = self.send(request, deadline).await?;
+            let status = response.status();
+            if !status.is_success() {
+                return Err(StoreError::Status {
+                    status: status.as_u16(),
+                    message: read_error_body(response.into_body()).await,
+                });
+            }
+            Limited::new(response.into_body(), ANSWER_LIMIT)
+                .collect()
+                .await
+                .map(|collected| collected.to_bytes())
+                .map_err(|e| StoreError::Other(format!("reading S3's answer: {e}")))
+        };
+        tokio::time::timeout(deadline, exchange)
+            .await
+            .unwrap_or(Err(StoreError::TimedOut))
     }
 
     /// GET the object, forwarding the conditional and range headers given. The response body is
@@ -213,34 +280,50 @@ impl Store {
         headers: HeaderMap,
     ) -> Result<Response<Incoming>, StoreError> {
         self.timed("get_object", async {
-            let url = self.bucket.presign_get(key, GET_URL_TTL_SECS, None).await?;
-            let mut request = Request::get(url)
-                .body(empty())
-                .map_err(|e| StoreError::Other(e.to_string()))?;
-            *request.headers_mut() = headers;
-            let response = self.send(request).await?;
             // 404 and the like are answers, not failures of the call.
-            Ok(response)
+            self.send_keyed(Method::GET, key, &[], headers, empty())
+                .await
         })
         .await
     }
 
     pub async fn head_object(&self, key: &str) -> Result<Option<ObjectMeta>, StoreError> {
-        self.control("head_object", self.timeout, async {
-            match self.bucket.head_object(key).await {
-                Ok((head, _)) => Ok(Some(ObjectMeta {
-                    size: head
-                        .content_length
-                        .and_then(|n| u64::try_from(n).ok())
-                        .unwrap_or(0),
-                    etag: head.e_tag,
-                    last_modified: head.last_modified,
-                })),
-                Err(e) => {
-                    let e = StoreError::from(e);
-                    if e.is_not_found() { Ok(None) } else { Err(e) }
+        self.timed("head_object", async {
+            let exchange = async {
+                let response = self
+                    .send_keyed(Method::HEAD, key, &[], HeaderMap::new(), empty())
+                    .await?;
+                let status = response.status();
+                let (parts, body) = response.into_parts();
+                let _ = body.collect().await;
+                if status == StatusCode::NOT_FOUND {
+                    return Ok(None);
                 }
-            }
+                if !status.is_success() {
+                    // A HEAD answer has no body to say more.
+                    return Err(StoreError::Status {
+                        status: status.as_u16(),
+                        message: "(no body)".to_owned(),
+                    });
+                }
+                let text = |name: header::HeaderName| {
+                    parts
+                        .headers
+                        .get(name)
+                        .and_then(|v| v.to_str().ok())
+                        .map(str::to_owned)
+                };
+                Ok(Some(ObjectMeta {
+                    size: text(header::CONTENT_LENGTH)
+                        .and_then(|n| n.parse().ok())
+                        .unwrap_or(0),
+                    etag: text(header::ETAG),
+                    last_modified: text(header::LAST_MODIFIED),
+                }))
+            };
+            tokio::time::timeout(self.timeout, exchange)
+                .await
+                .unwrap_or(Err(StoreError::TimedOut))
         })
         .await
     }
@@ -254,16 +337,12 @@ impl Store {
         body: ProxyBody,
     ) -> Result<(), StoreError> {
         self.timed("put_object", async {
-            let url = self
-                .bucket
-                .presign_put(key, PUT_URL_TTL_SECS, None, None)
+            let mut headers = HeaderMap::new();
+            headers.insert(header::CONTENT_LENGTH, len.into());
+            headers.insert(header::CONTENT_TYPE, header_value(content_type));
+            let response = self
+                .send_keyed(Method::PUT, key, &[], headers, body)
                 .await?;
-            let request = Request::put(url)
-                .header(header::CONTENT_LENGTH, len)
-                .header(header::CONTENT_TYPE, content_type)
-                .body(body)
-                .map_err(|e| StoreError::Other(e.to_string()))?;
-            let response = self.send(request).await?;
             expect_success(response).await.map(drop)
         })
         .await
@@ -274,12 +353,27 @@ impl Store {
         key: &str,
         content_type: &str,
     ) -> Result<String, StoreError> {
-        self.control("create_multipart_upload", self.timeout, async {
-            Ok(self
-                .bucket
-                .initiate_multipart_upload(key, content_type)
-                .await?
-                .upload_id)
+        self.timed("create_multipart_upload", async {
+            let mut headers = HeaderMap::new();
+            headers.insert(header::CONTENT_TYPE, header_value(content_type));
+            let answer = self
+                .call(
+                    Method::POST,
+                    key,
+                    &[("uploads", None)],
+                    headers,
+                    Bytes::new(),
+                    self.timeout,
+                )
+                .await?;
+            #[derive(serde::Deserialize)]
+            struct Initiated {
+                #[serde(rename = "UploadId")]
+                upload_id: String,
+            }
+            quick_xml::de::from_reader::<_, Initiated>(answer.as_ref())
+                .map(|initiated| initiated.upload_id)
+                .map_err(|e| StoreError::Other(format!("CreateMultipartUpload answer: {e}")))
         })
         .await
     }
@@ -293,30 +387,9 @@ impl Store {
         frames: Vec<Bytes>,
         len: usize,
     ) -> Result<String, StoreError> {
-        self.timed("upload_part", async {
-            let queries = HashMap::from([
-                ("partNumber".to_owned(), part_number.to_string()),
-                ("uploadId".to_owned(), upload_id.to_owned()),
-            ]);
-            let url = self
-                .bucket
-                .presign_put(key, PUT_URL_TTL_SECS, None, Some(queries))
-                .await?;
-            let request = Request::put(url)
-                .header(header::CONTENT_LENGTH, len)
-                .body(from_frames(frames))
-                .map_err(|e| StoreError::Other(e.to_string()))?;
-            let response = self.send(request).await?;
-            let headers = expect_success(response).await?;
-            headers
-                .get(header::ETAG)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned)
-                .ok_or_else(|| {
-                    StoreError::Other(format!("part {part_number} stored without an ETag"))
-                })
-        })
-        .await
+        let body = from_frames(frames);
+        self.upload_part_body(key, upload_id, part_number, len as u64, body)
+            .await
     }
 
     /// Upload one part streamed from a client's body of exactly `len` bytes; returns its ETag.
@@ -330,19 +403,16 @@ impl Store {
         body: ProxyBody,
     ) -> Result<String, StoreError> {
         self.timed("upload_part", async {
-            let queries = HashMap::from([
-                ("partNumber".to_owned(), part_number.to_string()),
-                ("uploadId".to_owned(), upload_id.to_owned()),
-            ]);
-            let url = self
-                .bucket
-                .presign_put(key, PUT_URL_TTL_SECS, None, Some(queries))
+            let number = part_number.to_string();
+            let query = [
+                ("partNumber", Some(number.as_str())),
+                ("uploadId", Some(upload_id)),
+            ];
+            let mut headers = HeaderMap::new();
+            headers.insert(header::CONTENT_LENGTH, len.into());
+            let response = self
+                .send_keyed(Method::PUT, key, &query, headers, body)
                 .await?;
-            let request = Request::put(url)
-                .header(header::CONTENT_LENGTH, len)
-                .body(body)
-                .map_err(|e| StoreError::Other(e.to_string()))?;
-            let response = self.send(request).await?;
             let headers = expect_success(response).await?;
             headers
                 .get(header::ETAG)
@@ -385,26 +455,43 @@ impl Store {
         mut parts: Vec<(u32, String)>,
     ) -> Result<(), StoreError> {
         parts.sort_by_key(|(n, _)| *n);
-        let parts = parts
-            .into_iter()
-            .map(|(part_number, etag)| Part { part_number, etag })
-            .collect();
-        self.control(
-            "complete_multipart_upload",
-            self.timeout.max(COMPLETE_TIMEOUT),
-            async {
-                self.slow_bucket
-                    .complete_multipart_upload(key, upload_id, parts)
-                    .await?;
-                Ok(())
-            },
-        )
+        let xml = complete_multipart_xml(&parts);
+        self.timed("complete_multipart_upload", async {
+            let answer = self
+                .call(
+                    Method::POST,
+                    key,
+                    &[("uploadId", Some(upload_id))],
+                    HeaderMap::new(),
+                    Bytes::from(xml),
+                    // S3 may take minutes to assemble a large object.
+                    self.timeout.max(COMPLETE_TIMEOUT),
+                )
+                .await?;
+            // S3 may answer 200 and still fail: the failure is then the body.
+            match root_element(&answer).as_deref() {
+                Some("CompleteMultipartUploadResult") => Ok(()),
+                _ => Err(StoreError::Status {
+                    status: 500,
+                    message: summarize_error_xml(&String::from_utf8_lossy(&answer)),
+                }),
+            }
+        })
         .await
     }
 
     pub async fn abort_multipart(&self, key: &str, upload_id: &str) -> Result<(), StoreError> {
-        self.control("abort_multipart_upload", self.timeout, async {
-            Ok(self.bucket.abort_upload(key, upload_id).await?)
+        self.timed("abort_multipart_upload", async {
+            self.call(
+                Method::DELETE,
+                key,
+                &[("uploadId", Some(upload_id))],
+                HeaderMap::new(),
+                Bytes::new(),
+                self.timeout,
+            )
+            .await
+            .map(drop)
         })
         .await
     }
@@ -437,18 +524,32 @@ impl Store {
         start_after: Option<&str>,
         max_keys: usize,
     ) -> Result<Page, StoreError> {
-        let (page, _) = self
-            .control("list_objects", self.timeout, async {
-                Ok(self
-                    .bucket
-                    .list_page(
-                        prefix.to_owned(),
-                        delimiter.map(str::to_owned),
-                        None,
-                        start_after.map(str::to_owned),
-                        Some(max_keys),
+        let max_keys = max_keys.to_string();
+        let query: Vec<(&str, Option<&str>)> = [
+            ("list-type", Some("2")),
+            ("prefix", Some(prefix)),
+            ("delimiter", delimiter),
+            ("start-after", start_after),
+            ("max-keys", Some(max_keys.as_str())),
+        ]
+        .into_iter()
+        .filter(|(_, value)| value.is_some())
+        .collect();
+        // Without `encoding-type`: keys come back as they are.
+        let page: ListBucketResult = self
+            .timed("list_objects", async {
+                let answer = self
+                    .call(
+                        Method::GET,
+                        "",
+                        &query,
+                        HeaderMap::new(),
+                        Bytes::new(),
+                        self.timeout,
                     )
-                    .await?)
+                    .await?;
+                quick_xml::de::from_reader(answer.as_ref())
+                    .map_err(|e| StoreError::Other(format!("ListObjectsV2 answer: {e}")))
             })
             .await?;
         Ok(Page {
@@ -473,15 +574,8 @@ impl Store {
 
     /// Whether anything at all is stored under `prefix` (one key is enough).
     pub async fn any_under(&self, prefix: &str) -> Result<bool, StoreError> {
-        let (page, _) = self
-            .control("list_objects", self.timeout, async {
-                Ok(self
-                    .bucket
-                    .list_page(prefix.to_owned(), None, None, None, Some(1))
-                    .await?)
-            })
-            .await?;
-        Ok(!page.contents.is_empty())
+        let page = self.list_page(prefix, None, None, 1).await?;
+        Ok(!page.objects.is_empty())
     }
 
     pub async fn delete_keys(&self, keys: Vec<String>) -> Result<(), StoreError> {
@@ -567,6 +661,35 @@ pub fn posix_join(a: &str, b: &str) -> String {
         format!("{a}{b}")
     } else {
         format!("{a}/{b}")
+    }
+}
+
+/// CompleteMultipartUpload's body. ETags come from the client (`mpu/complete`): escaped.
+fn complete_multipart_xml(parts: &[(u32, String)]) -> String {
+    let mut xml = String::from("<CompleteMultipartUpload>");
+    for (number, etag) in parts {
+        xml.push_str(&format!(
+            "<Part><PartNumber>{number}</PartNumber><ETag>{}</ETag></Part>",
+            quick_xml::escape::partial_escape(etag)
+        ));
+    }
+    xml.push_str("</CompleteMultipartUpload>");
+    xml
+}
+
+/// The name of an XML document's root element.
+fn root_element(xml: &[u8]) -> Option<String> {
+    use quick_xml::events::Event;
+    let mut reader = quick_xml::Reader::from_reader(xml);
+    let mut buf = Vec::new();
+    loop {
+        match reader.read_event_into(&mut buf) {
+            Ok(Event::Start(e) | Event::Empty(e)) => {
+                return Some(String::from_utf8_lossy(e.local_name().as_ref()).into_owned());
+            }
+            Ok(Event::Eof) | Err(_) => return None,
+            Ok(_) => buf.clear(),
+        }
     }
 }
 
@@ -706,5 +829,29 @@ mod tests {
         let xml =
             "<?xml version=\"1.0\"?><Error><Code>NoSuchKey</Code><Message>gone</Message></Error>";
         assert_eq!(summarize_error_xml(xml), "NoSuchKey: gone");
+    }
+
+    #[test]
+    fn complete_multipart_body_escapes_the_client_s_etags() {
+        let parts = [(1, "\"a1\"".to_owned()), (2, "</ETag><x>&".to_owned())];
+        assert_eq!(
+            complete_multipart_xml(&parts),
+            "<CompleteMultipartUpload>\
+             <Part><PartNumber>1</PartNumber><ETag>\"a1\"</ETag></Part>\
+             <Part><PartNumber>2</PartNumber><ETag>&lt;/ETag&gt;&lt;x&gt;&amp;</ETag></Part>\
+             </CompleteMultipartUpload>"
+        );
+    }
+
+    #[test]
+    fn root_elements() {
+        let done = b"<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<CompleteMultipartUploadResult xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\"><Key>k</Key></CompleteMultipartUploadResult>";
+        assert_eq!(
+            root_element(done).as_deref(),
+            Some("CompleteMultipartUploadResult")
+        );
+        let failed = b"<Error><Code>InternalError</Code><Message>x</Message></Error>";
+        assert_eq!(root_element(failed).as_deref(), Some("Error"));
+        assert_eq!(root_element(b"").as_deref(), None);
     }
 }

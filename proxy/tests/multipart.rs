@@ -13,23 +13,6 @@ use serde_json::{Value, json};
 
 const MPU: &str = "/api/2.0/mlflow-artifacts/mpu";
 
-async fn post_json(h: &Harness, url: &str, body: Value) -> (u16, Value) {
-    let response = h
-        .http
-        .post(url)
-        .header("content-type", "application/json")
-        .body(body.to_string())
-        .send()
-        .await
-        .unwrap();
-    let status = response.status().as_u16();
-    let text = response.text().await.unwrap();
-    (
-        status,
-        serde_json::from_str(&text).unwrap_or(Value::String(text)),
-    )
-}
-
 struct Created {
     upload_id: String,
     urls: Vec<String>,

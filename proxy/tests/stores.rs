@@ -396,22 +396,276 @@ async fn a_store_refusing_the_proxy_gives_the_same_answer_everywhere() {
 }
 
 /// MLflow keeps a "." segment in the key (`d/./x.txt`); S3 keys are opaque, so a real store holds
-/// exactly that key. The proxy drops the segment today: rust-s3 builds the URL it signs with
-/// `url::Url`, which removes "." segments (s3s-fs hides it: both names are the same file there).
+/// exactly that key. s3s-fs keeps keys as files, where `d/./x.txt` and `d/x.txt` are one file: there
+/// the proof is the request the proxy sent. (rust-s3 used to drop the segment: it builds its URLs
+/// with `url::Url`, which resolves "." segments.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "proxy bug: rust-s3 normalises '.' segments out of object URLs (docs/stores.md); run with --ignored"]
 async fn dot_segments_keep_mlflows_key() {
     let h = Harness::start().await;
-    let put = raw_request(
-        h.proxy.addr,
-        "PUT",
-        "/api/2.0/mlflow-artifacts/artifacts/d/./x.txt",
-        b"dot",
-    )
-    .await;
+    let put = artifacts(&h, "PUT", "/d/./x.txt", b"dot").await;
     assert_eq!(put.status, 200);
     assert_eq!(
         h.s3.keys(),
         vec![per_store(&h.s3, "d/x.txt", "d/./x.txt").to_owned()]
     );
+    if !h.s3.is_external() {
+        assert_eq!(sent(&h, "d/x.txt"), Vec::<String>::new());
+        assert_eq!(sent(&h, "d/./x.txt"), ["PUT"]);
+    }
+}
+
+/// A request to `/api/2.0/mlflow-artifacts/artifacts<target>`, sent as written.
+async fn artifacts(h: &Harness, method: &str, target: &str, body: &[u8]) -> RawResponse {
+    let target = format!("/api/2.0/mlflow-artifacts/artifacts{target}");
+    raw_request(h.proxy.addr, method, &target, body).await
+}
+
+/// The methods of the in-process store's requests for exactly `key` (percent-decoded, the query
+/// left out), sorted, each once.
+fn sent(h: &Harness, key: &str) -> Vec<String> {
+    let path = format!("/{}/{key}", h.s3.bucket);
+    let mut methods: Vec<String> =
+        h.s3.received()
+            .into_iter()
+            .filter_map(|line| {
+                let (method, target) = line.split_once(' ')?;
+                let target = target.split('?').next()?;
+                let decoded = percent_encoding::percent_decode_str(target).decode_utf8_lossy();
+                (decoded == path).then(|| method.to_owned())
+            })
+            .collect();
+    methods.sort();
+    methods.dedup();
+    methods
+}
+
+/// Every S3 call the proxy makes with a key, for a key with a "." segment: single and
+/// multipart uploads (streamed parts and parts from a chunked body), client-driven multipart
+/// create/part/complete/abort, HEAD, GET, ranged and parallel GETs, presigned downloads, the
+/// listing and the delete. Each uses MLflow's key `d/./…`, never `d/…`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_keyed_call_keeps_the_dot_segment() {
+    let h = Harness::start_configured(|config| {
+        config.download.chunk = MIB as u64;
+        config.download.threshold = 2 * MIB as u64;
+    })
+    .await;
+    // `%252E` arrives as `%2E` and MLflow's path check decodes it to "." (a URL client would
+    // resolve a literal "./" or "%2E/" itself before sending).
+    let artifact = |name: &str| h.artifact(&format!("d/%252E/{name}"));
+    let small = b"small".to_vec();
+    let put = artifacts(&h, "PUT", "/d/./small.txt", &small).await;
+    assert_eq!(put.status, 200);
+    let big = random_bytes(9 * MIB + 5);
+    let put = h
+        .http
+        .put(artifact("big.bin"))
+        .body(big.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status(), 200, "streamed multipart upload");
+    let chunked = random_bytes(6 * MIB + 3);
+    let frames: Vec<Result<Vec<u8>, std::io::Error>> =
+        chunked.chunks(300_007).map(|c| Ok(c.to_vec())).collect();
+    let put = h
+        .http
+        .put(artifact("chunked.bin"))
+        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
+            frames,
+        )))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status(), 200, "multipart upload of a chunked body");
+
+    let get = artifacts(&h, "GET", "/d/./small.txt", b"").await;
+    assert_eq!((get.status, get.body), (200, small.clone()));
+    let head = artifacts(&h, "HEAD", "/d/./small.txt", b"").await;
+    assert_eq!(
+        (head.status, head.header("content-length")),
+        (200, Some("5"))
+    );
+    let ranged = h
+        .http
+        .get(artifact("small.txt"))
+        .header("range", "bytes=1-2")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ranged.status(), 206);
+    assert_eq!(ranged.bytes().await.unwrap().as_ref(), b"ma");
+    for (name, data) in [("big.bin", &big), ("chunked.bin", &chunked)] {
+        let body = h
+            .get(&format!("d/%252E/{name}"))
+            .await
+            .bytes()
+            .await
+            .unwrap();
+        assert_eq!(
+            sha256(&body),
+            sha256(data),
+            "parallel ranged download of {name}"
+        );
+    }
+
+    // Client-driven multipart upload, and one aborted.
+    let mpu = |action: &str| h.url(&format!("/api/2.0/mlflow-artifacts/mpu/{action}/d/%252E"));
+    let mut created = Vec::new();
+    for name in ["mpu.bin", "gone.bin"] {
+        let body = serde_json::json!({"path": name, "num_parts": 1});
+        let (status, answer) = post_json(&h, &mpu("create"), body).await;
+        assert_eq!(status, 200, "{answer}");
+        created.push(answer);
+    }
+    let (created, aborted) = (&created[0], &created[1]);
+    let part_url = created["credentials"][0]["url"].as_str().unwrap();
+    let part = h
+        .http
+        .put(part_url)
+        .body(b"client part".to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(part.status(), 200);
+    let etag = part.headers()["etag"].to_str().unwrap().to_owned();
+    let parts = serde_json::json!([{"part_number": 1, "etag": etag}]);
+    let done =
+        serde_json::json!({"path": "mpu.bin", "upload_id": created["upload_id"], "parts": parts});
+    assert_eq!(
+        post_json(&h, &mpu("complete"), done).await,
+        (200, serde_json::json!({}))
+    );
+    let abort = serde_json::json!({"path": "gone.bin", "upload_id": aborted["upload_id"]});
+    assert_eq!(
+        post_json(&h, &mpu("abort"), abort).await,
+        (200, serde_json::json!({}))
+    );
+
+    // A presigned download.
+    let presigned = h
+        .http
+        .get(h.url("/api/2.0/mlflow-artifacts/presigned/d/%252E/small.txt"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(presigned.status(), 200);
+    let answer: serde_json::Value = serde_json::from_str(&presigned.text().await.unwrap()).unwrap();
+    let url = answer["url"].as_str().unwrap().to_owned();
+    assert_eq!(
+        h.http
+            .get(url)
+            .send()
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap()
+            .as_ref(),
+        small
+    );
+
+    // The listing of `d/.` is the listing of the prefix `d/./`: the objects above on a store
+    // with opaque keys; nothing on s3s-fs, whose keys (file paths) never hold a "." segment.
+    let list = artifacts(&h, "GET", "?path=d%2F.", b"").await;
+    assert_eq!(list.status, 200);
+    let listed: serde_json::Value = serde_json::from_slice(&list.body).unwrap();
+    let names: Vec<&str> = listed["files"].as_array().map_or(vec![], |files| {
+        files.iter().map(|f| f["path"].as_str().unwrap()).collect()
+    });
+    let listable = vec!["big.bin", "chunked.bin", "mpu.bin", "small.txt"];
+    assert_eq!(names, per_store(&h.s3, vec![], listable));
+    let everything = vec![
+        "d/./big.bin",
+        "d/./chunked.bin",
+        "d/./mpu.bin",
+        "d/./small.txt",
+    ];
+
+    if h.s3.is_external() {
+        assert_eq!(h.s3.keys(), everything);
+        assert_eq!(h.s3.multipart_leftovers(), Vec::<String>::new());
+    } else {
+        // s3s-fs resolves "." segments on its disk: check what the proxy asked for.
+        for name in ["small.txt", "big.bin", "chunked.bin", "mpu.bin", "gone.bin"] {
+            assert_eq!(
+                sent(&h, &format!("d/{name}")),
+                Vec::<String>::new(),
+                "{name}"
+            );
+        }
+        assert_eq!(sent(&h, "d/./small.txt"), ["GET", "HEAD", "PUT"]);
+        // create and complete (POST), the parts (PUT), the downloads.
+        assert_eq!(sent(&h, "d/./big.bin"), ["GET", "POST", "PUT"]);
+        assert_eq!(sent(&h, "d/./chunked.bin"), ["GET", "POST", "PUT"]);
+        assert_eq!(sent(&h, "d/./mpu.bin"), ["POST", "PUT"]);
+        assert_eq!(sent(&h, "d/./gone.bin"), ["DELETE", "POST"]);
+        let listings: Vec<String> =
+            h.s3.received()
+                .into_iter()
+                .filter(|line| line.contains("list-type=2"))
+                .collect();
+        assert!(
+            listings.iter().any(|l| l.contains("prefix=d%2F.%2F")),
+            "{listings:?}"
+        );
+        assert_eq!(
+            h.s3.keys(),
+            ["d/big.bin", "d/chunked.bin", "d/mpu.bin", "d/small.txt"]
+        );
+    }
+
+    // DELETE of `d/.` removes what is under the prefix `d/./`; on s3s-fs nothing is listed there.
+    let delete = artifacts(&h, "DELETE", "/d/.", b"").await;
+    assert_eq!(delete.status, 200);
+    assert_eq!(
+        h.s3.keys(),
+        per_store(
+            &h.s3,
+            vec!["d/big.bin", "d/chunked.bin", "d/mpu.bin", "d/small.txt"],
+            vec![]
+        )
+    );
+}
+
+/// Other spellings of "." and names with dots: the key is MLflow's (`validate_path_is_safe`),
+/// sent byte for byte.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dotted_names_keep_mlflows_key() {
+    let h = Harness::start().await;
+    // (request target after `artifacts/`, MLflow's key, what s3s-fs's disk makes of it)
+    let cases = [
+        ("d/%2E/encoded.txt", "d/./encoded.txt", "d/encoded.txt"),
+        ("d/%252E/twice.txt", "d/./twice.txt", "d/twice.txt"),
+        ("./first.txt", "./first.txt", "first.txt"),
+        ("d/a..b.txt", "d/a..b.txt", "d/a..b.txt"),
+        ("d/.../three.txt", "d/.../three.txt", "d/.../three.txt"),
+        ("d/100%25.txt", "d/100%.txt", "d/100%.txt"),
+    ];
+    for (target, key, _) in cases {
+        let put = artifacts(&h, "PUT", &format!("/{target}"), key.as_bytes()).await;
+        assert_eq!(put.status, 200, "{target}: {}", put.text());
+        let get = artifacts(&h, "GET", &format!("/{target}"), b"").await;
+        assert_eq!((get.status, get.text()), (200, key.to_owned()), "{target}");
+        if !h.s3.is_external() {
+            assert_eq!(sent(&h, key), ["GET", "PUT"], "{target}");
+        }
+    }
+    let mut expected: Vec<&str> = cases
+        .iter()
+        .map(|(_, key, file)| per_store(&h.s3, *file, *key))
+        .collect();
+    expected.sort_unstable();
+    assert_eq!(h.s3.keys(), expected);
+
+    // MLflow refuses a ".." segment, wherever a "." is: nothing is stored.
+    for target in ["d/./b/../c.txt", "d/%2E%2E/c.txt", "./../c.txt"] {
+        let put = artifacts(&h, "PUT", &format!("/{target}"), b"x").await;
+        assert_eq!(put.status, 400, "{target}: {}", put.text());
+    }
+    // A file named "." is no file: stock MLflow cannot write it (its temp file would be its
+    // temp folder); the proxy refuses it as a bad path.
+    let put = artifacts(&h, "PUT", "/d/.", b"x").await;
+    assert_eq!(put.status, 400, "{}", put.text());
+    assert_eq!(h.s3.keys(), expected);
 }

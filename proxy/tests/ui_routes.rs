@@ -61,11 +61,7 @@ fn user(request: &Request<Incoming>) -> &'static str {
 }
 
 async fn start_registry(registry: Arc<Registry>) -> SocketAddr {
-    common::serve_stand_in(move |request| {
-        let answered = answer(&registry, &request);
-        async move { answered }
-    })
-    .await
+    common::serve_answers(move |request| answer(&registry, request)).await
 }
 
 fn reply(status: u16, content_type: &str, body: impl Into<Bytes>) -> Response<Full<Bytes>> {

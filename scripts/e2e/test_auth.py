@@ -25,7 +25,7 @@ from urllib.parse import quote
 
 import pytest
 
-from e2e_util import METRICS_URL, MLFLOW_URL, PROXY_URL, SETTINGS, Response, http_get, raw_request
+from e2e_util import METRICS_URL, MLFLOW_URL, PROXY_URL, SETTINGS, STORE, Response, http_get, raw_request
 
 ADMIN = (SETTINGS["MLFLOW_AUTH_ADMIN_USERNAME"], SETTINGS["MLFLOW_AUTH_ADMIN_PASSWORD"])
 SUFFIX = uuid.uuid4().hex[:8]
@@ -344,6 +344,54 @@ def test_cached_answers_are_not_reused_across_mlflows_path_rules(world):
     for path in (trapped, trapped2):
         r = raw_request(MLFLOW_URL, "GET", f"/api/2.0/mlflow-artifacts/artifacts/{path}", headers=admin)
         assert (r.status, r.body) == (200, b"keep me"), f"{path} was deleted"
+
+
+def test_dot_segments_are_judged_where_the_store_reads(world):
+    """Stricter than stock on purpose (docs/security.md): MLflow judges `./<exp>/...` as naming no
+    experiment (the default permission decides) and `<exp>/./<run>/...` as an experiment-level
+    artifact, while a store that resolves "." segments (s3s-fs, the test store; any file system)
+    serves `<exp>/<run>/...` for both. The proxy also asks MLflow about the path without its "."
+    segments and needs both answers to allow; the S3 key stays MLflow's."""
+    exp, run = world.exp, world.run
+    A, name = PREFIXES["api"], f"dot-{SUFFIX}.txt"
+    P = f"{exp}/{run}/artifacts/{name}"
+    # A file of its own: the decision matrix deletes the experiment's seeded files at its end.
+    seeded = raw_request(MLFLOW_URL, "PUT", f"{A}/artifacts/{P}", body=b"seed", headers={"Host": "localhost", **world.users["admin"]})
+    assert seeded.status == 200, (seeded.status, seeded.body[:200])
+    stricter = [
+        # `denied`: no permission on `exp`, the default (READ) elsewhere.
+        ("denied", f"{A}/artifacts/./{P}"),
+        ("denied", f"{A}/artifacts/%252E/{P}"),
+        ("denied", f"{A}/artifacts/.//{P}"),
+        ("denied", f"{A}/artifacts?path=.%2F{exp}%2F{run}%2Fartifacts"),
+        ("denied", f"{A}/presigned/./{exp}/{run}/artifacts"),
+        ("denied", f"/ajax-api/2.0/mlflow-artifacts/artifacts/./{P}"),
+        # `runsdenied`: READ on `exp`, DENY on its runs.
+        ("runsdenied", f"{A}/artifacts/{exp}/./{run}/artifacts/{name}"),
+    ]
+    for user, target in stricter:
+        hdrs = {"Host": "localhost", **world.users[user]}
+        stock = raw_request(MLFLOW_URL, "GET", target, headers=hdrs)
+        proxy = raw_request(PROXY_URL, "GET", target, headers=hdrs)
+        assert (decision(stock), decision(proxy)) == ("allowed", "403"), (user, target, stock.status, proxy.status)
+        assert proxy.body == b"Permission denied", (user, target, proxy.body)
+        if STORE == "s3s-fs" and target.endswith(name):
+            # What stock leaks on this store: the run's file itself.
+            assert (stock.status, stock.body) == (200, b"seed"), (user, target, stock.status)
+    # Where both readings are allowed, both serve the same answer.
+    for user in ("reader", "admin"):
+        hdrs = {"Host": "localhost", **world.users[user]}
+        target = f"{A}/artifacts/./{P}"
+        stock = raw_request(MLFLOW_URL, "GET", target, headers=hdrs)
+        proxy = raw_request(PROXY_URL, "GET", target, headers=hdrs)
+        assert decision(stock) == decision(proxy) == "allowed", (user, stock.status, proxy.status)
+        if STORE == "s3s-fs":
+            assert stock.body == proxy.body == b"seed", (user, stock.body, proxy.body)
+    # Writes under `./<exp>`: stock refuses them already (the default permission is READ).
+    hdrs = {"Host": "localhost", **world.users["editor"]}
+    target = f"{A}/artifacts/./{exp}/{run}/artifacts/dot-{SUFFIX}.txt"
+    for base in (MLFLOW_URL, PROXY_URL):
+        assert decision(raw_request(base, "PUT", target, body=b"x", headers=hdrs)) == "403", base
 
 
 def test_grant_and_revoke_take_effect_within_10_s(world):

@@ -54,6 +54,7 @@ TREE: dict[str, bytes] = {
     "noext": b"no extension",
     "big.bin": BIG,
     "ünï dir/x y.txt": b"unicode dir",
+    "a..b.txt": b"two dots inside a name",
 }
 # Writes and deletes work on a fresh, smaller copy each.
 MUT_TREE = {k: TREE[k] for k in ("hello.txt", "empty.bin", "sub/a.json", "sub/deeper/x.csv", "a b.txt", "ünï dir/x y.txt")}
@@ -88,6 +89,8 @@ CASES = [
     C("list-trailing-slash", "GET", A + "?path={PQ}%2Fsub%2F"),
     C("list-double-slash", "GET", A + "?path={PQ}%2F%2Fsub"),
     C("list-dot-segment", "GET", A + "?path={PQ}%2F.%2Fsub"),
+    C("list-dot-encoded", "GET", A + "?path={PQ}%2F%252E%2Fsub"),
+    C("list-dot-trailing", "GET", A + "?path={PQ}%2Fsub%2F."),
     C("list-double-encoded", "GET", A + "?path={PQ}%252Fsub"),
     C("list-unknown-param", "GET", A + "?path={PQ}&foo=bar"),
     C("list-ajax", "GET", J + "?path={PQ}"),
@@ -125,6 +128,12 @@ CASES = [
     C("get-trailing-encoded-hash", "GET", A + "/{P}/hello.txt%23"),
     C("get-trailing-encoded-qmark", "GET", A + "/{P}/hello.txt%3F"),
     C("get-dot-segment", "GET", A + "/{P}/./hello.txt"),
+    C("get-dot-encoded", "GET", A + "/{P}/%2E/hello.txt"),
+    C("get-dot-double-encoded", "GET", A + "/{P}/%252E/hello.txt"),
+    C("get-dot-first", "GET", A + "/./{P}/hello.txt"),
+    C("get-dot-trailing", "GET", A + "/{P}/sub/."),
+    C("get-dot-then-dotdot", "GET", A + "/{P}/./sub/../hello.txt"),
+    C("get-dots-in-name", "GET", A + "/{P}/a..b.txt"),
     C("get-double-slash", "GET", A + "/{P}//hello.txt"),
     C("get-query-ignored", "GET", A + "/{P}/hello.txt?x=1"),
     C("get-range", "GET", A + "/{P}/big.bin", headers={"Range": "bytes=0-99"}),
@@ -177,6 +186,7 @@ CASES = [
     # ---- multipart upload and presigned download
     C("presigned-file", "GET", PRESIGNED + "/{P}/hello.txt"),
     C("presigned-missing", "GET", PRESIGNED + "/{P}/nope.txt"),
+    C("presigned-dot-segment", "GET", PRESIGNED + "/{P}/./hello.txt"),
     C("mpu-create", "POST", MPU + "/create/{P}", b'{"path": "x.bin", "num_parts": 2}', JSON_CT),
     C(
         "mpu-complete",
@@ -198,6 +208,10 @@ CASES = [
     C("put-ajax", "PUT", J + "/{P}/ajax.txt", b"ajax"),
     C("put-trailing-slash", "PUT", A + "/{P}/dir/", b"x"),
     C("put-dot-segment", "PUT", A + "/{P}/./dot.txt", b"dot"),
+    C("put-dot-encoded", "PUT", A + "/{P}/%2E/enc.txt", b"dot"),
+    C("put-dot-first", "PUT", A + "/./{P}/first.txt", b"dot"),
+    C("put-dot-trailing", "PUT", A + "/{P}/sub/.", b"dot"),
+    C("put-dots-in-name", "PUT", A + "/{P}/c..d.txt", b"dots"),
     C("put-double-slash", "PUT", A + "/{P}//dbl.txt", b"dbl"),
     C("put-reserved-name", "PUT", A + "/{P}/.artifact.uploading.x", b"r"),
     C("put-onto-directory", "PUT", A + "/{P}/sub", b"x"),
@@ -218,6 +232,8 @@ CASES = [
     C("delete-directory-slash", "DELETE", A + "/{P}/sub/"),
     C("delete-missing", "DELETE", A + "/{P}/nope"),
     C("delete-unicode-dir", "DELETE", A + "/{P}/%C3%BCn%C3%AF%20dir"),
+    C("delete-dot-segment", "DELETE", A + "/{P}/./sub"),
+    C("delete-dot-trailing", "DELETE", A + "/{P}/sub/."),
     C("delete-space", "DELETE", A + "/{P}/a%20b.txt"),
     C("delete-everything-under-prefix", "DELETE", A + "/{P}"),
     C("delete-ajax", "DELETE", J + "/{P}/hello.txt"),
@@ -244,12 +260,21 @@ URLS_ON_PROXY = (
     "proxy (signed/part, signed/object; docs/multipart.md), so the url values and the upload id differ"
 )
 UNKNOWN_UPLOAD = (
-    "an upload id the store does not know: stock crashes (HTML 500, which the client retries); the proxy "
-    "answers the store's refusal as the client's error (s3s-fs: 400 InvalidRequest for an id that is not a "
-    "UUID; S3 and MinIO say NoSuchUpload, which the proxy answers 404)"
+    "an upload id the proxy did not hand out for this path: stock crashes (HTML 500, which the client "
+    "retries); the proxy answers 404 before asking the store (upload ids are sealed to their key)"
+)
+
+DOT_MISSING = (
+    MISSING_404 + " (on a store that keeps keys opaque, such as Garage, the key with the '.' segment is not "
+    "'{P}/hello.txt'; s3s-fs keeps keys as files and serves that file, so there both sides answer 200)"
 )
 
 # Store quirks (docs/stores.md): differences that come from the test store s3s-fs, not from the proxy.
+STORE_QUIRK_DOT_FOLDER = (
+    "not the proxy: s3s-fs keeps keys as files, so the key '{P}/sub/.' is its folder '{P}/sub', and it answers "
+    "500 to a HEAD of a folder; stock passes that on as 500, the proxy as 502 (the store failed). On Garage the "
+    "key does not exist (stock 500, proxy 404)"
+)
 # On Garage stock and the proxy answer alike, so these cases are compared like any other there.
 STORE_QUIRK_PLUS = (
     "not the proxy: a quirk of the test S3 server. s3s-fs ignores encoding-type=url in ListObjectsV2, boto3 "
@@ -290,6 +315,13 @@ PARSE_ERROR = (
 )
 
 
+DOT_NAME = (
+    "a file named '.' ('{P}/sub/.'): stock MLflow fails writing it (its temp file would be its temp folder: "
+    "an unstructured 500, which the client retries); the proxy refuses the path (400 Invalid path) rather than "
+    "store a key stock cannot serve, and that a store resolving '.' segments would write as '{P}/sub'"
+)
+
+
 def D(reason, stock_status, proxy_status, proxy_error_code=None, stock_names=None, proxy_names=None,
       proxy_body=None, proxy_detail=None, stock_new=None, proxy_new=None):
     return {
@@ -318,8 +350,8 @@ DELIBERATE: dict[str, dict] = {
     ),
     "presigned-file": D(URLS_ON_PROXY, 200, 200, None),
     "mpu-create": D(URLS_ON_PROXY, 200, 200, None),
-    "mpu-complete": D(UNKNOWN_UPLOAD, 500, 400, "INVALID_PARAMETER_VALUE"),
-    "mpu-abort": D(UNKNOWN_UPLOAD, 500, 400, "INVALID_PARAMETER_VALUE"),
+    "mpu-complete": D(UNKNOWN_UPLOAD, 500, 404, "RESOURCE_DOES_NOT_EXIST"),
+    "mpu-abort": D(UNKNOWN_UPLOAD, 500, 404, "RESOURCE_DOES_NOT_EXIST"),
     "get-range": D(RANGE, 200, 206, None, proxy_body=BIG[:100]),
     "get-range-long-suffix": D(
         RANGE + "; a suffix longer than the object is all of it (206 bytes 0-11/12)", 200, 206, None,
@@ -331,39 +363,36 @@ DELIBERATE: dict[str, dict] = {
     "delete-absolute": D(DOUBLE_SLASH_DELETE, 308, 400, "INVALID_PARAMETER_VALUE"),
     "get-malformed-ipv6": D(PARSE_ERROR, 500, 400, "INVALID_PARAMETER_VALUE"),
     "list-malformed-ipv6": D(PARSE_ERROR, 500, 400, "INVALID_PARAMETER_VALUE"),
+    "put-dot-trailing": D(DOT_NAME, 500, 400, "INVALID_PARAMETER_VALUE"),
     "get-scheme-like-missing": D(MISSING_404 + " (the key is 'zq:nope.txt': MLflow lower-cases a scheme-like start)", 500, 404, "RESOURCE_DOES_NOT_EXIST"),
 }
 STORE_QUIRKS: dict[str, dict[str, dict]] = {
     "s3s-fs": {
         "list-plus": D(STORE_QUIRK_PLUS, 200, 200, None, ["plus sign.txt"], ["plus+sign.txt"]),
         "put-onto-directory": D(S3_WRITE_ERROR, 500, 502, "TEMPORARILY_UNAVAILABLE"),
+        "get-dot-trailing": D(STORE_QUIRK_DOT_FOLDER, 500, 502, "TEMPORARILY_UNAVAILABLE"),
+        "presigned-dot-segment": D(
+            URLS_ON_PROXY + " (s3s-fs serves the file '{P}/hello.txt' for the key '{P}/./hello.txt'; on Garage "
+            "the key does not exist and both answer 404)", 200, 200, None),
     },
     "garage": {
         "get-double-slash": D(
             MISSING_404 + " (on a real S3 store the key '{P}//hello.txt' does not exist; s3s-fs maps it to the "
             "file {P}/hello.txt, so there both sides answer 200)", 500, 404, "RESOURCE_DOES_NOT_EXIST"),
-        # A real store says NoSuchUpload for an unknown upload id: the proxy answers 404.
-        "mpu-complete": D(UNKNOWN_UPLOAD, 500, 404, "RESOURCE_DOES_NOT_EXIST"),
-        "mpu-abort": D(UNKNOWN_UPLOAD, 500, 404, "RESOURCE_DOES_NOT_EXIST"),
+        # "." segments: both sides use the key as MLflow names it ('{P}/./hello.txt'), which a real
+        # store keeps apart from '{P}/hello.txt'; nothing was stored under it.
+        "get-dot-segment": D(DOT_MISSING, 500, 404, "RESOURCE_DOES_NOT_EXIST"),
+        "get-dot-encoded": D(DOT_MISSING, 500, 404, "RESOURCE_DOES_NOT_EXIST"),
+        "get-dot-double-encoded": D(DOT_MISSING, 500, 404, "RESOURCE_DOES_NOT_EXIST"),
+        "get-dot-first": D(DOT_MISSING, 500, 404, "RESOURCE_DOES_NOT_EXIST"),
+        "get-dot-trailing": D(DOT_MISSING, 500, 404, "RESOURCE_DOES_NOT_EXIST"),
     },
 }
 DELIBERATE.update(STORE_QUIRKS[STORE])
 
 # Proxy bugs a store shows (docs/stores.md), asserted exactly as they are so that a fix makes this
-# test fail until the entry is removed. rust-s3 builds object URLs with url::Url, which removes "."
-# path segments, and signs the result: the proxy reads and writes '{P}/dot.txt' where MLflow uses the
-# key '{P}/./dot.txt'. s3s-fs keeps keys as files, where both are the same file.
-DOT_SEGMENT_BUG = (
-    "PROXY BUG (not deliberate): a '.' segment is dropped from the S3 key (rust-s3 normalises the URL "
-    "it signs), so the proxy uses '{P}/hello.txt' where stock MLflow uses the key '{P}/./hello.txt'"
-)
-KNOWN_PROXY_BUGS: dict[str, dict[str, dict]] = {
-    "s3s-fs": {},
-    "garage": {
-        "get-dot-segment": D(DOT_SEGMENT_BUG, 500, 200, None),
-        "put-dot-segment": D(DOT_SEGMENT_BUG, 200, 200, None, stock_new=["./dot.txt"], proxy_new=["dot.txt"]),
-    },
-}
+# test fail until the entry is removed. None known.
+KNOWN_PROXY_BUGS: dict[str, dict[str, dict]] = {"s3s-fs": {}, "garage": {}}
 DELIBERATE.update(KNOWN_PROXY_BUGS[STORE])
 
 
@@ -385,9 +414,10 @@ def seeded_state() -> dict[str, tuple[int, str]]:
 
 
 def side_state(s3, prefix: str) -> dict[str, tuple[int, str]]:
-    """Objects under {P}/, and under 'zq:{P}/' or 'Zq:{P}/' (where a scheme-like path would land)."""
+    """Objects under {P}/, and under 'zq:{P}/' or 'Zq:{P}/' (where a scheme-like path would land) or
+    './{P}/' (a leading '.' segment, a key of its own on a store that keeps keys opaque)."""
     out = objects_under(s3, prefix)
-    for scheme in ("zq:", "Zq:"):
+    for scheme in ("zq:", "Zq:", "./"):
         out.update({f"{scheme}{{P}}/{k}": v for k, v in objects_under(s3, scheme + prefix).items()})
     return out
 
@@ -460,7 +490,7 @@ def read_prefixes(s3):
     for p in prefixes.values():
         seed(s3, p, TREE)
     yield prefixes
-    for scheme in ("", "zq:", "Zq:"):
+    for scheme in ("", "zq:", "Zq:", "./"):
         for page in s3.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=key(scheme + BASE) + "/"):
             for o in page.get("Contents", []):
                 s3.delete_object(Bucket=BUCKET, Key=o["Key"])

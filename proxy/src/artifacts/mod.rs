@@ -38,7 +38,7 @@ pub async fn handle(
     // MLflow's authentication and permissions, before the body is read or S3 is asked.
     let mut permit = crate::auth::Permit::default();
     if let Some((operation, path)) = auth_target(&route, &request) {
-        match app.auth.authorize(operation, &path, &request).await {
+        match authorize(app, operation, &path, &request).await {
             Ok(granted) => permit = granted,
             Err(refusal) => {
                 let mut refusal = refusal.into_response();
@@ -72,6 +72,23 @@ pub async fn handle(
     let mut response = result.unwrap_or_else(ProxyError::into_response);
     app.security.decorate(&facts, &mut response);
     response
+}
+
+/// MLflow's decision on `path`, and on the path a store that resolves "." segments reads for it
+/// (`./3/x` → `3/x`): MLflow judges only the first, where `./3/…` names no experiment. Both must
+/// allow; the S3 key stays the path as MLflow names it (docs/security.md).
+async fn authorize<B>(
+    app: &App,
+    operation: Operation,
+    path: &str,
+    request: &Request<B>,
+) -> Result<crate::auth::Permit, crate::auth::Refusal> {
+    let mut permit = app.auth.authorize(operation, path, request).await?;
+    if let Some(resolved) = crate::mlflow::path::without_dot_segments(path) {
+        let also = app.auth.authorize(operation, &resolved, request).await?;
+        permit.hide_run_dirs |= also.hide_run_dirs;
+    }
+    Ok(permit)
 }
 
 /// What MLflow's auth app judges for a route: the operation, and the artifact path as the

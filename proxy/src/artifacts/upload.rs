@@ -61,6 +61,11 @@ pub async fn upload(
             "Artifact path must include a filename (cannot end with '/').",
         ));
     }
+    // A file named "." (`…/d/.`): stock MLflow fails writing it (its temp file would be its temp
+    // folder, a 500), and a store that resolves "." segments would write `…/d` instead.
+    if tail == "." {
+        return Err(ProxyError::invalid_path().fastapi());
+    }
     let declared = content_length(&request)?;
     if let Some(len) = declared {
         check_storable(app.upload.part_size, len)?;

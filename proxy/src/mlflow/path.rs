@@ -34,6 +34,22 @@ pub fn validate_path_is_safe(path: &str) -> Result<String, PathError> {
     Ok(path)
 }
 
+/// The path a store that resolves "." segments (s3s-fs, a file system) reads for `path`: MLflow's
+/// canonical path without its "." segments (nor the empty ones they leave at its start). None when
+/// it has none, or when MLflow refuses the path anyway. MLflow 3.17 judges the path as written,
+/// where `./3/x` names no experiment; such a store serves experiment 3's `3/x` for it.
+pub fn without_dot_segments(path: &str) -> Option<String> {
+    let canonical = validate_path_is_safe(path).ok()?;
+    if !canonical.split('/').any(|segment| segment == ".") {
+        return None;
+    }
+    let kept: Vec<&str> = canonical
+        .split('/')
+        .filter(|segment| *segment != ".")
+        .collect();
+    Some(kept.join("/").trim_start_matches('/').to_owned())
+}
+
 /// `urllib.parse.unquote`: `%XX` runs become UTF-8 (invalid bytes become U+FFFD); non-ASCII
 /// characters already in the text are kept as they are.
 pub fn py_unquote(text: &str) -> String {
@@ -277,6 +293,27 @@ mod tests {
             "differences from MLflow:\n{}",
             failures.join("\n")
         );
+    }
+
+    #[test]
+    fn dot_segments_resolved_as_a_file_system_does() {
+        for (path, resolved) in [
+            ("./3/r/artifacts/x", Some("3/r/artifacts/x")),
+            ("%2E/3/x", Some("3/x")),
+            ("%252E/3/x", Some("3/x")),
+            ("3/./r/artifacts/x", Some("3/r/artifacts/x")),
+            (".//3/x", Some("3/x")),
+            ("./././3", Some("3")),
+            ("3/.", Some("3")),
+            ("3/x/./", Some("3/x/")),
+            (".", Some("")),
+            ("3/r/artifacts/x", None),
+            ("3/a..b/.x/...", None),
+            ("./../3", None),
+            ("", None),
+        ] {
+            assert_eq!(without_dot_segments(path).as_deref(), resolved, "{path:?}");
+        }
     }
 
     #[test]

@@ -51,6 +51,8 @@ pub struct S3Server {
     external: Option<External>,
     /// The accept loop; it owns every connection, so aborting it closes them all.
     task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// The in-process server's requests as they arrived: method and target, unaltered.
+    received: Arc<Mutex<Vec<String>>>,
 }
 
 /// An external store: its address, and a client of our own to inspect and clean up the bucket.
@@ -112,9 +114,10 @@ impl S3Server {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let endpoint = format!("http://{addr}");
+        let received = Arc::new(Mutex::new(Vec::new()));
         let Some((upstream, access_key, secret_key, region, store)) = external_store() else {
             std::fs::create_dir(root.join(BUCKET)).unwrap();
-            let task = tokio::spawn(serve_s3(listener, root.clone()));
+            let task = tokio::spawn(serve_s3(listener, root.clone(), received.clone()));
             return S3Server {
                 endpoint,
                 addr,
@@ -127,6 +130,7 @@ impl S3Server {
                 _dir: dir,
                 external: None,
                 task: Mutex::new(Some(task)),
+                received,
             };
         };
         let name = format!("proxy-test-{:016x}", rand::random::<u64>());
@@ -164,11 +168,23 @@ impl S3Server {
                 bucket,
             }),
             task: Mutex::new(Some(task)),
+            received,
         }
     }
 
     pub fn is_external(&self) -> bool {
         self.external.is_some()
+    }
+
+    /// Every request the in-process server received, as `METHOD /bucket/key?query` exactly as it
+    /// came (what the proxy sent, before s3s-fs's disk resolves "." segments). Not for an
+    /// external store: there, `keys` shows what was stored.
+    pub fn received(&self) -> Vec<String> {
+        assert!(
+            self.external.is_none(),
+            "received: the store is external; use keys()"
+        );
+        self.received.lock().unwrap().clone()
     }
 
     /// The proxy's store settings for this server's bucket.
@@ -229,8 +245,14 @@ impl S3Server {
         let Some(external) = &self.external else {
             let mut keys = Vec::new();
             collect_files(&self.root.join(BUCKET), &self.root.join(BUCKET), &mut keys);
-            // s3s-fs's own metadata files
-            keys.retain(|k| !k.split('/').any(|s| s.starts_with('.')));
+            // s3s-fs's own metadata files (keys like `d/.x` or `d/.../x` are kept)
+            keys.retain(|k| {
+                !k.split('/').any(|s| {
+                    [".bucket-", ".upload", ".tmp."]
+                        .iter()
+                        .any(|p| s.starts_with(p))
+                })
+            });
             keys.sort();
             return keys;
         };
@@ -300,7 +322,7 @@ impl S3Server {
         };
         let task = match &self.external {
             Some(external) => tokio::spawn(serve_relay(listener, external.upstream.clone())),
-            None => tokio::spawn(serve_s3(listener, self.root.clone())),
+            None => tokio::spawn(serve_s3(listener, self.root.clone(), self.received.clone())),
         };
         *self.task.lock().unwrap() = Some(task);
     }
@@ -334,11 +356,19 @@ impl Drop for S3Server {
 }
 
 /// Serve S3 (SigV4 checked) from `root` until aborted; aborting also ends every connection.
-async fn serve_s3(listener: TcpListener, root: PathBuf) {
+/// Each request's method and target are noted in `received` first.
+async fn serve_s3(listener: TcpListener, root: PathBuf, received: Arc<Mutex<Vec<String>>>) {
     let fs = s3s_fs::FileSystem::new(&root).unwrap();
     let mut builder = s3s::service::S3ServiceBuilder::new(fs);
     builder.set_auth(s3s::auth::SimpleAuth::from_single(ACCESS_KEY, SECRET_KEY));
-    let service = builder.build();
+    let s3 = builder.build();
+    let service = service_fn(move |request: Request<Incoming>| {
+        received
+            .lock()
+            .unwrap()
+            .push(format!("{} {}", request.method(), request.uri()));
+        hyper::service::Service::call(&s3, request)
+    });
     let mut connections = tokio::task::JoinSet::new();
     loop {
         let Ok((stream, _)) = listener.accept().await else {
@@ -390,6 +420,18 @@ fn collect_files(base: &Path, dir: &Path, out: &mut Vec<String>) {
             );
         }
     }
+}
+
+/// `serve_stand_in` for answers made at once from the request (no waiting, body unread).
+pub async fn serve_answers<F>(answer: F) -> SocketAddr
+where
+    F: Fn(&Request<Incoming>) -> Response<Full<Bytes>> + Clone + Send + Sync + 'static,
+{
+    serve_stand_in(move |request: Request<Incoming>| {
+        let response = answer(&request);
+        async move { response }
+    })
+    .await
 }
 
 /// What the MLflow stand-in saw of one request.
@@ -701,6 +743,28 @@ impl Harness {
     }
 }
 
+/// POST a JSON body: the status, and the answer as JSON (or as a JSON string when it is not).
+pub async fn post_json(
+    h: &Harness,
+    url: &str,
+    body: serde_json::Value,
+) -> (u16, serde_json::Value) {
+    let response = h
+        .http
+        .post(url)
+        .header("content-type", "application/json")
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    let text = response.text().await.unwrap();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)),
+    )
+}
+
 pub fn sha256(data: &[u8]) -> String {
     Sha256::digest(data)
         .iter()
@@ -751,10 +815,25 @@ impl RawResponse {
 }
 
 pub async fn raw_request(addr: SocketAddr, method: &str, target: &str, body: &[u8]) -> RawResponse {
+    raw_request_with(addr, method, target, &[], body).await
+}
+
+/// `raw_request` with more request headers.
+pub async fn raw_request_with(
+    addr: SocketAddr,
+    method: &str,
+    target: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> RawResponse {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let extra: String = headers
+        .iter()
+        .map(|(name, value)| format!("{name}: {value}\r\n"))
+        .collect();
     let head = format!(
-        "{method} {target} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
+        "{method} {target} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n{extra}Content-Length: {}\r\n\r\n",
         body.len()
     );
     stream.write_all(head.as_bytes()).await.unwrap();
