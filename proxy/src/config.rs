@@ -87,10 +87,10 @@ pub struct GcArgs {
     #[arg(long = "under", value_name = "PATH")]
     pub under: Vec<String>,
     /// Checkpoint file: a run that stops half way starts again after the last folder it finished.
-    #[arg(long, env = "PROXY_GC_RESUME_FILE")]
+    #[arg(long, env = "PROXY_GC_RESUME_FILE", value_parser = optional_path)]
     pub resume_file: Option<PathBuf>,
     /// Write the run's figures there as Prometheus text (node_exporter's textfile collector).
-    #[arg(long, env = "PROXY_GC_METRICS_FILE")]
+    #[arg(long, env = "PROXY_GC_METRICS_FILE", value_parser = optional_path)]
     pub metrics_file: Option<PathBuf>,
     /// Seconds between progress lines on long runs (0: none).
     #[arg(long, env = "PROXY_GC_PROGRESS_SECS", default_value_t = 30)]
@@ -128,7 +128,7 @@ pub struct StoreArgs {
     /// behind a private CA), besides Mozilla's roots; boto3's variable, so MLflow reads the same.
     /// Unset: Mozilla's roots and the system's store (SSL_CERT_FILE, SSL_CERT_DIR, else the
     /// distribution's).
-    #[arg(long, env = "AWS_CA_BUNDLE")]
+    #[arg(long, env = "AWS_CA_BUNDLE", value_parser = optional_path)]
     pub ca_bundle: Option<std::path::PathBuf>,
 }
 
@@ -402,6 +402,12 @@ fn static_prefix(value: &str) -> Result<String, String> {
     Ok(value.to_owned())
 }
 
+/// A path setting where empty means unset: compose passes `${AWS_CA_BUNDLE:-}` as an empty
+/// variable, and clap's own path parser refuses an empty value (the proxy would not start).
+fn optional_path(value: &str) -> Result<PathBuf, std::convert::Infallible> {
+    Ok(PathBuf::from(value))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -415,6 +421,25 @@ mod tests {
         assert!(static_prefix("/mlflow/").is_err());
         assert!(static_prefix("/").is_err());
         assert!(static_prefix("/{x}").is_err());
+    }
+
+    #[test]
+    fn empty_path_settings_count_as_unset() {
+        // What compose's `AWS_CA_BUNDLE: ${AWS_CA_BUNDLE:-}` hands the proxy.
+        let cli = Cli::try_parse_from([
+            "mlflow-artifact-proxy",
+            "sweep-uploads",
+            "--artifacts-destination=s3://b/",
+            "--s3-endpoint-url=http://store:9000",
+            "--aws-access-key-id=k",
+            "--aws-secret-access-key=s",
+            "--ca-bundle=",
+        ])
+        .expect("an empty CA bundle parses");
+        let Some(Command::SweepUploads(sweep)) = cli.command else {
+            panic!("sweep-uploads expected");
+        };
+        assert_eq!(sweep.store.build().unwrap().ca_bundle, None);
     }
 
     #[test]

@@ -95,8 +95,14 @@ impl GcConfig {
             older_than_text: args.older_than.clone(),
             concurrency: args.concurrency,
             under,
-            resume_file: args.resume_file.clone(),
-            metrics_file: args.metrics_file.clone(),
+            resume_file: args
+                .resume_file
+                .clone()
+                .filter(|p| !p.as_os_str().is_empty()),
+            metrics_file: args
+                .metrics_file
+                .clone()
+                .filter(|p| !p.as_os_str().is_empty()),
             progress_every: (args.progress_secs > 0)
                 .then(|| Duration::from_secs(args.progress_secs)),
             s3_timeout: Duration::from_secs(args.s3_timeout_secs),
