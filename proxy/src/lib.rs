@@ -29,7 +29,7 @@ pub mod sweep;
 pub mod timeouts;
 pub mod transfers;
 pub mod upstream;
-mod upstream_pool;
+pub mod upstream_pool;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -68,11 +68,13 @@ impl Proxy {
             metrics.clone(),
             config.timeouts.upstream,
             config.trusted_proxies.clone(),
+            config.upstream_pool,
         );
         let auth = Arc::new(auth::Auth::new(
             config.auth.clone(),
             config.upstream.clone(),
             metrics.clone(),
+            config.upstream_pool,
         )?);
         let app = Arc::new(
             App::new(

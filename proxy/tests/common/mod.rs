@@ -543,6 +543,7 @@ pub fn serve_config(s3: &S3Server, upstream: &str) -> ServeConfig {
         shutdown_grace: Duration::from_secs(5),
         timeouts: mlflow_artifact_proxy::timeouts::Timeouts::default(),
         trusted_proxies: Default::default(),
+        upstream_pool: Default::default(),
     }
 }
 
