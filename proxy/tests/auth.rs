@@ -232,16 +232,23 @@ async fn without_the_auth_app_mlflow_is_asked_once_not_per_request() {
     proxy.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn decisions_are_cached_and_mlflow_is_asked_once_per_burst() {
+/// MLflow with its auth app, alice allowed, `1/a.txt` stored, and a proxy that keeps MLflow's
+/// answers for `ttl` (the store is returned to outlive the proxy).
+async fn alice_allowed(ttl: Duration) -> (Arc<Policy>, S3Server, Proxy) {
     let policy = Arc::new(Policy::default());
     policy.auth_app.store(true, Ordering::SeqCst);
     policy.alice_allowed.store(true, Ordering::SeqCst);
     let mlflow = start_auth_mlflow(policy.clone()).await;
     let s3 = S3Server::start().await;
     s3.client().put_object("1/a.txt", b"hello").await.unwrap();
+    let proxy = proxy(&s3, mlflow, Mode::Auto, ttl).await;
+    (policy, s3, proxy)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn decisions_are_cached_and_mlflow_is_asked_once_per_burst() {
     // A TTL no burst outlasts, however slow the machine: MLflow's questions are counted.
-    let proxy = proxy(&s3, mlflow, Mode::Auto, FOREVER).await;
+    let (policy, _s3, proxy) = alice_allowed(FOREVER).await;
 
     // No credentials: MLflow's 401, relayed; never cached (each one asks).
     for _ in 0..3 {
@@ -281,14 +288,8 @@ async fn decisions_are_cached_and_mlflow_is_asked_once_per_burst() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cached_decision_expires_after_the_ttl_and_follows_mlflow() {
-    let policy = Arc::new(Policy::default());
-    policy.auth_app.store(true, Ordering::SeqCst);
-    policy.alice_allowed.store(true, Ordering::SeqCst);
-    let mlflow = start_auth_mlflow(policy.clone()).await;
-    let s3 = S3Server::start().await;
-    s3.client().put_object("1/a.txt", b"hello").await.unwrap();
     let ttl = Duration::from_secs(1);
-    let proxy = proxy(&s3, mlflow, Mode::Auto, ttl).await;
+    let (policy, _s3, proxy) = alice_allowed(ttl).await;
 
     // Allowed, and remembered from when MLflow was asked (after `asked`).
     let asked = std::time::Instant::now();
