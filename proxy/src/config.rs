@@ -163,6 +163,8 @@ pub struct ServeArgs {
     pub download: crate::downloads::DownloadArgs,
     #[command(flatten)]
     pub transfers: crate::transfers::TransferArgs,
+    #[command(flatten)]
+    pub upstream_pool: crate::upstream_pool::PoolArgs,
     /// Uploads with a Content-Length up to this size go to S3 as one streamed PutObject (no
     /// memory held, no completion step); larger and chunked uploads use multipart upload.
     #[arg(long, env = "PROXY_SINGLE_PUT_MAX_MIB", default_value_t = 1024)]
@@ -258,6 +260,8 @@ pub struct ServeConfig {
     pub shutdown_grace: Duration,
     pub timeouts: crate::timeouts::Timeouts,
     pub trusted_proxies: crate::forwarding::TrustedProxies,
+    /// How long connections to MLflow are kept.
+    pub upstream_pool: crate::upstream_pool::PoolConfig,
 }
 
 impl StoreArgs {
@@ -374,6 +378,7 @@ impl ServeArgs {
             shutdown_grace: Duration::from_secs(self.shutdown_grace_secs),
             timeouts: self.timeouts.build()?,
             trusted_proxies,
+            upstream_pool: self.upstream_pool.build()?,
         })
     }
 }

@@ -35,7 +35,7 @@ pub mod timeouts;
 pub mod tls;
 pub mod transfers;
 pub mod upstream;
-mod upstream_pool;
+pub mod upstream_pool;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -74,6 +74,7 @@ impl Proxy {
             metrics.clone(),
             config.timeouts.upstream,
             config.trusted_proxies.clone(),
+            config.upstream_pool,
         );
         let auth = Arc::new(auth::Auth::new(
             auth::AuthConfig {
@@ -82,6 +83,7 @@ impl Proxy {
             },
             config.upstream.clone(),
             metrics.clone(),
+            config.upstream_pool,
         )?);
         let app = Arc::new(
             App::new(

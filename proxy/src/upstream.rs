@@ -19,7 +19,7 @@ use crate::forwarding::TrustedProxies;
 use crate::metrics::Metrics;
 use crate::quickack::QuickAckConnector;
 use crate::timeouts::SendError;
-use crate::upstream_pool;
+use crate::upstream_pool::{self, PoolConfig};
 
 /// server-info is a small JSON document; anything larger is passed on untouched.
 const SERVER_INFO_LIMIT: usize = 1024 * 1024;
@@ -48,20 +48,28 @@ pub struct Upstream {
     /// How long MLflow may take to answer (see `timeouts::send`).
     timeout: Duration,
     trusted: TrustedProxies,
+    pool: PoolConfig,
 }
 
 impl Upstream {
-    pub fn new(base: Uri, metrics: Metrics, timeout: Duration, trusted: TrustedProxies) -> Self {
+    pub fn new(
+        base: Uri,
+        metrics: Metrics,
+        timeout: Duration,
+        trusted: TrustedProxies,
+        pool: PoolConfig,
+    ) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(Duration::from_secs(5)));
-        let client = upstream_pool::client(connector);
+        let client = upstream_pool::client(connector, pool);
         Upstream {
             base,
             client,
             metrics,
             timeout,
             trusted,
+            pool,
         }
     }
 
@@ -99,7 +107,7 @@ impl Upstream {
         });
 
         let started = Instant::now();
-        let retire = upstream_pool::Retire::watch(&mut request);
+        let retire = upstream_pool::Retire::watch(&mut request, &self.pool);
         let result = crate::timeouts::send(&self.client, request, self.timeout).await;
         if let Ok(response) = &result {
             retire.after(response);

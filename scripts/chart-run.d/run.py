@@ -179,7 +179,7 @@ def case(helm: str, chart: Path, auth: bool, tmp: Path, args) -> None:
         ready = proxy_c["readinessProbe"]["httpGet"]
         wait_for("the proxy's listener", lambda: http_get(9464, "/healthz")[0] == 200, 30)
         # /readyz once the first auth check has ended (it is 503 until then).
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 60
         status, body = http_get(9464, ready["path"])
         while b"not checked yet" in body and time.monotonic() < deadline:
             time.sleep(0.2)

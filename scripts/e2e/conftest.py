@@ -30,6 +30,7 @@ from e2e_util import (  # noqa: E402
     NESTED,
     SETTINGS,
     http_get,
+    wait_for,
     write_random,
 )
 
@@ -81,7 +82,15 @@ def pytest_terminal_summary(terminalreporter):
 
 @pytest.fixture(scope="session", autouse=True)
 def stack():
-    """Fails (never skips) when the stack is not up."""
+    """Fails (never skips) when the stack is not up. A busy machine may make a check slow (the deep
+    readiness check gives MLflow 3 s): each is asked again until it answers 200, for a while."""
+
+    def status_of(url):
+        try:
+            return http_get(url, timeout=10).status
+        except OSError as e:
+            return repr(e)
+
     problems = []
     for what, url in [
         ("proxy /health", f"{PROXY_URL}/health"),
@@ -90,12 +99,8 @@ def stack():
     ]:
         if what == "proxy /readyz" and os.environ.get("E2E_PROXY_URL"):
             continue
-        try:
-            status = http_get(url, timeout=10).status
-        except OSError as e:
-            status = repr(e)
-        if status != 200:
-            problems.append(f"{what}: {url} -> {status}")
+        if not wait_for(lambda: status_of(url) == 200, interval=0.5):
+            problems.append(f"{what}: {url} -> {status_of(url)}")
     try:
         http_get(f"{S3_URL}/", timeout=10)
     except OSError as e:

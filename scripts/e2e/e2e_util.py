@@ -40,6 +40,10 @@ BUCKET = urlsplit(SETTINGS["MLFLOW_ARTIFACTS_DESTINATION"]).netloc
 BUCKET_PREFIX = urlsplit(SETTINGS["MLFLOW_ARTIFACTS_DESTINATION"]).path.strip("/")
 
 ARTIFACTS = "/api/2.0/mlflow-artifacts/artifacts"
+# How long a test waits for something that must happen (a log line, a background cleanup, a
+# process): long enough that only a hang exhausts it on a loaded machine. Verdicts never depend
+# on how much of it was used.
+PATIENCE = 60.0
 AJAX_ARTIFACTS = "/ajax-api/2.0/mlflow-artifacts/artifacts"
 
 # A folder tree whose names have spaces and unicode: {relative path: size}.
@@ -189,6 +193,25 @@ class LogWatch:
             f.seek(self.start)
             return f.read().decode("utf-8", "replace")
 
+    def text_once(self, done, timeout: float = PATIENCE) -> str:
+        """The text once `done(text)` holds (or when `timeout` runs out: the caller's check then
+        says what is missing). An access-log line is written as its request ends, a moment after
+        the client has the answer: wait for the lines, never for a guessed while."""
+        deadline = time.monotonic() + timeout
+        while True:
+            text = self.text()
+            if done(text) or time.monotonic() > deadline:
+                return text
+            time.sleep(0.1)
+
+
+def mlflow_log_settled(watch: LogWatch) -> str:
+    """MLflow's log text once it shows a request sent now (a marker on /health): the lines of
+    every request that ended before are in it."""
+    marker = f"/health?settled={time.monotonic_ns()}"
+    http_get(MLFLOW_URL + marker)
+    return watch.text_once(lambda text: marker in text)
+
 
 def dir_bytes(root: Path) -> int:
     total = 0
@@ -256,7 +279,7 @@ def s3_requests(log_text: str) -> list[dict[str, str]]:
     return out
 
 
-def wait_for(predicate, timeout: float = 10, interval: float = 0.1):
+def wait_for(predicate, timeout: float = PATIENCE, interval: float = 0.1):
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()

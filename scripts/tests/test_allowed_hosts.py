@@ -157,7 +157,7 @@ def proxy(value: str | None):
         env["MLFLOW_SERVER_ALLOWED_HOSTS"] = value
     process = subprocess.Popen([str(PROXY_BIN), "serve"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + 60  # only a hang exhausts it
         while True:
             try:
                 socket.create_connection(("127.0.0.1", port), timeout=1).close()
@@ -166,7 +166,7 @@ def proxy(value: str | None):
                 if process.poll() is not None:
                     pytest.fail(f"the proxy exited {process.returncode}: {process.stderr.read().decode()[-2000:]}")
                 if time.monotonic() > deadline:
-                    pytest.fail("the proxy did not listen within 20 s")
+                    pytest.fail("the proxy did not listen within 60 s")
                 time.sleep(0.1)
         yield port
     finally:

@@ -291,6 +291,7 @@ pub struct Auth {
     /// The `Host` of every request to MLflow: the upstream's own address.
     host: HeaderValue,
     client: Client<QuickAckConnector, ProxyBody>,
+    pool: crate::upstream_pool::PoolConfig,
     cache: DecisionCache,
     /// Keys the credential digests: a per-process secret, so that digests say nothing outside.
     key: hmac::Key,
@@ -314,13 +315,18 @@ enum Outcome {
 }
 
 impl Auth {
-    pub fn new(config: AuthConfig, base: Uri, metrics: Metrics) -> Result<Self, String> {
+    pub fn new(
+        config: AuthConfig,
+        base: Uri,
+        metrics: Metrics,
+        pool: crate::upstream_pool::PoolConfig,
+    ) -> Result<Self, String> {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(Duration::from_secs(5)));
         // The same kept-alive, retired-in-time connections as pass-through (`upstream_pool`): a
         // fresh connection per check left a socket in TIME_WAIT per check.
-        let client = crate::upstream_pool::client(connector);
+        let client = crate::upstream_pool::client(connector, pool);
         let rng = ring::rand::SystemRandom::new();
         let key = hmac::Key::generate(hmac::HMAC_SHA256, &rng)
             .map_err(|_| "no randomness for the auth cache key".to_owned())?;
@@ -339,6 +345,7 @@ impl Auth {
             base,
             host,
             client,
+            pool,
             key,
             detection: Detection {
                 state: AtomicU8::new(initial),
@@ -901,7 +908,7 @@ impl Auth {
         *request.method_mut() = method;
         *request.uri_mut() = uri;
         *request.headers_mut() = headers;
-        let retire = crate::upstream_pool::Retire::watch(&mut request);
+        let retire = crate::upstream_pool::Retire::watch(&mut request, &self.pool);
         let exchange = async {
             let response = self
                 .client
