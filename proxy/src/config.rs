@@ -156,6 +156,8 @@ pub struct ServeArgs {
     #[command(flatten)]
     pub auth: crate::auth::AuthArgs,
     #[command(flatten)]
+    pub mlflow: crate::capabilities::CapabilitiesArgs,
+    #[command(flatten)]
     pub timeouts: crate::timeouts::TimeoutArgs,
     #[command(flatten)]
     pub forwarding: crate::forwarding::ForwardingArgs,
@@ -256,6 +258,8 @@ pub struct ServeConfig {
     pub download: crate::downloads::DownloadConfig,
     pub security: crate::security::Security,
     pub auth: crate::auth::AuthConfig,
+    /// How the proxy learns MLflow's version and modes.
+    pub mlflow: crate::capabilities::CapabilitiesConfig,
     pub transfers: crate::transfers::TransferConfig,
     pub shutdown_grace: Duration,
     pub timeouts: crate::timeouts::Timeouts,
@@ -360,6 +364,7 @@ impl ServeArgs {
             store: self.store.build()?,
             security: self.security.build()?,
             auth: self.auth.build()?,
+            mlflow: self.mlflow.build()?,
             transfers: self.transfers.build(&trusted_proxies)?,
             upload: UploadConfig {
                 single_put_max: self.single_put_max_mib * MIB,

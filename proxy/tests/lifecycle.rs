@@ -35,7 +35,7 @@ async fn readyz_depends_on_the_proxy_alone_and_deep_names_the_dependencies() {
         readyz(ops, "/readyz?deep=1").await,
         (
             200,
-            serde_json::json!({"ready": true, "s3": "ok", "mlflow": "ok"})
+            serde_json::json!({"ready": true, "s3": "ok", "mlflow": "ok", "mlflow_modes": "ok"})
         )
     );
     // The store goes away: the proxy stays in the load balancer (it still serves MLflow's

@@ -541,7 +541,7 @@ async fn readyz_follows_the_store_down_and_up() {
     let (verdict, _) = readyz_until(&h, 200).await;
     assert_eq!(
         verdict,
-        serde_json::json!({"ready": true, "s3": "ok", "mlflow": "ok"})
+        serde_json::json!({"ready": true, "s3": "ok", "mlflow": "ok", "mlflow_modes": "ok"})
     );
 
     // The store is gone (every connection to it closed): the very next check says so; no

@@ -172,6 +172,23 @@ def raw_request(
         conn.close()
 
 
+def store_env() -> dict[str, str]:
+    """The S3 store's settings, as the stack gives them to MLflow and the proxy."""
+    keys = ("MLFLOW_S3_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION",
+            "MLFLOW_ARTIFACTS_DESTINATION")
+    return {k: SETTINGS[k] for k in keys}
+
+
+def request_retried(base_url: str, method: str, path: str, body=None, headers=None) -> Response:
+    """`raw_request` with one retry when the server drops the connection (a uvicorn worker of stock
+    MLflow restarted under load); what is compared does not depend on the attempt."""
+    try:
+        return raw_request(base_url, method, path, body=body, headers=headers)
+    except (ConnectionError, http.client.RemoteDisconnected):
+        time.sleep(1)
+        return raw_request(base_url, method, path, body=body, headers=headers)
+
+
 def http_get(url: str, timeout: float = 30) -> Response:
     u = urlsplit(url)
     path = u.path + (f"?{u.query}" if u.query else "")

@@ -619,6 +619,9 @@ pub fn serve_config(s3: &S3Server, upstream: &str) -> ServeConfig {
         download: Default::default(),
         security: mlflow_artifact_proxy::security::Security::default(),
         auth: mlflow_artifact_proxy::auth::AuthConfig::off(),
+        mlflow: mlflow_artifact_proxy::capabilities::CapabilitiesConfig::fixed(
+            mlflow_artifact_proxy::capabilities::Capabilities::pinned(),
+        ),
         transfers: test_transfers(),
         shutdown_grace: Duration::from_secs(5),
         timeouts: mlflow_artifact_proxy::timeouts::Timeouts::default(),
