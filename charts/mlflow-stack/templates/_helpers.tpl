@@ -69,7 +69,7 @@ app.kubernetes.io/part-of: mlflow-stack
 {{/* S3 settings shared by the proxy, MLflow and the jobs (credentials from the Secret). */}}
 {{- define "mlflow-stack.s3Env" -}}
 - name: MLFLOW_S3_ENDPOINT_URL
-  value: {{ required "s3.endpointUrl is required (e.g. https://s3.example.com)" .Values.s3.endpointUrl | quote }}
+  value: {{ required "s3.MLFLOW_S3_ENDPOINT_URL is required (e.g. https://s3.example.com)" .Values.s3.MLFLOW_S3_ENDPOINT_URL | quote }}
 - name: MLFLOW_ARTIFACTS_DESTINATION
   value: {{ .Values.s3.MLFLOW_ARTIFACTS_DESTINATION | quote }}
 - name: AWS_DEFAULT_REGION
