@@ -190,25 +190,16 @@ fn row(out: &mut String, setting: &Setting) {
     } else if !setting.values.is_empty() {
         let _ = write!(meaning, " Values: {}.", setting.values.join(", "));
     }
-    let flag = format!("`{}`", setting.flag);
-    match &setting.env {
-        Some(env) => {
-            let _ = writeln!(
-                out,
-                "| `{env}` | {flag} | {default} | {} | {} |",
-                read_by.join(", "),
-                cell(&meaning)
-            );
-        }
-        None => {
-            let _ = writeln!(
-                out,
-                "| {flag} | {default} | {} | {} |",
-                read_by.join(", "),
-                cell(&meaning)
-            );
-        }
-    }
+    let lead = match &setting.env {
+        Some(env) => format!("`{env}` | `{}`", setting.flag),
+        None => format!("`{}`", setting.flag),
+    };
+    let _ = writeln!(
+        out,
+        "| {lead} | {default} | {} | {} |",
+        read_by.join(", "),
+        cell(&meaning)
+    );
 }
 
 fn default_of(arg: &clap::Arg) -> String {
@@ -482,6 +473,74 @@ mod tests {
             unknown.is_empty(),
             "no such variable (docs/configuration.md lists them all; a name that is not the \
              proxy's goes in NOT_SETTINGS with its reason): {unknown:#?}"
+        );
+    }
+
+    /// A variable's default where the reference states one value: `` `60` `` → "60".
+    fn stated_defaults(reference: &str) -> Vec<(String, String)> {
+        reference
+            .lines()
+            .filter_map(|line| {
+                let cells: Vec<&str> = line.split(" | ").collect();
+                let name = cells.first()?.strip_prefix("| `")?.strip_suffix('`')?;
+                let default = cells.get(2)?.strip_prefix('`')?.strip_suffix('`')?;
+                (!default.contains('`')).then(|| (name.to_owned(), default.to_owned()))
+            })
+            .collect()
+    }
+
+    /// The docs' own tables (`| `VAR` | default | …`) state the binary's defaults.
+    #[test]
+    fn the_docs_tables_state_the_binarys_defaults() {
+        let defaults = stated_defaults(&render());
+        assert!(defaults.len() >= 40, "{defaults:?}");
+        let mut wrong = Vec::new();
+        let mut checked = 0;
+        let docs = files_under(&repo().join("docs"));
+        for path in docs
+            .iter()
+            .filter(|p| p.extension().is_some_and(|e| e == "md"))
+        {
+            if path.ends_with("configuration.md") {
+                continue;
+            }
+            for (number, line) in read(path).lines().enumerate() {
+                let cells: Vec<&str> = line.split(" | ").collect();
+                // `VAR`, or `VAR` (`--flag`), then a plain value.
+                let Some(name) = cells[0]
+                    .strip_prefix("| `")
+                    .and_then(|c| c.split('`').next())
+                    .filter(|n| cells[0].matches('`').count() <= 4 && !n.contains(' '))
+                else {
+                    continue;
+                };
+                let Some((_, default)) = defaults.iter().find(|(n, _)| n == name) else {
+                    continue;
+                };
+                let Some(stated) = cells.get(1).map(|c| c.trim_matches('`')) else {
+                    continue;
+                };
+                if stated.contains([' ', '`', '(']) {
+                    continue; // prose ("from the request", "(empty)"), not a value
+                }
+                checked += 1;
+                if stated != default {
+                    let path = path.strip_prefix(repo()).unwrap_or(path);
+                    wrong.push(format!(
+                        "{}:{}: {name} {stated}, the binary's default is {default}",
+                        path.display(),
+                        number + 1
+                    ));
+                }
+            }
+        }
+        assert!(
+            checked >= 20,
+            "only {checked} defaults found in docs/*.md tables"
+        );
+        assert!(
+            wrong.is_empty(),
+            "defaults the binary does not have (docs/configuration.md lists its own): {wrong:#?}"
         );
     }
 

@@ -12,12 +12,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 REFERENCE = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
-# Names compose and the chart use for themselves that look like the proxy's (not its settings).
-COMPOSE_OWN = {
-    "PROXY_PORT": "the host port compose publishes the proxy on",
-    "PROXY_METRICS_PORT": "the host port of the operations listener",
-    "PROXY_IMAGE": "the proxy image compose builds or pulls",
-}
 
 
 @dataclass(frozen=True)

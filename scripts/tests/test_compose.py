@@ -22,7 +22,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-from configuration_reference import COMPOSE_OWN
 from configuration_reference import settings as proxy_settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -244,17 +243,18 @@ def proxy_command(service: dict) -> str | None:
     return command
 
 
-def test_env_example_sets_settings_the_proxy_has_with_its_defaults(env_example):
-    """Every PROXY_* of .env.example is a setting of the binary (docs/configuration.md, generated
-    from it), and every setting of the binary it sets has the binary's default."""
+def test_env_example_gives_the_proxy_its_own_defaults(env_example):
+    """Every setting of the binary (docs/configuration.md, generated from it) that .env.example sets
+    has the binary's default. (That every PROXY_* it names exists is checked by cargo test:
+    config_reference, over the docs, compose and the chart.)"""
     reference = proxy_settings()
-    wrong = []
+    wrong, checked = [], 0
     for key, value in env_example.items():
-        if key.startswith("PROXY_") and key not in COMPOSE_OWN and key not in reference:
-            wrong.append(f"{key}: the proxy has no such setting")
         setting = reference.get(key)
+        checked += setting is not None
         if setting and setting.default is not None and value != setting.default and key not in COMPOSE_NOT_DEFAULT:
             wrong.append(f"{key}={value!r}, the binary's default is {setting.default!r}")
+    assert checked >= 15, checked
     assert not wrong, "compose/.env.example vs docs/configuration.md:\n" + "\n".join(wrong)
 
 
