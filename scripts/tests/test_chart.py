@@ -425,6 +425,21 @@ def test_values_defaults_equal_env_example():
     assert proxy_vars <= set(flat), f"in .env.example but not in the chart: {proxy_vars - set(flat)}"
 
 
+# The proxy's settings a user of either stack is likely to change: each in compose/.env.example and
+# in the chart's values (the two tests above check that they agree, and agree with the binary).
+USER_SETTINGS = {"MLFLOW_ARTIFACTS_DESTINATION", "AWS_DEFAULT_REGION", "PROXY_S3_WAIT_SECS", "PROXY_LOG_FORMAT",
+                 "RUST_LOG", "PROXY_SINGLE_PUT_MAX_MIB", "PROXY_PART_SIZE_MIB", "PROXY_PARTS_IN_FLIGHT",
+                 "PROXY_UPLOAD_BUDGET_MIB", "PROXY_DOWNLOAD_BUDGET_MIB", "PROXY_SHUTDOWN_GRACE_SECS",
+                 "PROXY_MLFLOW_AUTH", "PROXY_MLFLOW_AUTH_CACHE_TTL_SECS"}
+
+
+def test_settings_users_change_are_in_env_example_and_the_values():
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    in_values = {*values["proxy"]["env"], *values["s3"], *values["s3"]["ensureBucket"]}
+    assert not USER_SETTINGS - set(env_example()), "missing from compose/.env.example"
+    assert not USER_SETTINGS - in_values, "missing from values.yaml"
+
+
 # Set by the chart, on purpose, to something else than the binary's default.
 CHART_NOT_DEFAULT = {
     "PROXY_METRICS_LISTEN": "every interface of the pod, where Prometheus and the kubelet reach it",
