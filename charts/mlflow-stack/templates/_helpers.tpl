@@ -105,6 +105,10 @@ app.kubernetes.io/part-of: mlflow-stack
   value: {{ .Values.mlflow.MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW | quote }}
 - name: MLFLOW_SQLALCHEMYSTORE_POOL_RECYCLE
   value: {{ .Values.mlflow.MLFLOW_SQLALCHEMYSTORE_POOL_RECYCLE | quote }}
+- name: MLFLOW_ENABLE_WORKSPACES
+  value: {{ .Values.mlflow.MLFLOW_ENABLE_WORKSPACES | quote }}
+- name: MLFLOW_ARTIFACTS_PRESIGNED_ONLY
+  value: {{ .Values.mlflow.MLFLOW_ARTIFACTS_PRESIGNED_ONLY | quote }}
 - name: MLFLOW_DISABLE_TELEMETRY
   value: "true"
 - name: DO_NOT_TRACK
