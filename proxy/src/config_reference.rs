@@ -61,7 +61,8 @@ struct Setting {
     uses: Vec<(String, String, String)>,
 }
 
-/// docs/configuration.md, as this binary defines its settings.
+/// docs/configuration.md, as this binary defines its settings. Its section titles and columns are
+/// read by scripts/tests/configuration_reference.py (compose and the chart checked against it).
 pub fn render() -> String {
     render_command(Cli::command())
 }
