@@ -1,7 +1,8 @@
 //! mlflow-artifact-proxy: port 5000 of an MLflow stack. MLflow's artifact routes are answered
 //! straight from S3 in bounded memory; every other request streams through to MLflow.
 //!
-//! One module per job: `config` (flags and environment), `server` (listener, access log),
+//! One module per job: `config` (flags and environment), `config_reference` (their reference,
+//! docs/configuration.md), `server` (listener, access log),
 //! `router` (which requests are ours), `artifacts` (the artifact handlers), `locations` (where
 //! MLflow keeps what the UI's downloads name), `s3` (the store),
 //! `upstream` (pass-through to MLflow), `upstream_pool` (its kept-alive connections), `metrics` (Prometheus, health), `error` (one error type),
@@ -16,6 +17,7 @@ pub mod auth;
 pub mod body;
 pub mod capabilities;
 pub mod config;
+pub mod config_reference;
 pub mod downloads;
 pub mod error;
 pub mod forwarding;

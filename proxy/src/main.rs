@@ -48,6 +48,10 @@ fn main() -> ExitCode {
                 Ok(())
             }
             Command::Healthcheck(args) => healthcheck(&args.url).await,
+            Command::ConfigReference => {
+                print!("{}", mlflow_artifact_proxy::config_reference::render());
+                Ok(())
+            }
             Command::SweepUploads(args) => {
                 let config = args.store.build()?;
                 let store = s3::Store::new(

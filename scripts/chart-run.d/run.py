@@ -55,7 +55,7 @@ def check(ok: bool, what: str) -> None:
 def render(helm: str, chart: Path, auth: bool) -> list[dict]:
     args = [helm, "template", RELEASE, str(chart), "--namespace", NAMESPACE, "--kube-version", "1.30.0",
             "-f", str(chart / "ci" / "defaults-values.yaml"),
-            "--set", f"s3.endpointUrl=http://{S3_HOST}:9000", "--set", "s3.ensureBucket.enabled=true",
+            "--set", f"s3.MLFLOW_S3_ENDPOINT_URL=http://{S3_HOST}:9000", "--set", "s3.ensureBucket.enabled=true",
             # One uvicorn worker: a sizing value, not part of what is tested, and four workers on a
             # loaded 2-core machine miss uvicorn's health pings.
             "--set", "mlflow.workers=1"]

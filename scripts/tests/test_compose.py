@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from configuration_reference import settings as proxy_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_DIR = ROOT / "compose"
@@ -219,6 +220,66 @@ def test_every_s3_client_uses_the_same_store(compose):
     assert (reference["AWS_ACCESS_KEY_ID"], reference["AWS_SECRET_ACCESS_KEY"]) == (
         minio["MINIO_ROOT_USER"], minio["MINIO_ROOT_PASSWORD"]
     ), "the default S3 credentials must be MinIO's root user"
+
+
+# --------------------------------------------------------------------------- the proxy's settings
+
+# Set by compose, on purpose, to something else than the binary's default.
+COMPOSE_NOT_DEFAULT = {
+    "PROXY_METRICS_LISTEN": "every interface of the container, where Prometheus reaches it (published on loopback)",
+    "PROXY_UPSTREAM": "the mlflow service",
+}
+# Set on a proxy-image service for something else than the binary.
+NOT_FOR_THE_BINARY = {"GC_INTERVAL": "gc-orphans' shell loop sleeps this long between runs"}
+
+
+def proxy_command(service: dict) -> str | None:
+    """The subcommand a service of the proxy's image runs; None for other images."""
+    if not service.get("image", "").startswith("mlflow-artifact-proxy:"):
+        return None
+    if service.get("command"):
+        return service["command"][0]
+    (command,) = re.findall(r"mlflow-artifact-proxy (\S+)", " ".join(service["entrypoint"]))
+    return command
+
+
+def test_env_example_gives_the_proxy_its_own_defaults(env_example):
+    """Every setting of the binary (docs/configuration.md, generated from it) that .env.example sets
+    has the binary's default. (That every PROXY_* it names exists is checked by cargo test:
+    config_reference, over the docs, compose and the chart.)"""
+    reference = proxy_settings()
+    wrong, checked = [], 0
+    for key, value in env_example.items():
+        setting = reference.get(key)
+        checked += setting is not None
+        if setting and setting.default is not None and value != setting.default and key not in COMPOSE_NOT_DEFAULT:
+            wrong.append(f"{key}={value!r}, the binary's default is {setting.default!r}")
+    assert checked >= 15, checked
+    assert not wrong, "compose/.env.example vs docs/configuration.md:\n" + "\n".join(wrong)
+
+
+def test_proxy_services_set_what_their_command_reads(compose):
+    """The proxy image's services set only variables their subcommand reads, with the binary's
+    defaults unless COMPOSE_NOT_DEFAULT says why not."""
+    reference = proxy_settings()
+    wrong, checked = [], 0
+    for name, service in compose["services"].items():
+        command = proxy_command(service)
+        if command is None:
+            continue
+        for var, value in env_of(service).items():
+            if var in NOT_FOR_THE_BINARY:
+                continue
+            checked += 1
+            setting = reference.get(var)
+            if setting is None:
+                wrong.append(f"{name}: {var} is no setting of the proxy")
+            elif command not in setting.read_by:
+                wrong.append(f"{name}: {var} is read by {sorted(setting.read_by)}, not by {command}")
+            elif setting.default is not None and value != setting.default and var not in COMPOSE_NOT_DEFAULT:
+                wrong.append(f"{name}: {var}={value!r}, the binary's default is {setting.default!r}")
+    assert checked >= 30, checked
+    assert not wrong, "compose.yaml vs docs/configuration.md:\n" + "\n".join(wrong)
 
 
 # --------------------------------------------------------------------------- services, ports, volumes
