@@ -552,7 +552,19 @@ def test_decisions_on_paths_3_18_judges_differently_equal_stock(world, s3):
         if method == "HEAD":
             stock.body, proxy.body = b"", b""
         shape = lambda r: refusal_shape(r) + ((r.body,) if r.status == 400 else ())  # noqa: E731
-        return Outcome(case, fine(stock), fine(proxy), shape(stock), shape(proxy))
+        expected = stock
+        if fine(stock) == "allowed" and op in ("GET", "HEAD", "LIST", "PRESIGNED") and "/./" in f"/{path}/":
+            # Stricter than stock on purpose (test_dot_segments_are_judged_where_the_store_reads,
+            # docs/security.md): the proxy also needs MLflow's allow for the path without its "."
+            # segments, which a store that resolves them reads. 3.18 drops them itself: equal there.
+            dotless = "/".join(p for p in path.split("/") if p != ".")
+            d_method, d_target, d_body, d_extra = build(op, PREFIXES[prefix_name], dotless, case, False)
+            plain = request_retried(MLFLOW_URL, d_method, d_target, d_body, {**hdrs, **d_extra})
+            if fine(plain) != "allowed":
+                expected = plain
+                if d_method == "HEAD":
+                    expected.body = b""
+        return Outcome(case, fine(expected), fine(proxy), shape(expected), shape(proxy))
 
     with ThreadPoolExecutor(6) as pool:
         outcomes = list(pool.map(one, jobs))
