@@ -359,12 +359,18 @@ def test_dot_segments_are_judged_where_the_store_reads(world):
         # `runsdenied`: READ on `exp`, DENY on its runs.
         ("runsdenied", f"{A}/artifacts/{exp}/./{run}/artifacts/{name}"),
     ]
+    # MLflow 3.18 drops "." segments itself: there stock refuses these too.
+    drops_dots = tuple(int(x) for x in SETTINGS["STACK_MLFLOW_VERSION"].split(".")[:2]) >= (3, 18)
     for user, target in stricter:
         hdrs = {"Host": "localhost", **world.users[user]}
         stock = raw_request(MLFLOW_URL, "GET", target, headers=hdrs)
         proxy = raw_request(PROXY_URL, "GET", target, headers=hdrs)
-        assert (decision(stock), decision(proxy)) == ("allowed", "403"), (user, target, stock.status, proxy.status)
+        assert decision(proxy) == "403", (user, target, stock.status, proxy.status)
         assert proxy.body == b"Permission denied", (user, target, proxy.body)
+        if drops_dots and decision(stock) != "allowed":
+            assert (stock.status, stock.body) == (proxy.status, proxy.body), (user, target, stock.status)
+            continue
+        assert decision(stock) == "allowed", (user, target, stock.status, proxy.status)
         if STORE == "s3s-fs" and target.endswith(name):
             # What stock leaks on this store: the run's file itself.
             assert (stock.status, stock.body) == (200, b"seed"), (user, target, stock.status)
@@ -380,8 +386,9 @@ def test_dot_segments_are_judged_where_the_store_reads(world):
     # Writes under `./<exp>`: stock refuses them already (the default permission is READ).
     hdrs = {"Host": "localhost", **world.users["editor"]}
     target = f"{A}/artifacts/./{exp}/{run}/artifacts/dot-{SUFFIX}.txt"
-    for base in (MLFLOW_URL, PROXY_URL):
-        assert decision(raw_request(base, "PUT", target, body=b"x", headers=hdrs)) == "403", base
+    decisions = [decision(raw_request(base, "PUT", target, body=b"x", headers=hdrs)) for base in (MLFLOW_URL, PROXY_URL)]
+    # 3.18 judges the path without its "." segments: the editor may write there, through both.
+    assert decisions == (["allowed"] * 2 if drops_dots else ["403"] * 2), decisions
 
 
 def test_grant_and_revoke_take_effect_when_the_cached_answer_expires(world):

@@ -12,6 +12,7 @@ would pass trivially.
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -21,6 +22,9 @@ from urllib.parse import quote, urlencode
 import pytest
 
 from e2e_util import MLFLOW_URL, PROXY_URL, SETTINGS, raw_request
+
+# MLflow 3.18 answers `presigned=true` with a URL; 3.17.2 ignores the argument and sends the file.
+PRESIGNED_ANSWERED = tuple(int(x) for x in SETTINGS["STACK_MLFLOW_VERSION"].split(".")[:2]) >= (3, 18)
 from test_auth import ADMIN, Outcome, api, basic, decision, make_user, refusal_shape, request_retried
 
 SUFFIX = uuid.uuid4().hex[:8]
@@ -87,7 +91,7 @@ def targets(w: UiWorld) -> dict[str, str]:
         "version-models-source": mv + urlencode({"path": "MLmodel", "name": w.name, "version": "1"}),
         "version-runs-source": mv + urlencode({"path": "MLmodel", "name": w.name, "version": "2"}),
         "unknown-version": mv + urlencode({"path": "MLmodel", "name": w.name, "version": "99"}),
-        "presigned-3.17": mv + urlencode({"path": "MLmodel", "name": w.name, "version": "1", "presigned": "true"}),
+        "presigned": mv + urlencode({"path": "MLmodel", "name": w.name, "version": "1", "presigned": "true"}),
     }
 
 
@@ -104,7 +108,16 @@ def one_case(user: str, headers, method: str, target_name: str, target: str) -> 
         stock.body, proxy.body = b"", b""
     served = "server" not in proxy.headers  # an answer the proxy made itself, not MLflow's
     if served and proxy.status == 200 and method == "GET":
-        assert proxy.body == FILE, (user, target_name, proxy.body[:100])
+        if target_name == "presigned" and PRESIGNED_ANSWERED:
+            # 3.18 answers presigned=true with JSON: the URL is the proxy's own signed one (never the
+            # store's), and it serves the file.
+            url = json.loads(proxy.body)["url"]
+            check_url = url.split("/api/", 1)
+            assert url.startswith("http://localhost/api/2.0/mlflow-artifacts/signed/object?token="), url
+            fetched = raw_request(PROXY_URL, "GET", "/api/" + check_url[1], headers={"Host": "localhost"})
+            assert (fetched.status, fetched.body) == (200, FILE), (user, url, fetched.status)
+        else:
+            assert proxy.body == FILE, (user, target_name, proxy.body[:100])
     return (
         Outcome(f"{user:14} {method:4} {target_name}", decision(stock), decision(proxy),
                 refusal_shape(stock), refusal_shape(proxy)),
@@ -138,7 +151,7 @@ def test_ui_decisions_equal_stock_mlflow(ui_world):
     for case in (
         "reader         GET  run", "nogrant        GET  logged-model", "admin          HEAD run",
         "registrydenied GET  run", "denied         GET  version-models-source",
-        "admin          GET  version-runs-source", "reader         GET  presigned-3.17",
+        "admin          GET  version-runs-source", "reader         GET  presigned",
     ):
         assert case in served, (case, served)
     # ... and never what stock refuses.

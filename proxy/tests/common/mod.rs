@@ -56,6 +56,10 @@ pub struct S3Server {
     external: Option<External>,
     /// The accept loop; it owns every connection, so aborting it closes them all.
     task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Set by `stop`: every connection of the loop ends at its next poll without serving another
+    /// request (aborting the loop alone ends them asynchronously, so a request already on a
+    /// kept-alive connection could still be served on a loaded machine).
+    down: Mutex<Option<tokio::sync::watch::Sender<bool>>>,
     /// The in-process server's requests as they arrived: method and target, unaltered.
     received: Arc<Mutex<Vec<String>>>,
 }
@@ -122,7 +126,8 @@ impl S3Server {
         let received = Arc::new(Mutex::new(Vec::new()));
         let Some((upstream, access_key, secret_key, region, store)) = external_store() else {
             std::fs::create_dir(root.join(BUCKET)).unwrap();
-            let task = tokio::spawn(serve_s3(listener, root.clone(), received.clone()));
+            let (down, up) = tokio::sync::watch::channel(false);
+            let task = tokio::spawn(serve_s3(listener, root.clone(), received.clone(), up));
             return S3Server {
                 endpoint,
                 addr,
@@ -135,6 +140,7 @@ impl S3Server {
                 _dir: dir,
                 external: None,
                 task: Mutex::new(Some(task)),
+                down: Mutex::new(Some(down)),
                 received,
             };
         };
@@ -157,7 +163,8 @@ impl S3Server {
             .trim_start_matches("http://")
             .trim_end_matches('/')
             .to_owned();
-        let task = tokio::spawn(serve_relay(listener, upstream_addr.clone()));
+        let (down, up) = tokio::sync::watch::channel(false);
+        let task = tokio::spawn(serve_relay(listener, upstream_addr.clone(), up));
         S3Server {
             endpoint,
             addr,
@@ -173,6 +180,7 @@ impl S3Server {
                 bucket,
             }),
             task: Mutex::new(Some(task)),
+            down: Mutex::new(Some(down)),
             received,
         }
     }
@@ -305,6 +313,9 @@ impl S3Server {
     /// Stop listening and close every connection, kept-alive ones included: the port refuses
     /// connections until `restart`. The stored objects stay.
     pub fn stop(&self) {
+        if let Some(down) = self.down.lock().unwrap().take() {
+            let _ = down.send(true);
+        }
         if let Some(task) = self.task.lock().unwrap().take() {
             task.abort();
         }
@@ -324,10 +335,17 @@ impl S3Server {
                 Err(e) => panic!("cannot listen on {} again: {e}", self.addr),
             }
         };
+        let (down, up) = tokio::sync::watch::channel(false);
         let task = match &self.external {
-            Some(external) => tokio::spawn(serve_relay(listener, external.upstream.clone())),
-            None => tokio::spawn(serve_s3(listener, self.root.clone(), self.received.clone())),
+            Some(external) => tokio::spawn(serve_relay(listener, external.upstream.clone(), up)),
+            None => tokio::spawn(serve_s3(
+                listener,
+                self.root.clone(),
+                self.received.clone(),
+                up,
+            )),
         };
+        *self.down.lock().unwrap() = Some(down);
         *self.task.lock().unwrap() = Some(task);
     }
 }
@@ -359,9 +377,15 @@ impl Drop for S3Server {
     }
 }
 
-/// Serve S3 (SigV4 checked) from `root` until aborted; aborting also ends every connection.
+/// Serve S3 (SigV4 checked) from `root` until aborted; `up` turning true ends every connection
+/// at its next poll, before it serves another request.
 /// Each request's method and target are noted in `received` first.
-async fn serve_s3(listener: TcpListener, root: PathBuf, received: Arc<Mutex<Vec<String>>>) {
+async fn serve_s3(
+    listener: TcpListener,
+    root: PathBuf,
+    received: Arc<Mutex<Vec<String>>>,
+    up: tokio::sync::watch::Receiver<bool>,
+) {
     let fs = s3s_fs::FileSystem::new(&root).unwrap();
     let mut builder = s3s::service::S3ServiceBuilder::new(fs);
     builder.set_auth(s3s::auth::SimpleAuth::from_single(ACCESS_KEY, SECRET_KEY));
@@ -380,16 +404,25 @@ async fn serve_s3(listener: TcpListener, root: PathBuf, received: Arc<Mutex<Vec<
         };
         while connections.try_join_next().is_some() {}
         let service = service.clone();
+        let mut down = up.clone();
         connections.spawn(async move {
-            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
+            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            let serve = builder.serve_connection(TokioIo::new(stream), service);
+            tokio::select! {
+                biased;
+                _ = down.wait_for(|down| *down) => {}
+                _ = serve => {}
+            }
         });
     }
 }
 
 /// Relay TCP connections to `upstream` until aborted; aborting also ends every connection.
-async fn serve_relay(listener: TcpListener, upstream: String) {
+async fn serve_relay(
+    listener: TcpListener,
+    upstream: String,
+    up: tokio::sync::watch::Receiver<bool>,
+) {
     let mut connections = tokio::task::JoinSet::new();
     loop {
         let Ok((mut client, _)) = listener.accept().await else {
@@ -397,11 +430,16 @@ async fn serve_relay(listener: TcpListener, upstream: String) {
         };
         while connections.try_join_next().is_some() {}
         let upstream = upstream.clone();
+        let mut down = up.clone();
         connections.spawn(async move {
             if let Ok(mut store) = tokio::net::TcpStream::connect(&upstream).await {
                 let _ = store.set_nodelay(true);
                 let _ = client.set_nodelay(true);
-                let _ = tokio::io::copy_bidirectional(&mut client, &mut store).await;
+                tokio::select! {
+                    biased;
+                    _ = down.wait_for(|down| *down) => {}
+                    _ = tokio::io::copy_bidirectional(&mut client, &mut store) => {}
+                }
             }
         });
     }
