@@ -108,11 +108,25 @@ class Traffic:
         self.context = context
         self.requests: list[str] = []
         self.answers: list[Answer] = []
-        context.on("request", self._request)
-        context.on("response", self._response)
+        self.pending: set = set()
+        self.handlers = {"request": self._request, "response": self._response,
+                         "requestfinished": self._ended, "requestfailed": self._ended}
+        for event, handler in self.handlers.items():
+            context.on(event, handler)
 
     def _request(self, request):
         self.requests.append(f"{request.method} {request.url}")
+        self.pending.add(request)
+
+    def _ended(self, request):
+        self.pending.discard(request)
+
+    def settle(self, page):
+        """Until every request has ended (but the UI's telemetry worker's, which stays open), so that
+        no answer arrives after its page is closed, when its body can no longer be read."""
+        deadline = time.monotonic() + PAGE_TIMEOUT_MS / 1000
+        while any(".worker.js" not in r.url for r in self.pending) and time.monotonic() < deadline:
+            page.wait_for_timeout(100)  # lets Playwright deliver the browser's events
 
     def _response(self, response):
         try:
@@ -123,8 +137,8 @@ class Traffic:
                                    dict(response.headers), body, error))
 
     def detach(self):
-        self.context.remove_listener("request", self._request)
-        self.context.remove_listener("response", self._response)
+        for event, handler in self.handlers.items():
+            self.context.remove_listener(event, handler)
 
     def check_the_store_never_shows(self, what: str) -> list[Answer]:
         """Nothing went to the store; no answer's URL, headers or body names its address or carries a
@@ -198,6 +212,7 @@ def test_run_page_previews_an_image(browser, tmp_path):
     page.screenshot(path=str(SHOTS / "run-page-image-preview.png"))
     hits = [line for line in mlflow_log.text().splitlines() if any(a in line for a in ARTIFACT_ROUTES)]
     check_equal("artifact routes in MLflow's access log while the page loaded", [], hits)
+    traffic.settle(page)
     page.close()
     traffic.check_the_store_never_shows("the run's artifact page")
 
@@ -244,6 +259,7 @@ def test_registry_page_downloads_a_model_file(browser, tmp_path):
     page.screenshot(path=str(SHOTS / "logged-model-download.png"))
     hits = [line for line in mlflow_log.text().splitlines() if any(a in line for a in ARTIFACT_ROUTES)]
     check_equal("artifact routes in MLflow's access log while the pages loaded", [], hits)
+    traffic.settle(page)
     page.close()
     traffic.check_the_store_never_shows("the registry page and the logged model's download")
 
@@ -311,6 +327,7 @@ def test_model_pages_never_show_the_store(browser, tmp_path):
             else:
                 page.get_by_text("python_function").first.wait_for()
         page.screenshot(path=str(SHOTS / f"model-pages-{what.replace(' ', '-').replace(chr(39), '')}.png"))
+        traffic.settle(page)
         page.close()
     # The store showing is the telling failure (a page that got no answer may be why): checked first.
     json_answers = traffic.check_the_store_never_shows("the model pages")
