@@ -3,12 +3,17 @@ MLflow client as a run artifact and as a logged-model artifact, the logged model
 version, then downloaded through each route the UI and the registry use, on port 5000. Each must give
 the same bytes, leave stock MLflow's temp folder (.stack/tmp) as it was, and never reach MLflow's
 artifact routes (MLflow is asked only where the file is). The same download from stock MLflow itself
-is the control: its temp folder grows by the file's size, so the temp check can fail."""
+is the control: its temp folder grows by the file's size, so the temp check can fail.
+
+On MLflow 3.18 the two model routes also take `presigned=true` (what 3.18's UI asks when server-info
+offers it): the proxy answers stock's JSON with a URL on itself, never on the store, and that URL gives
+the file's bytes. Stock's own answer, a URL on the store signed with its key, is the control."""
 
 from __future__ import annotations
 
+import json
 import uuid
-from urllib.parse import quote, urlencode
+from urllib.parse import quote, urlencode, urlsplit
 
 import mlflow
 import pytest
@@ -19,6 +24,7 @@ from e2e_util import (
     LOGS,
     MLFLOW_URL,
     PROXY_URL,
+    S3_URL,
     STACK_TMP,
     DirSampler,
     LogWatch,
@@ -82,3 +88,33 @@ def test_stock_copies_the_same_download_into_its_temp_folder(logged):
     check_equal("stock: status", 200, r.status)
     check_equal("stock: SHA-256", digest, sha256_bytes(r.body))
     assert tmp.growth >= SIZE, f"stock MLflow's temp folder grew by {tmp.growth} bytes, expected >= {SIZE}"
+
+
+@pytest.mark.mlflow(min="3.18")
+@pytest.mark.parametrize("route", ["logged model (UI)", "model version (registry)"])
+def test_presigned_answer_is_a_url_on_the_proxy(route, logged):
+    targets, digest = logged
+    store = urlsplit(S3_URL).netloc
+    answer = raw_request(PROXY_URL, "GET", targets[route] + "&presigned=true")
+    check_equal(f"{route}, presigned=true: status and type", (200, "application/json"),
+                (answer.status, answer.content_type))
+    check_equal(f"{route}, presigned=true: the store's address or a signature in the answer", [],
+                [w for w in (store.encode(), b"X-Amz-") if w in answer.body])
+    got = answer.json()
+    check_equal(f"{route}, presigned=true: the answer's keys, file_size and headers",
+                (["file_size", "headers", "url"], SIZE, {}), (sorted(got), got["file_size"], got["headers"]))
+    url = urlsplit(got["url"])
+    check_equal(f"{route}, presigned=true: where the URL points", urlsplit(PROXY_URL).netloc, url.netloc)
+    mlflow_log = LogWatch(LOGS / "mlflow.log")
+    with DirSampler(STACK_TMP) as tmp:
+        r = raw_request(PROXY_URL, "GET", f"{url.path}?{url.query}", timeout=300)
+    check_equal(f"{route}, the presigned URL: status", 200, r.status)
+    check_equal(f"{route}, the presigned URL: SHA-256 of the download", digest, sha256_bytes(r.body))
+    check_equal(f"{route}, the presigned URL: growth of stock MLflow's TMPDIR, bytes", 0, tmp.growth)
+    hits = [line for line in mlflow_log.text().splitlines() if any(a in line for a in ARTIFACT_ROUTES)]
+    check_equal(f"{route}, the presigned URL: artifact routes in MLflow's access log", [], hits)
+    # The control: stock MLflow's own answer is a URL on the store, signed with its key.
+    stock = raw_request(MLFLOW_URL, "GET", targets[route] + "&presigned=true")
+    check_equal(f"stock, {route}, presigned=true: status", 200, stock.status)
+    stock_url = json.loads(stock.body)["url"]
+    assert urlsplit(stock_url).netloc == store and "X-Amz-Signature=" in stock_url, stock_url
