@@ -39,6 +39,10 @@ pub enum Command {
     /// Find the artifacts of runs, logged models and traces MLflow no longer has (asking it as
     /// an admin) and, with --delete, delete those older than --older-than. A dry run by default.
     Gc(Box<GcArgs>),
+    /// Re-read the objects under the destination (or --prefix) and compare each with the digest
+    /// kept with it; --backfill records one for those without. Exit 0 clean, 1 a mismatch, 2
+    /// errors (docs/integrity.md).
+    Verify(Box<crate::integrity::scrub::VerifyArgs>),
 }
 
 #[derive(Clone, Debug, Args)]
@@ -163,6 +167,8 @@ pub struct ServeArgs {
     pub download: crate::downloads::DownloadArgs,
     #[command(flatten)]
     pub transfers: crate::transfers::TransferArgs,
+    #[command(flatten)]
+    pub integrity: crate::integrity::IntegrityArgs,
     /// Uploads with a Content-Length up to this size go to S3 as one streamed PutObject (no
     /// memory held, no completion step); larger and chunked uploads use multipart upload.
     #[arg(long, env = "PROXY_SINGLE_PUT_MAX_MIB", default_value_t = 1024)]
@@ -255,6 +261,7 @@ pub struct ServeConfig {
     pub security: crate::security::Security,
     pub auth: crate::auth::AuthConfig,
     pub transfers: crate::transfers::TransferConfig,
+    pub integrity: crate::integrity::IntegrityConfig,
     pub shutdown_grace: Duration,
     pub timeouts: crate::timeouts::Timeouts,
     pub trusted_proxies: crate::forwarding::TrustedProxies,
@@ -357,6 +364,7 @@ impl ServeArgs {
             security: self.security.build()?,
             auth: self.auth.build()?,
             transfers: self.transfers.build(&trusted_proxies)?,
+            integrity: self.integrity.build(),
             upload: UploadConfig {
                 single_put_max: self.single_put_max_mib * MIB,
                 part_size: usize::try_from(self.part_size_mib * MIB).map_err(|e| e.to_string())?,

@@ -16,6 +16,7 @@ pub mod downloads;
 pub mod error;
 pub mod forwarding;
 pub mod gc;
+pub mod integrity;
 pub mod locations;
 pub mod metrics;
 pub mod mlflow;
@@ -94,6 +95,7 @@ impl Proxy {
                 config.download,
             )
             .with_transfers(config.transfers.clone())
+            .with_integrity(config.integrity)
             .with_static_prefix(&config.static_prefix),
         );
 

@@ -21,6 +21,7 @@ use tokio::task::JoinSet;
 use super::store_error;
 use crate::body::{ProxyBody, empty};
 use crate::error::{ProxyError, Side};
+use crate::integrity::{self, Hasher};
 use crate::mlflow::content::guess_mime_type;
 use crate::mlflow::path::validate_path_is_safe;
 use crate::s3::StoreError;
@@ -171,6 +172,7 @@ impl ClientFault {
     }
 }
 
+/// Store the body under `key`, then record the digest of the bytes stored (`integrity`).
 async fn store_body(
     app: &Arc<App>,
     key: &str,
@@ -178,17 +180,25 @@ async fn store_body(
     declared: Option<u64>,
     body: ProxyBody,
 ) -> Result<(), ProxyError> {
-    match declared {
+    let mut hasher = app.integrity.hasher();
+    let etag = match declared {
         // hyper ends the body with an error if the client sends fewer bytes than it declared,
         // and S3 then discards the partial object.
-        Some(len) if len <= app.upload.single_put_max => app
-            .store
-            .put_object(key, content_type, len, body)
-            .await
-            .map_err(store_error),
-        Some(len) => stream_parts(app, key, content_type, len, body).await,
-        None => fill_parts(app, key, content_type, body).await,
-    }
+        Some(len) if len <= app.upload.single_put_max => {
+            let (body, tally) = integrity::tally(body, hasher.take());
+            let etag = app
+                .store
+                .put_object(key, content_type, len, body)
+                .await
+                .map_err(store_error)?;
+            hasher = tally.take();
+            etag
+        }
+        Some(len) => stream_parts(app, key, content_type, len, body, &mut hasher).await?,
+        None => fill_parts(app, key, content_type, body, &mut hasher).await?,
+    };
+    integrity::record(app, key, content_type, etag, hasher.map(Hasher::finish)).await;
+    Ok(())
 }
 
 fn client_gone(detail: &str) -> ProxyError {
@@ -215,7 +225,8 @@ async fn stream_parts(
     content_type: &'static str,
     len: u64,
     mut body: ProxyBody,
-) -> Result<(), ProxyError> {
+    hasher: &mut Option<Hasher>,
+) -> Result<Option<String>, ProxyError> {
     let part_size = part_size_for(app.upload.part_size, Some(len)) as u64;
     let mut upload = start_multipart(app, key, content_type).await?;
     let streamed: Result<(), ProxyError> = async {
@@ -263,6 +274,9 @@ async fn stream_parts(
                     carry = Some(data);
                 }
                 left -= take as u64;
+                if let Some(hasher) = hasher.as_mut() {
+                    hasher.update(&piece);
+                }
                 if tx.send(Ok(piece)).await.is_err() {
                     // The part request ended before its bytes did: the store failed.
                     return Err(first_failure(&mut upload).await);
@@ -303,13 +317,14 @@ async fn first_failure(upload: &mut Multipart) -> ProxyError {
     )
 }
 
-/// All bytes read: wait for the parts, complete the upload; on any failure, abort it.
+/// All bytes read: wait for the parts, complete the upload (returning the object's ETag); on any
+/// failure, abort it.
 async fn finish(
     app: &Arc<App>,
     key: &str,
     mut upload: Multipart,
     read: Result<(), ProxyError>,
-) -> Result<(), ProxyError> {
+) -> Result<Option<String>, ProxyError> {
     let finished = match read {
         Err(e) => Err(e),
         Ok(()) => {
@@ -326,13 +341,13 @@ async fn finish(
         }
     };
     match finished {
-        Ok(()) => {
+        Ok(etag) => {
             app.untrack_upload(&upload.upload_id);
             app.metrics
                 .multipart_uploads
                 .with_label_values(&["completed"])
                 .inc();
-            Ok(())
+            Ok(etag)
         }
         Err(e) => {
             abort(app, key, upload).await;
@@ -460,7 +475,8 @@ async fn fill_parts(
     key: &str,
     content_type: &'static str,
     mut body: ProxyBody,
-) -> Result<(), ProxyError> {
+    hasher: &mut Option<Hasher>,
+) -> Result<Option<String>, ProxyError> {
     let part_size = app.upload.part_size;
     let mut part = PartBuffer::new();
     let mut multipart: Option<Multipart> = None;
@@ -474,6 +490,9 @@ async fn fill_parts(
             while !data.is_empty() {
                 let take = (part_size - part.len).min(data.len()).min(STEP);
                 let piece = data.split_to(take);
+                if let Some(hasher) = hasher.as_mut() {
+                    hasher.update(&piece);
+                }
                 if part.try_push_small(app, &piece) {
                     continue;
                 }

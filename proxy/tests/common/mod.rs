@@ -616,6 +616,7 @@ pub fn serve_config(s3: &S3Server, upstream: &str) -> ServeConfig {
         security: mlflow_artifact_proxy::security::Security::default(),
         auth: mlflow_artifact_proxy::auth::AuthConfig::off(),
         transfers: test_transfers(),
+        integrity: Default::default(),
         shutdown_grace: Duration::from_secs(5),
         timeouts: mlflow_artifact_proxy::timeouts::Timeouts::default(),
         trusted_proxies: Default::default(),
