@@ -313,3 +313,98 @@ async fn off_records_and_checks_nothing() {
     assert_eq!((status, clean), (200, true));
     assert!(body == bad);
 }
+
+/// `mlflow-artifact-proxy verify` with `args`, against the harness's store: exit code and the
+/// lines it printed.
+async fn verify(h: &Harness, args: &[&str]) -> (i32, Vec<String>) {
+    let mut command = proxy_command_to(
+        env!("CARGO_BIN_EXE_mlflow-artifact-proxy"),
+        &h.s3,
+        &h.s3.endpoint,
+        "http://127.0.0.1:9",
+    );
+    command.arg("verify").args(args);
+    let output = tokio::task::spawn_blocking(move || command.output().unwrap())
+        .await
+        .unwrap();
+    let lines = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    (output.status.code().unwrap_or(-1), lines)
+}
+
+#[tokio::test]
+async fn verify_reports_mismatches_and_objects_without_a_digest_and_backfills_them() {
+    let h = harness(Some(Algorithm::Crc64Nvme)).await;
+    let objects = upload_every_way(&h).await;
+    let old = random_bytes(40_000);
+    h.s3.client().put_object("old/x.bin", &old).await.unwrap();
+
+    let (code, lines) = verify(&h, &[]).await;
+    assert_eq!(code, 0, "{lines:?}");
+    assert_eq!(
+        lines.last().unwrap(),
+        &format!(
+            "verify: objects: 5, bytes: {}, ok: 4, mismatch: 0, no digest: 1, backfilled: 0, errors: 0",
+            objects.iter().map(|(_, d)| d.len()).sum::<usize>()
+        )
+    );
+
+    let (path, data) = &objects[1];
+    let mut bad = data.clone();
+    bad[data.len() - 1] ^= 0x40;
+    corrupt(&h, path, &bad).await;
+    let (code, lines) = verify(&h, &[]).await;
+    assert_eq!(code, 1, "{lines:?}");
+    assert!(lines.contains(&format!("mismatch: {path}")), "{lines:?}");
+    assert!(
+        lines
+            .last()
+            .unwrap()
+            .contains("ok: 3, mismatch: 1, no digest: 1"),
+        "{lines:?}"
+    );
+    // --prefix: only what is under it.
+    let (code, lines) = verify(&h, &["--prefix", "old"]).await;
+    assert_eq!(code, 0, "{lines:?}");
+    assert!(
+        lines
+            .last()
+            .unwrap()
+            .starts_with("verify: objects: 1, bytes: 0, ok: 0, mismatch: 0, no digest: 1"),
+        "{lines:?}"
+    );
+
+    // --backfill records the digest of the objects without one, and the proxy then checks it.
+    let (code, lines) = verify(&h, &["--prefix", "old/", "--backfill"]).await;
+    assert_eq!(code, 0, "{lines:?}");
+    assert!(
+        lines.contains(&"backfilled: old/x.bin".to_owned()),
+        "{lines:?}"
+    );
+    assert_eq!(
+        stored_metadata(&h, "old/x.bin")
+            .await
+            .get("mlflow-proxy-crc64nvme"),
+        Some(&crc64nvme(&old))
+    );
+    let (status, headers, body, clean) = fetch(&h, "old/x.bin").await;
+    assert_eq!((status, clean), (200, true));
+    assert!(body == old);
+    assert_eq!(headers["x-amz-checksum-crc64nvme"], crc64nvme(&old));
+    let (code, lines) = verify(&h, &["--prefix", "old/"]).await;
+    assert_eq!(code, 0, "{lines:?}");
+    assert!(
+        lines
+            .last()
+            .unwrap()
+            .contains("ok: 1, mismatch: 0, no digest: 0"),
+        "{lines:?}"
+    );
+
+    // A store that cannot be reached: 2, "could not check", not 1.
+    h.s3.stop();
+    let (code, _) = verify(&h, &["--s3-timeout-secs", "5"]).await;
+    assert_eq!(code, 2);
+}
