@@ -408,3 +408,111 @@ async fn verify_reports_mismatches_and_objects_without_a_digest_and_backfills_th
     let (code, _) = verify(&h, &["--s3-timeout-secs", "5"]).await;
     assert_eq!(code, 2);
 }
+
+/// MLflow's own multipart flow (`mpu/create`, a signed part URL per part, `mpu/complete`), as
+/// its client drives it: parts sent in parallel, in reverse order. Returns the complete's
+/// status, with the ETags as `etags` turns them.
+async fn client_multipart(
+    h: &Harness,
+    name: &str,
+    data: &[u8],
+    part: usize,
+    etags: impl Fn(usize, String) -> String,
+) -> u16 {
+    use serde_json::json;
+    const MPU: &str = "/api/2.0/mlflow-artifacts/mpu";
+    let parts = data.len().div_ceil(part);
+    let (status, created) = post_json(
+        h,
+        &h.url(&format!("{MPU}/create/mpu")),
+        json!({"path": name, "num_parts": parts}),
+    )
+    .await;
+    assert_eq!(status, 200, "{created}");
+    let urls: Vec<String> = created["credentials"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["url"].as_str().unwrap().to_owned())
+        .collect();
+    let sends = urls.iter().enumerate().rev().map(|(i, url)| {
+        let bytes = data[i * part..((i + 1) * part).min(data.len())].to_vec();
+        async move { (i, h.http.put(url).body(bytes).send().await.unwrap()) }
+    });
+    let mut listed = Vec::new();
+    for (i, response) in futures_util::future::join_all(sends).await {
+        assert_eq!(response.status(), 200);
+        let etag = response.headers()["etag"].to_str().unwrap().to_owned();
+        assert!(etag.starts_with('"') && etag.len() <= 130, "{etag}");
+        listed.push(json!({"part_number": i + 1, "etag": etags(i, etag), "url": urls[i]}));
+    }
+    let (status, _) = post_json(
+        h,
+        &h.url(&format!("{MPU}/complete/mpu")),
+        json!({"path": name, "upload_id": created["upload_id"], "parts": listed}),
+    )
+    .await;
+    status
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_clients_multipart_flow_gets_the_single_put_digest() {
+    for algorithm in [Algorithm::Crc64Nvme, Algorithm::Sha256] {
+        let h = harness(Some(algorithm)).await;
+        let data = random_bytes(11 * MIB + 3);
+        assert_eq!(h.put("mpu/single.bin", data.clone()).await.status(), 200);
+        let status = client_multipart(&h, "parts.bin", &data, 5 * MIB, |_, e| e).await;
+        assert_eq!(status, 200);
+        let parts = stored_metadata(&h, "mpu/parts.bin").await;
+        // CRCs combine; SHA-256 does not, so the flow records a CRC in either mode.
+        assert_eq!(
+            parts.get("mlflow-proxy-crc64nvme"),
+            Some(&crc64nvme(&data)),
+            "{algorithm:?}"
+        );
+        if algorithm == Algorithm::Crc64Nvme {
+            assert_eq!(stored_metadata(&h, "mpu/single.bin").await, parts);
+        }
+        let (status, headers, body, clean) = fetch(&h, "mpu/parts.bin").await;
+        assert_eq!((status, clean), (200, true));
+        assert!(body == data);
+        assert_eq!(headers["x-amz-checksum-crc64nvme"], crc64nvme(&data));
+
+        // And a corruption of it is caught.
+        let mut bad = data.clone();
+        bad[6 * MIB] ^= 4;
+        corrupt(&h, "mpu/parts.bin", &bad).await;
+        let (_, _, _, clean) = fetch(&h, "mpu/parts.bin").await;
+        assert!(!clean, "a corrupt object was delivered whole");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_part_etag_the_proxy_did_not_seal_is_refused() {
+    let h = harness(Some(Algorithm::Crc64Nvme)).await;
+    let data = random_bytes(6 * MIB);
+    // A seal altered by the client (its CRC chosen).
+    let status = client_multipart(&h, "forged.bin", &data, 5 * MIB, |i, etag| {
+        if i == 0 {
+            etag.replacen('~', "~A", 1)
+        } else {
+            etag
+        }
+    })
+    .await;
+    assert_eq!(status, 400);
+    // S3's bare ETags (a proxy before this feature sealed nothing): stored, without a digest.
+    let status = client_multipart(&h, "bare.bin", &data, 5 * MIB, |_, etag| {
+        format!("{}\"", etag.split('~').next().unwrap())
+    })
+    .await;
+    assert_eq!(status, 200);
+    assert!(
+        !stored_metadata(&h, "mpu/bare.bin")
+            .await
+            .contains_key("mlflow-proxy-crc64nvme")
+    );
+    let (status, _, body, clean) = fetch(&h, "mpu/bare.bin").await;
+    assert_eq!((status, clean), (200, true));
+    assert!(body == data);
+}

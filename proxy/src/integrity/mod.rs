@@ -12,6 +12,7 @@
 
 mod check;
 mod digest;
+pub mod parts;
 pub mod scrub;
 
 use std::sync::{Arc, Mutex};
