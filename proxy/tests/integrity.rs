@@ -231,7 +231,30 @@ async fn a_corrupted_object_is_never_delivered_whole() {
     assert_eq!(curl(&h, "d/single.bin").await, 18);
     assert_eq!(curl(&h, "d/streamed.bin").await, 18);
     assert_eq!(outcome(&h, "mismatch").await, 4.0);
-    // Ranges are served as they are, unchecked.
+    // A range that covers the whole object (what MLflow's client asks for through presigned/
+    // URLs) is the whole object: checked, and cut short too.
+    let (path, data) = &objects[0];
+    for whole in ["bytes=0-".to_owned(), format!("bytes=0-{}", data.len() - 1)] {
+        let mut response = h
+            .http
+            .get(h.artifact(path))
+            .header("range", &whole)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 206, "{whole}");
+        let mut got = 0;
+        let clean = loop {
+            match response.chunk().await {
+                Ok(Some(chunk)) => got += chunk.len(),
+                Ok(None) => break true,
+                Err(_) => break false,
+            }
+        };
+        assert!(!clean && got < data.len(), "{whole}: delivered whole");
+    }
+    assert_eq!(outcome(&h, "mismatch").await, 6.0);
+    // Other ranges are served as they are, unchecked.
     let range = h
         .http
         .get(h.artifact("d/single.bin"))
@@ -248,7 +271,7 @@ async fn a_corrupted_object_is_never_delivered_whole() {
         assert!(body == *data);
         assert_eq!(curl(&h, path).await, 0);
     }
-    assert_eq!(outcome(&h, "mismatch").await, 4.0);
+    assert_eq!(outcome(&h, "mismatch").await, 6.0);
 }
 
 #[tokio::test]

@@ -185,10 +185,10 @@ async fn get(
             {
                 // Large answers: the same status and headers, the body read as parallel ranges;
                 // a whole object checked as a whole as it goes out.
-                let digest = answer.digest;
+                let check = answer.check();
                 let response = object_response(&path, answer, boxed(response.into_body()));
                 let response = super::ranged::parallelize(app, &key, response);
-                return Ok(checked(app, &key, size, digest, response));
+                return Ok(checked(app, &key, size, check, response));
             }
             // The store sent other bytes than HTTP asks for (it ignored If-Range, or read a
             // range its own way): ask again for exactly those.
@@ -275,12 +275,12 @@ async fn refetch(
     let sent = store_extent(status, response.headers());
     let same_version = kept_validators(response.headers()).get(header::ETAG)
         == answer.validators.get(header::ETAG);
-    let digest = answer.digest;
+    let check = answer.check();
     match sent {
         Some((size, sent)) if size == answer.size && same_version => {
             if sent.as_ref().unwrap_or(&whole(size)) == &answer.bytes {
                 let response = object_response(path, answer, boxed(response.into_body()));
-                Ok(checked(app, key, size, digest, response))
+                Ok(checked(app, key, size, check, response))
             } else if sent.is_none() {
                 // A store that ignores Range altogether: the whole object is a valid answer.
                 let answer = Answer {
@@ -288,8 +288,9 @@ async fn refetch(
                     bytes: whole(size),
                     ..answer
                 };
+                let check = answer.check();
                 let response = object_response(path, answer, boxed(response.into_body()));
-                Ok(checked(app, key, size, digest, response))
+                Ok(checked(app, key, size, check, response))
             } else {
                 Err(store_error(StoreError::Other(format!(
                     "asked for bytes {:?}, got {sent:?}",
@@ -453,16 +454,29 @@ fn object_response(path: &str, answer: Answer, body: ProxyBody) -> Response<Prox
     response
 }
 
-/// A whole-object answer (200) of `size` bytes, checked against `digest` as it streams
-/// (`integrity::verified`): a mismatch cuts it before its last byte. Other answers as they are.
+impl Answer {
+    /// What the answer's bytes are checked against: `Some` when they are the whole object (a 200,
+    /// or a range that covers it all, as MLflow's client asks for through `presigned/`), with the
+    /// object's digest if it has one.
+    fn check(&self) -> Option<Option<Digest>> {
+        (self.bytes == whole(self.size)).then_some(self.digest)
+    }
+}
+
+/// An answer that carries the whole object of `size` bytes (`Answer::check`), checked against
+/// its digest as it streams (`integrity::verified`): a mismatch cuts it before its last byte.
+/// Other answers (parts of the object) as they are.
 fn checked(
     app: &App,
     key: &str,
     size: u64,
-    digest: Option<Digest>,
+    check: Option<Option<Digest>>,
     response: Response<ProxyBody>,
 ) -> Response<ProxyBody> {
-    if response.status() != StatusCode::OK || app.integrity.config.algorithm.is_none() {
+    let Some(digest) = check else {
+        return response;
+    };
+    if !response.status().is_success() || app.integrity.config.algorithm.is_none() {
         return response;
     }
     let outcomes = app.integrity.downloads.clone();
