@@ -42,7 +42,32 @@ pub enum Command {
     /// Re-read the objects under the destination (or --prefix) and compare each with the digest
     /// kept with it; --backfill records one for those without. Exit 0 clean, 1 a mismatch, 2
     /// errors (docs/integrity.md).
-    Verify(Box<crate::integrity::scrub::VerifyArgs>),
+    Verify(Box<VerifyArgs>),
+}
+
+/// `verify` (see the `verify` module and docs/integrity.md).
+#[derive(Clone, Debug, Args)]
+pub struct VerifyArgs {
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// Only the objects under this path of the destination (`12/`, `12/abc/artifacts/model`).
+    #[arg(long, default_value = "")]
+    pub prefix: String,
+    /// Record a digest (PROXY_INTEGRITY's algorithm) for each object that has none. Without it,
+    /// verify only reads.
+    #[arg(long)]
+    pub backfill: bool,
+    /// Objects read at the same time.
+    #[arg(long, env = "PROXY_VERIFY_CONCURRENCY", default_value_t = 4)]
+    pub concurrency: usize,
+    /// Seconds between progress lines (0: none; a summary line ends every run).
+    #[arg(long, env = "PROXY_VERIFY_PROGRESS_SECS", default_value_t = 30)]
+    pub progress_secs: u64,
+    /// How long S3 may take to answer one call, or to send the next piece of an object.
+    #[arg(long, env = "PROXY_S3_TIMEOUT_SECS", default_value_t = 60)]
+    pub s3_timeout_secs: u64,
+    #[command(flatten)]
+    pub integrity: crate::integrity::IntegrityArgs,
 }
 
 #[derive(Clone, Debug, Args)]

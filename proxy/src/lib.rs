@@ -37,6 +37,7 @@ pub mod tls;
 pub mod transfers;
 pub mod upstream;
 mod upstream_pool;
+pub mod verify;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

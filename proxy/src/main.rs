@@ -79,18 +79,15 @@ fn main() -> ExitCode {
                 .map(drop)
             }
             Command::Verify(args) => {
-                let out: mlflow_artifact_proxy::integrity::scrub::Sink =
-                    Arc::new(|line| println!("{line}"));
+                let out: mlflow_artifact_proxy::verify::Sink = Arc::new(|line| println!("{line}"));
                 // Exit 2 when it could not run at all: 1 means a mismatch.
-                return Ok(
-                    match mlflow_artifact_proxy::integrity::scrub::run(&args, out).await {
-                        Ok(summary) => ExitCode::from(summary.exit_code()),
-                        Err(message) => {
-                            eprintln!("mlflow-artifact-proxy: verify: {message}");
-                            ExitCode::from(2)
-                        }
-                    },
-                );
+                return Ok(match mlflow_artifact_proxy::verify::run(&args, out).await {
+                    Ok(summary) => ExitCode::from(summary.exit_code()),
+                    Err(message) => {
+                        eprintln!("mlflow-artifact-proxy: verify: {message}");
+                        ExitCode::from(2)
+                    }
+                });
             }
         }
         .map(|()| ExitCode::SUCCESS)

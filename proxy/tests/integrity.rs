@@ -93,9 +93,21 @@ async fn upload_every_way(h: &Harness) -> Vec<(&'static str, Vec<u8>)> {
     objects
 }
 
-/// Bytes a client receives of a GET, and whether the transfer ended cleanly.
-async fn fetch(h: &Harness, path: &str) -> (u16, reqwest::header::HeaderMap, Vec<u8>, bool) {
-    let mut response = h.get(path).await;
+/// Bytes a client receives of a GET (with `range`), and whether the transfer ended cleanly.
+/// Status 0: the connection closed before any answer, which is how a cut answer ends when its
+/// first frame already completes the object (hyper sends the head with the first body bytes).
+async fn fetch_range(
+    h: &Harness,
+    path: &str,
+    range: Option<&str>,
+) -> (u16, reqwest::header::HeaderMap, Vec<u8>, bool) {
+    let mut request = h.http.get(h.artifact(path));
+    if let Some(range) = range {
+        request = request.header("range", range);
+    }
+    let Ok(mut response) = request.send().await else {
+        return (0, reqwest::header::HeaderMap::new(), Vec::new(), false);
+    };
     let status = response.status().as_u16();
     let headers = response.headers().clone();
     let mut body = Vec::new();
@@ -106,6 +118,10 @@ async fn fetch(h: &Harness, path: &str) -> (u16, reqwest::header::HeaderMap, Vec
             Err(_) => return (status, headers, body, false),
         }
     }
+}
+
+async fn fetch(h: &Harness, path: &str) -> (u16, reqwest::header::HeaderMap, Vec<u8>, bool) {
+    fetch_range(h, path, None).await
 }
 
 /// curl's exit code for a download of `path` (18: the transfer ended short).
@@ -221,37 +237,28 @@ async fn a_corrupted_object_is_never_delivered_whole() {
     }
     for (i, (path, data)) in objects[..2].iter().enumerate() {
         let (status, headers, body, clean) = fetch(&h, path).await;
-        assert_eq!(status, 200, "{path}");
-        assert_eq!(headers["content-length"], data.len().to_string());
+        assert!(status == 200 || status == 0, "{path}: {status}");
+        if status == 200 {
+            assert_eq!(headers["content-length"], data.len().to_string());
+        }
         assert!(!clean, "{path}: a corrupt object was delivered whole");
         assert!(body.len() < data.len(), "{path}: {} bytes", body.len());
         assert_eq!(outcome(&h, "mismatch").await, (i + 1) as f64);
     }
-    // A real client: curl fails the transfer (18: partial file).
-    assert_eq!(curl(&h, "d/single.bin").await, 18);
-    assert_eq!(curl(&h, "d/streamed.bin").await, 18);
+    // A real client: curl fails the transfer (18: partial file; 52: the connection closed
+    // before the head, when the object's first frame was already its last).
+    for path in ["d/single.bin", "d/streamed.bin"] {
+        let code = curl(&h, path).await;
+        assert!(code == 18 || code == 52, "{path}: curl exited {code}");
+    }
     assert_eq!(outcome(&h, "mismatch").await, 4.0);
     // A range that covers the whole object (what MLflow's client asks for through presigned/
     // URLs) is the whole object: checked, and cut short too.
     let (path, data) = &objects[0];
     for whole in ["bytes=0-".to_owned(), format!("bytes=0-{}", data.len() - 1)] {
-        let mut response = h
-            .http
-            .get(h.artifact(path))
-            .header("range", &whole)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), 206, "{whole}");
-        let mut got = 0;
-        let clean = loop {
-            match response.chunk().await {
-                Ok(Some(chunk)) => got += chunk.len(),
-                Ok(None) => break true,
-                Err(_) => break false,
-            }
-        };
-        assert!(!clean && got < data.len(), "{whole}: delivered whole");
+        let (status, _, got, clean) = fetch_range(&h, path, Some(&whole)).await;
+        assert!(status == 206 || status == 0, "{whole}: {status}");
+        assert!(!clean && got.len() < data.len(), "{whole}: delivered whole");
     }
     assert_eq!(outcome(&h, "mismatch").await, 6.0);
     // Other ranges are served as they are, unchecked.

@@ -485,7 +485,7 @@ async fn complete(
         .await
         .map_err(client_or_store)?;
     let content_type = guess_mime_type(key.rsplit('/').next().unwrap_or(key));
-    integrity::record(app, key, content_type, etag, digest).await;
+    super::upload::record_digest(app, key, content_type, etag, digest).await;
     app.transfers
         .uploads_total
         .with_label_values(&["completed"])

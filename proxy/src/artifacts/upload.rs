@@ -21,7 +21,7 @@ use tokio::task::JoinSet;
 use super::store_error;
 use crate::body::{ProxyBody, empty};
 use crate::error::{ProxyError, Side};
-use crate::integrity::{self, Hasher};
+use crate::integrity::{self, Digest, Hasher};
 use crate::mlflow::content::guess_mime_type;
 use crate::mlflow::path::validate_path_is_safe;
 use crate::s3::StoreError;
@@ -197,8 +197,51 @@ async fn store_body(
         Some(len) => stream_parts(app, key, content_type, len, body, &mut hasher).await?,
         None => fill_parts(app, key, content_type, body, &mut hasher).await?,
     };
-    integrity::record(app, key, content_type, etag, hasher.map(Hasher::finish)).await;
+    let digest = hasher.map(Hasher::finish);
+    record_digest(app, key, content_type, etag, digest).await;
     Ok(())
+}
+
+/// Keep `digest` (of the bytes just stored at `key`, version `etag`) with the object in
+/// the store. An object without one is served unchecked, so a failure here does not fail the
+/// upload: it is counted (`integrity_uploads_total{outcome="unrecorded"}`) and logged.
+pub(super) async fn record_digest(
+    app: &App,
+    key: &str,
+    content_type: &str,
+    etag: Option<String>,
+    digest: Option<Digest>,
+) {
+    let Some(digest) = digest else {
+        return;
+    };
+    let outcome = match etag {
+        None => Err("the store gave no ETag".to_owned()),
+        Some(etag) => {
+            let (name, value) = digest.metadata();
+            let mut metadata = http::HeaderMap::new();
+            metadata.insert(name, value);
+            match app
+                .store
+                .replace_metadata(key, &etag, content_type, metadata)
+                .await
+            {
+                Ok(true) => Ok(()),
+                Ok(false) => Err("the object was replaced before its digest was recorded".into()),
+                Err(e) => Err(e.to_string()),
+            }
+        }
+    };
+    match outcome {
+        Ok(()) => app.integrity.uploads.with_label_values(&["recorded"]).inc(),
+        Err(reason) => {
+            app.integrity
+                .uploads
+                .with_label_values(&["unrecorded"])
+                .inc();
+            tracing::warn!(key, %digest, "integrity: digest not recorded: {reason}");
+        }
+    }
 }
 
 fn client_gone(detail: &str) -> ProxyError {

@@ -4,16 +4,18 @@
 //! - `digest`: the algorithms (CRC64NVME, SHA-256), the streaming hasher, and where a digest is
 //!   kept: user metadata `x-amz-meta-mlflow-proxy-<algorithm>`, which S3 listings never show.
 //! - `check`: the download's verifying body; a mismatch ends the answer before its last byte.
-//! - `scrub`: `mlflow-artifact-proxy verify`, re-reading stored objects against their digests.
+//! - `parts`: the digests of the client's own multipart flow, sealed into its part ETags.
+//!
+//! `mlflow-artifact-proxy verify` (the `verify` module) re-reads stored objects against them.
 //!
 //! The digest is written after the upload by a self-copy of the object with the new metadata,
-//! conditional on the ETag the upload produced (`Store::record_metadata`): both s3s-fs and
-//! Garage do that without copying the bytes, and an object replaced in between is left alone.
+//! conditional on the ETag the upload produced (`Store::replace_metadata`, called by the upload
+//! handlers): both s3s-fs and Garage do that without copying the bytes, and an object replaced in
+//! between is left alone.
 
 mod check;
 mod digest;
 pub mod parts;
-pub mod scrub;
 
 use std::sync::{Arc, Mutex};
 
@@ -22,7 +24,6 @@ use http_body_util::BodyExt;
 use prometheus::{IntCounterVec, Opts, Registry};
 
 use crate::body::ProxyBody;
-use crate::state::App;
 
 pub use check::verified;
 pub use digest::{Algorithm, Digest, Hasher};
@@ -164,46 +165,4 @@ pub fn tally(body: ProxyBody, hasher: Option<Hasher>) -> (ProxyBody, Tally) {
         })
         .boxed();
     (body, Tally(Some(shared)))
-}
-
-/// Keep `digest` (of the bytes just stored at `key`, version `etag`) with the object. An object
-/// without one is served unchecked, so a failure here does not fail the upload: it is counted
-/// (`integrity_uploads_total{outcome="unrecorded"}`) and logged.
-pub async fn record(
-    app: &App,
-    key: &str,
-    content_type: &str,
-    etag: Option<String>,
-    digest: Option<Digest>,
-) {
-    let Some(digest) = digest else {
-        return;
-    };
-    let outcome = match etag {
-        None => Err("the store gave no ETag".to_owned()),
-        Some(etag) => {
-            let (name, value) = digest.metadata();
-            let mut metadata = http::HeaderMap::new();
-            metadata.insert(name, value);
-            match app
-                .store
-                .replace_metadata(key, &etag, content_type, metadata)
-                .await
-            {
-                Ok(true) => Ok(()),
-                Ok(false) => Err("the object was replaced before its digest was recorded".into()),
-                Err(e) => Err(e.to_string()),
-            }
-        }
-    };
-    match outcome {
-        Ok(()) => app.integrity.uploads.with_label_values(&["recorded"]).inc(),
-        Err(reason) => {
-            app.integrity
-                .uploads
-                .with_label_values(&["unrecorded"])
-                .inc();
-            tracing::warn!(key, %digest, "integrity: digest not recorded: {reason}");
-        }
-    }
 }

@@ -10,42 +10,16 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use clap::Args;
 use futures_util::StreamExt;
 use http::{HeaderMap, StatusCode, header};
 use http_body_util::BodyExt;
 
-use super::{Algorithm, Digest, Hasher, IntegrityArgs};
-use crate::config::StoreArgs;
+use crate::config::VerifyArgs;
+use crate::integrity::{Algorithm, Digest, Hasher};
 use crate::s3::{Entry, Store, user_metadata};
 
 /// A listing page: the objects checked before the next page is asked for.
 const PAGE: usize = 1000;
-
-/// `verify` (see the module's comment and docs/integrity.md).
-#[derive(Clone, Debug, Args)]
-pub struct VerifyArgs {
-    #[command(flatten)]
-    pub store: StoreArgs,
-    /// Only the objects under this path of the destination (`12/`, `12/abc/artifacts/model`).
-    #[arg(long, default_value = "")]
-    pub prefix: String,
-    /// Record a digest (PROXY_INTEGRITY's algorithm) for each object that has none. Without it,
-    /// verify only reads.
-    #[arg(long)]
-    pub backfill: bool,
-    /// Objects read at the same time.
-    #[arg(long, env = "PROXY_VERIFY_CONCURRENCY", default_value_t = 4)]
-    pub concurrency: usize,
-    /// Seconds between progress lines (0: none; a summary line ends every run).
-    #[arg(long, env = "PROXY_VERIFY_PROGRESS_SECS", default_value_t = 30)]
-    pub progress_secs: u64,
-    /// How long S3 may take to answer one call, or to send the next piece of an object.
-    #[arg(long, env = "PROXY_S3_TIMEOUT_SECS", default_value_t = 60)]
-    pub s3_timeout_secs: u64,
-    #[command(flatten)]
-    pub integrity: IntegrityArgs,
-}
 
 /// Where report lines go (stdout for the command, a buffer in tests).
 pub type Sink = Arc<dyn Fn(&str) + Send + Sync>;
