@@ -43,6 +43,9 @@ pub enum Command {
     /// kept with it; --backfill records one for those without. Exit 0 clean, 1 a mismatch, 2
     /// errors (docs/integrity.md).
     Verify(Box<VerifyArgs>),
+    /// Print the reference of every setting (docs/configuration.md) as Markdown.
+    #[command(hide = true)]
+    ConfigReference,
 }
 
 /// `verify` (see the `verify` module and docs/integrity.md).
@@ -175,7 +178,8 @@ pub struct ServeArgs {
     pub static_prefix: String,
     /// Operations listener: /metrics, /healthz, /readyz. Loopback by default, so that a proxy run
     /// by hand exposes nothing but its client port; the image, compose and the chart set
-    /// 0.0.0.0:9464, where Prometheus and the kubelet reach it across the container network.
+    /// 0.0.0.0:9464, where Prometheus and the kubelet reach it across the container network. A
+    /// second proxy on one machine needs its own port.
     #[arg(long, env = "PROXY_METRICS_LISTEN", default_value = "127.0.0.1:9464")]
     pub metrics_listen: SocketAddr,
     #[command(flatten)]
@@ -185,6 +189,8 @@ pub struct ServeArgs {
     #[command(flatten)]
     pub auth: crate::auth::AuthArgs,
     #[command(flatten)]
+    pub mlflow: crate::capabilities::CapabilitiesArgs,
+    #[command(flatten)]
     pub timeouts: crate::timeouts::TimeoutArgs,
     #[command(flatten)]
     pub forwarding: crate::forwarding::ForwardingArgs,
@@ -192,6 +198,8 @@ pub struct ServeArgs {
     pub download: crate::downloads::DownloadArgs,
     #[command(flatten)]
     pub transfers: crate::transfers::TransferArgs,
+    #[command(flatten)]
+    pub upstream_pool: crate::upstream_pool::PoolArgs,
     #[command(flatten)]
     pub integrity: crate::integrity::IntegrityArgs,
     /// Uploads with a Content-Length up to this size go to S3 as one streamed PutObject (no
@@ -209,18 +217,20 @@ pub struct ServeArgs {
     /// clients' sockets until parts are stored.
     #[arg(long, env = "PROXY_UPLOAD_BUDGET_MIB", default_value_t = 64)]
     pub upload_budget_mib: u64,
-    /// A transfer whose client sends nothing (upload) or reads nothing (download) for this long
-    /// is ended: an upload is aborted and nothing is stored.
+    /// A request body (any route: uploads, part PUTs, `mpu/*` JSON, pass-through) whose client
+    /// sends nothing for this long ends with 408, and an answer nobody reads for this long is cut;
+    /// an upload so ended is aborted and nothing is stored.
     #[arg(long, env = "PROXY_BODY_IDLE_TIMEOUT_SECS", default_value_t = 60)]
     pub body_idle_timeout_secs: u64,
     /// Multipart uploads under the destination prefix older than this are aborted by a periodic
     /// sweep (parts left behind by a crash or an S3 outage at abort time); 0 turns it off.
     #[arg(long, env = "PROXY_STALE_UPLOAD_AGE_HOURS", default_value_t = 24)]
     pub stale_upload_age_hours: u64,
-    /// On SIGTERM/SIGINT, how long transfers in flight may take to finish.
+    /// On SIGTERM/SIGINT the proxy stops accepting and lets transfers in flight finish for this
+    /// long, then cuts the rest (an upload cut off is aborted: nothing is stored).
     #[arg(long, env = "PROXY_SHUTDOWN_GRACE_SECS", default_value_t = 30)]
     pub shutdown_grace_secs: u64,
-    /// Access-log and diagnostics format.
+    /// Access-log and diagnostics format; the level comes from RUST_LOG.
     #[arg(long, env = "PROXY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
 }
@@ -236,6 +246,7 @@ pub struct EnsureBucketArgs {
 
 #[derive(Clone, Debug, Args)]
 pub struct HealthcheckArgs {
+    /// The URL to ask (the operations listener's /healthz).
     #[arg(long, default_value = "http://127.0.0.1:9464/healthz")]
     pub url: String,
 }
@@ -285,11 +296,15 @@ pub struct ServeConfig {
     pub download: crate::downloads::DownloadConfig,
     pub security: crate::security::Security,
     pub auth: crate::auth::AuthConfig,
+    /// How the proxy learns MLflow's version and modes.
+    pub mlflow: crate::capabilities::CapabilitiesConfig,
     pub transfers: crate::transfers::TransferConfig,
     pub integrity: crate::integrity::IntegrityConfig,
     pub shutdown_grace: Duration,
     pub timeouts: crate::timeouts::Timeouts,
     pub trusted_proxies: crate::forwarding::TrustedProxies,
+    /// How long connections to MLflow are kept.
+    pub upstream_pool: crate::upstream_pool::PoolConfig,
 }
 
 impl StoreArgs {
@@ -388,6 +403,7 @@ impl ServeArgs {
             store: self.store.build()?,
             security: self.security.build()?,
             auth: self.auth.build()?,
+            mlflow: self.mlflow.build()?,
             transfers: self.transfers.build(&trusted_proxies)?,
             integrity: self.integrity.build(),
             upload: UploadConfig {
@@ -407,6 +423,7 @@ impl ServeArgs {
             shutdown_grace: Duration::from_secs(self.shutdown_grace_secs),
             timeouts: self.timeouts.build()?,
             trusted_proxies,
+            upstream_pool: self.upstream_pool.build()?,
         })
     }
 }

@@ -214,6 +214,7 @@ fn classification(code: &str) -> Option<(&'static str, &'static str)> {
     match code {
         "INVALID_PARAMETER_VALUE" | "BAD_REQUEST" => Some(("KAM00", "INVALID_PARAMETER_VALUE")),
         "RESOURCE_DOES_NOT_EXIST" => Some(("KAM00", "RESOURCE_NOT_FOUND")),
+        "PERMISSION_DENIED" => Some(("KAM00", "PERMISSION_DENIED")),
         "INTERNAL_ERROR" | "TEMPORARILY_UNAVAILABLE" => Some(("XXM00", "CLIENT_INTERNAL_ERROR")),
         _ => None,
     }

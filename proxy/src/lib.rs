@@ -1,17 +1,23 @@
 //! mlflow-artifact-proxy: port 5000 of an MLflow stack. MLflow's artifact routes are answered
 //! straight from S3 in bounded memory; every other request streams through to MLflow.
 //!
-//! One module per job: `config` (flags and environment), `server` (listener, access log),
+//! One module per job: `config` (flags and environment), `config_reference` (their reference,
+//! docs/configuration.md), `server` (listener, access log),
 //! `router` (which requests are ours), `artifacts` (the artifact handlers), `locations` (where
 //! MLflow keeps what the UI's downloads name), `s3` (the store),
 //! `upstream` (pass-through to MLflow), `upstream_pool` (its kept-alive connections), `metrics` (Prometheus, health), `error` (one error type),
 //! `mlflow` (the stock server's observable rules), `state` (what handlers share), `purge`
-//! (deleting a prefix a page at a time), `gc` (the artifacts MLflow no longer knows).
+//! (deleting a prefix a page at a time), `gc` (the artifacts MLflow no longer knows),
+//! `capabilities` (which MLflow release and modes run behind the proxy), `workspaces` (MLflow's
+//! workspace scoping), `ask` (the proxy's own questions to MLflow).
 
 pub mod artifacts;
+pub mod ask;
 pub mod auth;
 pub mod body;
+pub mod capabilities;
 pub mod config;
+pub mod config_reference;
 pub mod downloads;
 pub mod error;
 pub mod forwarding;
@@ -36,8 +42,9 @@ pub mod timeouts;
 pub mod tls;
 pub mod transfers;
 pub mod upstream;
-mod upstream_pool;
+pub mod upstream_pool;
 pub mod verify;
+pub mod workspaces;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -62,6 +69,8 @@ pub struct Proxy {
     task: JoinHandle<()>,
     operations: JoinHandle<()>,
     auth_recheck: JoinHandle<()>,
+    /// Re-learns MLflow's version and modes (`capabilities`).
+    capabilities_recheck: JoinHandle<()>,
     /// The stale-upload sweep and abort retries (`sweep`).
     sweeper: JoinHandle<()>,
 }
@@ -76,15 +85,27 @@ impl Proxy {
             metrics.clone(),
             config.timeouts.upstream,
             config.trusted_proxies.clone(),
+            config.upstream_pool,
         );
+        // The proxy's own questions to MLflow (auth, its release and modes, workspaces).
+        let asked = ask::Target::new(
+            config.upstream.clone(),
+            &config.static_prefix,
+            config.upstream_pool,
+        )?;
         let auth = Arc::new(auth::Auth::new(
             auth::AuthConfig {
                 static_prefix: config.static_prefix.clone(),
                 ..config.auth.clone()
             },
-            config.upstream.clone(),
+            asked.clone(),
             metrics.clone(),
         )?);
+        let capabilities = Arc::new(capabilities::Tracker::new(
+            config.mlflow.clone(),
+            asked,
+            config.auth.cache_ttl,
+        ));
         let app = Arc::new(
             App::new(
                 store,
@@ -92,7 +113,10 @@ impl Proxy {
                 config.upload,
                 config.security.clone(),
                 metrics.clone(),
-                auth.clone(),
+                state::FromMlflow {
+                    auth: auth.clone(),
+                    capabilities: capabilities.clone(),
+                },
                 config.download,
             )
             .with_transfers(config.transfers.clone())
@@ -119,6 +143,7 @@ impl Proxy {
             }),
         ));
         let auth_recheck = tokio::spawn(auth.recheck_forever());
+        let capabilities_recheck = tokio::spawn(capabilities.recheck_forever());
         let sweeper = tokio::spawn(sweep::run(app.clone()));
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(server::serve(
@@ -138,6 +163,7 @@ impl Proxy {
             task,
             operations,
             auth_recheck,
+            capabilities_recheck,
             sweeper,
         })
     }
@@ -157,6 +183,7 @@ impl Proxy {
         let _ = (&mut self.task).await;
         self.operations.abort();
         self.auth_recheck.abort();
+        self.capabilities_recheck.abort();
         self.sweeper.abort();
     }
 }
@@ -177,12 +204,21 @@ impl ReadinessProbe for Readiness {
 
     async fn probe(&self) -> Vec<(&'static str, Result<(), String>)> {
         let store = tokio::time::timeout(std::time::Duration::from_secs(3), self.app.store.check());
-        let (store, upstream) =
-            tokio::join!(store, self.app.upstream.check(&self.app.static_prefix));
+        let modes = async {
+            self.app.capabilities.current().await.map(|_| ()).map_err(|_| {
+                "MLflow has not said which release and modes it runs (artifact requests get 503)"
+                    .to_owned()
+            })
+        };
+        let (store, upstream, modes) = tokio::join!(
+            store,
+            self.app.upstream.check(&self.app.static_prefix),
+            modes
+        );
         let store = match store {
             Ok(result) => result.map_err(|e| e.to_string()),
             Err(_) => Err("no answer within 3 s".to_owned()),
         };
-        vec![("s3", store), ("mlflow", upstream)]
+        vec![("s3", store), ("mlflow", upstream), ("mlflow_modes", modes)]
     }
 }

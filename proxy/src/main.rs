@@ -48,6 +48,10 @@ fn main() -> ExitCode {
                 Ok(())
             }
             Command::Healthcheck(args) => healthcheck(&args.url).await,
+            Command::ConfigReference => {
+                print!("{}", mlflow_artifact_proxy::config_reference::render());
+                Ok(())
+            }
             Command::SweepUploads(args) => {
                 let config = args.store.build()?;
                 let store = s3::Store::new(
@@ -56,7 +60,7 @@ fn main() -> ExitCode {
                     mlflow_artifact_proxy::timeouts::Timeouts::default().s3,
                 )?;
                 let age = Duration::from_secs(args.older_than_hours.saturating_mul(3600));
-                let report = mlflow_artifact_proxy::stale_uploads::sweep(&store, age)
+                let report = mlflow_artifact_proxy::stale_uploads::sweep(&store, age, |_| false)
                     .await
                     .map_err(|e| format!("sweep failed: {e}"))?;
                 println!(

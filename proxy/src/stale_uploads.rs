@@ -1,6 +1,7 @@
 //! Abandoned multipart uploads (created, never completed or aborted: the client died) keep their
-//! parts in the store, billed and invisible. This is the one-shot `sweep-uploads` subcommand (for a
-//! cron job); a running proxy sweeps with `sweep`, which also retries failed aborts.
+//! parts in the store, billed and invisible. This is the one sweeper: the one-shot `sweep-uploads`
+//! subcommand (for a cron job) and the running proxy's periodic sweep (`sweep`, which also retries
+//! failed aborts) both call [`sweep`], so both read the same uploads and the same dates.
 //!
 //! Safe from every replica at once and from a cron job: it reads its work from S3
 //! (ListMultipartUploads) and aborting an upload twice is harmless. It never touches an upload
@@ -19,8 +20,13 @@ pub struct SweepReport {
     pub failed: usize,
 }
 
-/// Abort every upload under the store's prefix initiated more than `age` ago.
-pub async fn sweep(store: &Store, age: Duration) -> Result<SweepReport, StoreError> {
+/// Abort every upload under the store's prefix initiated at least `age` ago, but those whose
+/// upload id `in_use` names (a running proxy's own, still being written).
+pub async fn sweep(
+    store: &Store,
+    age: Duration,
+    in_use: impl Fn(&str) -> bool,
+) -> Result<SweepReport, StoreError> {
     // `prefix/`, not `prefix`: a destination `s3://b/mlflow` must not sweep `mlflow-other/`.
     let root = match store.root() {
         "" => String::new(),
@@ -33,6 +39,9 @@ pub async fn sweep(store: &Store, age: Duration) -> Result<SweepReport, StoreErr
         ..SweepReport::default()
     };
     for (key, upload_id, initiated) in stale(open, now_secs(), age) {
+        if in_use(&upload_id) {
+            continue;
+        }
         match store.abort_multipart(&key, &upload_id).await {
             Ok(()) => {
                 report.aborted += 1;
@@ -49,7 +58,8 @@ pub async fn sweep(store: &Store, age: Duration) -> Result<SweepReport, StoreErr
     Ok(report)
 }
 
-/// The uploads initiated more than `age` before `now`; one whose time cannot be read is left.
+/// The uploads initiated at least `age` before `now`; one whose time cannot be read (or that
+/// is not UTC) is left: the sweep never removes what it cannot date.
 fn stale(
     open: Vec<(String, String, String)>,
     now: u64,
@@ -70,19 +80,25 @@ fn stale(
         .collect()
 }
 
-/// `2026-11-30T19:00:00.000Z` (S3's Initiated, LastModified) → Unix seconds.
+/// `2026-11-30T19:00:00.000Z` (S3's Initiated, LastModified; `+00:00` also, no fraction also) →
+/// Unix seconds. UTC only: another offset is unreadable.
 pub fn parse_timestamp(text: &str) -> Option<u64> {
     let text = text.trim();
     let (date, time) = text.split_once('T')?;
-    let mut date = date.split('-').map(|p| p.parse::<i64>().ok());
+    let mut date = date.splitn(3, '-').map(|p| p.parse::<i64>().ok());
     let (year, month, day) = (date.next()??, date.next()??, date.next()??);
-    let time = time.trim_end_matches('Z');
-    let time = time.split(['+']).next()?;
-    let mut clock = time.split(':');
-    let hour: i64 = clock.next()?.parse().ok()?;
-    let minute: i64 = clock.next()?.parse().ok()?;
-    let second: i64 = clock.next()?.split('.').next()?.parse().ok()?;
-    if !(1..=12).contains(&month) || !(1..=31).contains(&day) {
+    let time = time
+        .strip_suffix('Z')
+        .or_else(|| time.strip_suffix("+00:00"))?;
+    let time = time.split_once('.').map_or(time, |(whole, _)| whole);
+    let mut clock = time.splitn(3, ':').map(|p| p.parse::<i64>().ok());
+    let (hour, minute, second) = (clock.next()??, clock.next()??, clock.next()??);
+    if !(1..=12).contains(&month)
+        || !(1..=31).contains(&day)
+        || !(0..=23).contains(&hour)
+        || !(0..=59).contains(&minute)
+        || !(0..=60).contains(&second)
+    {
         return None;
     }
     // Howard Hinnant's days_from_civil.
@@ -111,6 +127,8 @@ mod tests {
             upload("exactly-a-day", "2026-11-29T19:00:00.000Z"),
             upload("young", "2026-11-30T18:00:00.000Z"),
             upload("unreadable", "yesterday"),
+            // In the future (clock skew): left alone.
+            upload("future", "2026-12-30T10:00:00.000Z"),
         ];
         let keys: Vec<String> = stale(open, now, Duration::from_secs(24 * 3600))
             .into_iter()
@@ -127,6 +145,17 @@ mod tests {
             Some(1_796_065_200)
         );
         assert_eq!(parse_timestamp("2000-02-29T12:30:15Z"), Some(951_827_415));
+        assert_eq!(
+            parse_timestamp("2000-03-01T00:00:00.000Z"),
+            Some(951_868_800)
+        );
+        assert_eq!(
+            parse_timestamp("2026-11-30T19:04:05+00:00"),
+            Some(1_796_065_445)
+        );
         assert_eq!(parse_timestamp("nonsense"), None);
+        assert_eq!(parse_timestamp("2026-11-30 19:04:05"), None);
+        // Another offset is not read as UTC.
+        assert_eq!(parse_timestamp("2026-11-30T19:04:05+02:00"), None);
     }
 }

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::auth::Auth;
+use crate::capabilities::Tracker;
 use crate::config::UploadConfig;
 use crate::downloads::{DownloadConfig, Downloads};
 use crate::integrity::{Integrity, IntegrityConfig};
@@ -38,6 +39,12 @@ pub const TRICKLE_POOL: usize = 4 * 1024 * 1024;
 const ABORT_RETRY_FIRST: Duration = Duration::from_secs(1);
 const ABORT_RETRY_MAX: Duration = Duration::from_secs(300);
 
+/// What the proxy asks MLflow: its auth decisions, and which version runs in which modes.
+pub struct FromMlflow {
+    pub auth: Arc<Auth>,
+    pub capabilities: Arc<Tracker>,
+}
+
 pub struct App {
     pub store: Store,
     pub upstream: Upstream,
@@ -46,6 +53,8 @@ pub struct App {
     pub metrics: Metrics,
     /// MLflow's authentication and permissions on the artifact routes.
     pub auth: Arc<Auth>,
+    /// Which MLflow runs behind the proxy, and in which modes.
+    pub capabilities: Arc<Tracker>,
     /// The download budget and settings of large (parallel) downloads.
     pub downloads: Downloads,
     /// Client-driven multipart uploads and presigned downloads (see `App::with_transfers`).
@@ -111,9 +120,10 @@ impl App {
         upload: UploadConfig,
         security: Security,
         metrics: Metrics,
-        auth: Arc<Auth>,
+        from_mlflow: FromMlflow,
         download: DownloadConfig,
     ) -> Self {
+        let FromMlflow { auth, capabilities } = from_mlflow;
         let units = usize::try_from(upload.budget / BUDGET_UNIT).unwrap_or(usize::MAX);
         metrics
             .upload_budget_capacity
@@ -128,6 +138,7 @@ impl App {
             downloads: Downloads::new(download, &metrics.registry),
             metrics,
             auth,
+            capabilities,
             transfers: Transfers::disabled(),
             integrity: Integrity::new(IntegrityConfig::default(), Some(&registry)),
             locations: Locations::new(lookup_ttl, lookup_capacity),

@@ -19,7 +19,7 @@ use crate::forwarding::TrustedProxies;
 use crate::metrics::Metrics;
 use crate::quickack::QuickAckConnector;
 use crate::timeouts::SendError;
-use crate::upstream_pool;
+use crate::upstream_pool::{self, PoolConfig};
 
 /// server-info is a small JSON document; anything larger is passed on untouched.
 const SERVER_INFO_LIMIT: usize = 1024 * 1024;
@@ -48,20 +48,28 @@ pub struct Upstream {
     /// How long MLflow may take to answer (see `timeouts::send`).
     timeout: Duration,
     trusted: TrustedProxies,
+    pool: PoolConfig,
 }
 
 impl Upstream {
-    pub fn new(base: Uri, metrics: Metrics, timeout: Duration, trusted: TrustedProxies) -> Self {
+    pub fn new(
+        base: Uri,
+        metrics: Metrics,
+        timeout: Duration,
+        trusted: TrustedProxies,
+        pool: PoolConfig,
+    ) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(Duration::from_secs(5)));
-        let client = upstream_pool::client(connector);
+        let client = upstream_pool::client(connector, pool);
         Upstream {
             base,
             client,
             metrics,
             timeout,
             trusted,
+            pool,
         }
     }
 
@@ -99,7 +107,7 @@ impl Upstream {
         });
 
         let started = Instant::now();
-        let retire = upstream_pool::Retire::watch(&mut request);
+        let retire = upstream_pool::Retire::watch(&mut request, &self.pool);
         let result = crate::timeouts::send(&self.client, request, self.timeout).await;
         if let Ok(response) = &result {
             retire.after(response);
@@ -137,9 +145,11 @@ impl Upstream {
         Ok(Response::from_parts(parts, boxed(body)))
     }
 
-    /// Pass server-info through, with the multipart flags saying what the proxy offers (MLflow's
+    /// Pass server-info through, with the transfer flags saying what the proxy offers (MLflow's
     /// own would send clients straight to S3, which they may not reach). `capabilities`:
-    /// (multipart uploads, multipart downloads).
+    /// (multipart uploads, multipart downloads). Keys MLflow does not send (3.17 has no
+    /// `model_artifact_presigned_downloads_supported`) are not added: its clients read what
+    /// they read from stock.
     pub async fn server_info(
         &self,
         request: Request<ProxyBody>,
@@ -202,6 +212,10 @@ fn rewrite_server_info(bytes: &Bytes, (uploads, downloads): (bool, bool)) -> Opt
     for (flag, on) in [
         ("multipart_uploads_enabled", uploads),
         ("multipart_downloads_enabled", downloads),
+        // MLflow 3.18: the UI asks `model-versions/get-artifact` and the logged-model files
+        // route for `presigned=true` URLs. The proxy does not answer those itself, and MLflow's
+        // answer is a URL on the S3 store: off, so the UI downloads through port 5000.
+        ("model_artifact_presigned_downloads_supported", false),
     ] {
         if object.contains_key(flag) {
             object.insert(flag.to_owned(), on.into());
@@ -232,6 +246,18 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
 mod tests {
     use super::*;
     use http::HeaderValue;
+
+    #[test]
+    fn server_info_of_mlflow_3_18() {
+        let input = Bytes::from_static(
+            br#"{"store_type":"SqlStore","workspaces_enabled":true,"multipart_uploads_enabled":false,"multipart_downloads_enabled":false,"artifact_serving_enabled":true,"presigned_upload_run_id_supported":true,"model_artifact_presigned_downloads_supported":true,"artifacts_presigned_only":true}"#,
+        );
+        let output = rewrite_server_info(&input, (true, true)).unwrap();
+        assert_eq!(
+            std::str::from_utf8(&output).unwrap(),
+            r#"{"store_type":"SqlStore","workspaces_enabled":true,"multipart_uploads_enabled":true,"multipart_downloads_enabled":true,"artifact_serving_enabled":true,"presigned_upload_run_id_supported":true,"model_artifact_presigned_downloads_supported":false,"artifacts_presigned_only":true}"#
+        );
+    }
 
     #[test]
     fn server_info_flags_say_what_the_proxy_offers() {

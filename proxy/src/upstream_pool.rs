@@ -19,13 +19,17 @@
 //! The bounds:
 //! - at most [`MAX_IDLE`] idle connections are kept; a burst above that opens extra connections
 //!   that close after their response;
-//! - an idle connection is dropped after [`IDLE_TIMEOUT`], well before uvicorn closes it (its
-//!   keep-alive timeout is 5 s), so that a request is never written onto a connection the server
-//!   is closing (hyper retries the rare one that was not yet written);
-//! - a connection is retired after its lifetime (see above), which also rebalances the load
-//!   behind a Service with several MLflow pods after a scale-out or a restart.
+//! - an idle connection is dropped after [`IDLE_TIMEOUT`] (`PROXY_UPSTREAM_IDLE_TIMEOUT_SECS`),
+//!   well before uvicorn closes it (its keep-alive timeout is 5 s), so that a request is never
+//!   written onto a connection the server is closing (hyper retries the rare one that was not
+//!   yet written);
+//! - a connection is retired after its lifetime (see above; `PROXY_UPSTREAM_LIFETIME_SECS`),
+//!   which also rebalances the load behind a Service with several MLflow pods after a scale-out
+//!   or a restart.
 
 use std::time::Duration;
+
+use clap::Args;
 
 use http::{Request, Response};
 use hyper_util::client::legacy::Client;
@@ -36,31 +40,87 @@ use crate::body::ProxyBody;
 use crate::quickack::{OpenedAt, QuickAckConnector};
 
 pub const MAX_IDLE: usize = 32;
+/// The default idle timeout.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(2);
-/// The mean lifetime of a connection; each one lives between half and one and a half of it.
+/// The default mean lifetime of a connection; each one lives between half and one and a half
+/// of the mean.
 pub const LIFETIME: Duration = Duration::from_secs(5);
 
+#[derive(Clone, Debug, Args)]
+pub struct PoolArgs {
+    /// Mean lifetime of a kept-alive connection to MLflow; each one is retired after a random
+    /// time between half and one and a half of it (so that load re-spreads over MLflow's
+    /// workers and pods).
+    #[arg(long, env = "PROXY_UPSTREAM_LIFETIME_SECS", default_value_t = LIFETIME.as_secs())]
+    pub upstream_lifetime_secs: u64,
+    /// An idle kept-alive connection to MLflow is closed after this; keep it below MLflow's own
+    /// keep-alive timeout (uvicorn's is 5 s).
+    #[arg(long, env = "PROXY_UPSTREAM_IDLE_TIMEOUT_SECS", default_value_t = IDLE_TIMEOUT.as_secs())]
+    pub upstream_idle_timeout_secs: u64,
+}
+
+/// How long connections to MLflow are kept.
+#[derive(Clone, Copy, Debug)]
+pub struct PoolConfig {
+    /// The mean lifetime (see [`lifetime`]).
+    pub lifetime: Duration,
+    pub idle_timeout: Duration,
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        PoolConfig {
+            lifetime: LIFETIME,
+            idle_timeout: IDLE_TIMEOUT,
+        }
+    }
+}
+
+impl PoolArgs {
+    pub fn build(&self) -> Result<PoolConfig, String> {
+        if self.upstream_lifetime_secs == 0 || self.upstream_idle_timeout_secs == 0 {
+            return Err(
+                "PROXY_UPSTREAM_LIFETIME_SECS and PROXY_UPSTREAM_IDLE_TIMEOUT_SECS must be at least 1"
+                    .to_owned(),
+            );
+        }
+        Ok(PoolConfig {
+            lifetime: Duration::from_secs(self.upstream_lifetime_secs),
+            idle_timeout: Duration::from_secs(self.upstream_idle_timeout_secs),
+        })
+    }
+}
+
 /// The client every upstream request goes through.
-pub fn client(connector: HttpConnector) -> Client<QuickAckConnector, ProxyBody> {
+pub fn client(
+    connector: HttpConnector,
+    config: PoolConfig,
+) -> Client<QuickAckConnector, ProxyBody> {
     Client::builder(TokioExecutor::new())
         .pool_max_idle_per_host(MAX_IDLE)
-        .pool_idle_timeout(IDLE_TIMEOUT)
+        .pool_idle_timeout(config.idle_timeout)
         .pool_timer(TokioTimer::new())
         .build(QuickAckConnector(connector))
 }
 
-/// How long the connection opened with this draw lives: from `LIFETIME / 2` up to (not
-/// including) `LIFETIME * 3 / 2`, spread evenly over the draws.
-pub fn lifetime(opened: &OpenedAt) -> Duration {
-    LIFETIME / 2 + LIFETIME * (opened.draw % 1000) / 1000
+/// How long the connection opened with this draw lives: from `mean / 2` up to (not including)
+/// `mean * 3 / 2`, spread evenly over the draws.
+pub fn lifetime(opened: &OpenedAt, mean: Duration) -> Duration {
+    mean / 2 + mean * (opened.draw % 1000) / 1000
 }
 
 /// Follows one request's connection, to retire it once it has lived its [`lifetime`].
-pub struct Retire(CaptureConnection);
+pub struct Retire {
+    connection: CaptureConnection,
+    mean: Duration,
+}
 
 impl Retire {
-    pub fn watch<B>(request: &mut Request<B>) -> Retire {
-        Retire(capture_connection(request))
+    pub fn watch<B>(request: &mut Request<B>, config: &PoolConfig) -> Retire {
+        Retire {
+            connection: capture_connection(request),
+            mean: config.lifetime,
+        }
     }
 
     /// After the response head: a connection past its lifetime goes back to the pool poisoned,
@@ -69,8 +129,8 @@ impl Retire {
         let old = response
             .extensions()
             .get::<OpenedAt>()
-            .is_some_and(|opened| opened.at.elapsed() >= lifetime(opened));
-        if old && let Some(connection) = self.0.connection_metadata().as_ref() {
+            .is_some_and(|opened| opened.at.elapsed() >= lifetime(opened, self.mean));
+        if old && let Some(connection) = self.connection.connection_metadata().as_ref() {
             connection.poison();
         }
     }
@@ -85,7 +145,7 @@ mod tests {
     fn lifetimes_spread_over_half_to_one_and_a_half_of_the_mean() {
         let at = Instant::now();
         let lifetimes: Vec<Duration> = (0..5000u32)
-            .map(|draw| lifetime(&OpenedAt { at, draw }))
+            .map(|draw| lifetime(&OpenedAt { at, draw }, LIFETIME))
             .collect();
         let min = *lifetimes.iter().min().unwrap();
         let max = *lifetimes.iter().max().unwrap();
@@ -97,6 +157,10 @@ mod tests {
             "{mean:?}"
         );
         // Extreme draws stay in range.
-        assert!(lifetime(&OpenedAt { at, draw: u32::MAX }) < LIFETIME * 3 / 2);
+        assert!(lifetime(&OpenedAt { at, draw: u32::MAX }, LIFETIME) < LIFETIME * 3 / 2);
+        // Any mean: the same spread.
+        let mean = Duration::from_secs(3600);
+        assert_eq!(lifetime(&OpenedAt { at, draw: 0 }, mean), mean / 2);
+        assert!(lifetime(&OpenedAt { at, draw: 999 }, mean) < mean * 3 / 2);
     }
 }

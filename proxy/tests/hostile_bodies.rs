@@ -178,17 +178,13 @@ async fn trickling_chunked_uploads_leave_the_part_slots_to_others() {
         tricklers.push(stream);
     }
     // Both slots would be taken by now: the tricklers' first bytes reached the proxy.
-    for _ in 0..400 {
-        let metrics = proxy.metrics().await;
-        if metric(
-            &metrics,
+    eventually_async("the ten tricklers are in flight", || async {
+        metric(
+            &proxy.metrics().await,
             "mlflow_proxy_transfers_in_flight{direction=\"upload\"}",
         ) >= 10.0
-        {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    })
+    .await;
     let data = random_bytes(7 * MIB);
     let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
     // Bounded only so that a proxy that makes it wait fails (main waited for the tricklers'

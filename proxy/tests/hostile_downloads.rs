@@ -41,15 +41,14 @@ async fn stalled_downloads_are_bounded_by_their_turns() {
         clients.push(stalled_reader(proxy.addr, "stall/big.bin").await);
     }
     // Every turn taken: the proxy has answered as much as it can.
-    let mut in_progress = 0.0;
-    for _ in 0..400 {
-        in_progress = metric(&proxy.metrics().await, "mlflow_proxy_downloads_in_progress");
-        if in_progress >= 64.0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    assert_eq!(in_progress, 64.0);
+    eventually_async("every turn is taken", || async {
+        metric(&proxy.metrics().await, "mlflow_proxy_downloads_in_progress") >= 64.0
+    })
+    .await;
+    assert_eq!(
+        metric(&proxy.metrics().await, "mlflow_proxy_downloads_in_progress"),
+        64.0
+    );
     let mut peak = proxy.rss_mib();
     for _ in 0..40 {
         tokio::time::sleep(Duration::from_millis(25)).await;
@@ -73,30 +72,30 @@ async fn a_download_beyond_the_turns_is_refused_then_served() {
     let data = random_bytes(4 * MIB);
     h.s3.client().put_object("d/x.bin", &data).await.unwrap();
     let first = stalled_reader(h.proxy.addr, "d/x.bin").await;
-    for _ in 0..400 {
-        if h.metrics()
+    eventually_async("the stalled reader holds the turn", || async {
+        h.metrics()
             .await
             .contains("mlflow_proxy_downloads_in_progress 1")
-        {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    })
+    .await;
     let refused = h.get("d/x.bin").await;
     assert_eq!(refused.status(), 503);
     assert_eq!(header_map(&refused)["retry-after"], "1");
     let body: serde_json::Value = serde_json::from_str(&refused.text().await.unwrap()).unwrap();
     assert_eq!(body["error_code"], "TEMPORARILY_UNAVAILABLE");
     drop(first);
-    let mut served = None;
-    for _ in 0..400 {
+    // The freed turn serves the next request (once the proxy has seen the reader go).
+    let served = std::sync::Mutex::new(None);
+    eventually_async("a freed turn serves the next request", || async {
         let response = h.get("d/x.bin").await;
-        if response.status() == 200 {
-            served = Some(response.bytes().await.unwrap());
-            break;
+        if response.status() != 200 {
+            return false;
         }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+        *served.lock().unwrap() = Some(response.bytes().await.unwrap());
+        true
+    })
+    .await;
+    let served = served.into_inner().unwrap();
     assert_eq!(served.map(|b| sha256(&b)), Some(sha256(&data)));
     let metrics = h.metrics().await;
     assert!(

@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::process::*;
 use common::*;
@@ -137,7 +137,12 @@ async fn stalled_uploads_do_not_block_the_others() {
         stream.write_all(&body).await.unwrap();
         stalled.push(stream);
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // All eight are being served (and stalled) before the ninth starts.
+    let in_flight = r#"mlflow_proxy_transfers_in_flight{direction="upload"}"#;
+    eventually_async("the eight stalled uploads are in flight", || async {
+        metric(&proxy.metrics().await, in_flight) == 8.0
+    })
+    .await;
 
     // A 16 MiB chunked upload (multipart: two parts and a bit) still goes through.
     let data = random_bytes(16 * MIB + 3);
@@ -147,13 +152,13 @@ async fn stalled_uploads_do_not_block_the_others() {
         .await
         .unwrap();
     for slice in data.chunks(100_000) {
-        tokio::time::timeout(Duration::from_secs(30), stream.write_all(&chunk(slice)))
+        tokio::time::timeout(PATIENCE, stream.write_all(&chunk(slice)))
             .await
             .expect("the upload is blocked behind the stalled ones")
             .unwrap();
     }
     stream.write_all(b"0\r\n\r\n").await.unwrap();
-    let (status, body) = read_answer(&mut stream, Duration::from_secs(30)).await;
+    let (status, body) = read_answer(&mut stream, PATIENCE).await;
     assert_eq!(status, 200, "{body}");
     let stored = s3.object("ok/chunked.bin").expect("stored");
     assert_eq!(sha256(&stored), sha256(&data));
@@ -164,6 +169,7 @@ async fn stalled_uploads_do_not_block_the_others() {
 async fn a_silent_body_is_ended_and_nothing_is_stored() {
     let s3 = S3Server::start().await;
     let mlflow = FakeMlflow::start().await;
+    let idle = Duration::from_secs(2);
     let proxy = ProxyProcess::start(&s3, &mlflow, &[("PROXY_BODY_IDLE_TIMEOUT_SECS", "2")]).await;
 
     // Each kind of upload: chunked (parts in memory), declared large (parts streamed),
@@ -173,18 +179,28 @@ async fn a_silent_body_is_ended_and_nothing_is_stored() {
         ("silent/streamed", Some(64 << 20), random_bytes(9 * MIB)),
         ("silent/single", Some(4 << 20), random_bytes(MIB)),
     ];
-    let mut streams = Vec::new();
+    // Each answer is read as it comes, and timed from before its request was sent: the proxy
+    // cannot have seen the body's last byte before then.
+    let mut answers = Vec::new();
     for (path, length, body) in &cases {
+        let sent = Instant::now();
         let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
         stream
             .write_all(put_head(path, *length).as_bytes())
             .await
             .unwrap();
         stream.write_all(body).await.unwrap();
-        streams.push(stream);
+        answers.push(tokio::spawn(async move {
+            let answer = read_answer(&mut stream, idle + PATIENCE).await;
+            (answer, sent.elapsed())
+        }));
     }
-    for (stream, (path, _, _)) in streams.iter_mut().zip(&cases) {
-        let (status, body) = read_answer(stream, Duration::from_secs(30)).await;
+    for (answer, (path, _, _)) in answers.into_iter().zip(&cases) {
+        let ((status, body), took) = answer.await.unwrap();
+        assert!(
+            took >= idle,
+            "{path}: ended after {took:?}, before the idle timeout"
+        );
         assert_eq!(status, 408, "{path}: {body}");
         let json: serde_json::Value = serde_json::from_str(&body).unwrap();
         assert_eq!(json["error_code"], "BAD_REQUEST", "{path}: {body}");
@@ -237,38 +253,21 @@ async fn an_abort_that_fails_is_tried_again() {
     .await;
     s3.stop();
     drop(stream);
-    let mut pending = 0.0;
-    for _ in 0..100 {
-        pending = metric(
-            &proxy.metrics().await,
-            "mlflow_proxy_multipart_aborts_pending",
-        );
-        if pending == 1.0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(pending, 1.0, "the failed abort is not pending");
+    let pending = "mlflow_proxy_multipart_aborts_pending";
+    eventually_async("the failed abort is pending", || async {
+        metric(&proxy.metrics().await, pending) == 1.0
+    })
+    .await;
     // (Whether the part files are still there is not asserted: the in-process store's open
     // connections outlive its listener, so a part in flight may or may not have landed.)
 
-    // S3 is back: the abort goes through on a retry, and no part is left.
+    // S3 is back: the abort goes through on a retry (retries back off, doubling from 1 s: the
+    // next one comes within about twice the time S3 was away), and no part is left.
     s3.restart().await;
-    let mut left = Vec::new();
-    for _ in 0..100 {
-        left = s3.multipart_leftovers();
-        if left.is_empty() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(left, Vec::<String>::new());
-    assert_eq!(
-        metric(
-            &proxy.metrics().await,
-            "mlflow_proxy_multipart_aborts_pending"
-        ),
-        0.0
-    );
+    eventually("no part is left", || s3.multipart_leftovers().is_empty()).await;
+    eventually_async("no abort is pending", || async {
+        metric(&proxy.metrics().await, pending) == 0.0
+    })
+    .await;
     assert!(s3.keys().is_empty());
 }

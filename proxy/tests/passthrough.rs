@@ -120,14 +120,14 @@ async fn mlflow_down_gives_a_quick_502_in_mlflow_shape() {
     let s3 = S3Server::start().await;
     let mut config = serve_config(&s3, &format!("http://{closed}"));
     config.shutdown_grace = Duration::from_secs(1);
+    let upstream_timeout = config.timeouts.upstream;
+    assert!(upstream_timeout > PATIENCE);
     let proxy = mlflow_artifact_proxy::Proxy::start(config).await.unwrap();
+    // Quick: a refused connection is answered at once, not after the upstream timeout; a
+    // minute of slack for a loaded machine.
     let started = Instant::now();
     let response = raw_request(proxy.addr, "GET", "/api/2.0/mlflow/experiments/search", b"").await;
-    assert!(
-        started.elapsed() < Duration::from_secs(5),
-        "took {:?}",
-        started.elapsed()
-    );
+    assert!(started.elapsed() < PATIENCE, "took {:?}", started.elapsed());
     assert_eq!(response.status, 502);
     assert_eq!(response.header("content-type"), Some("application/json"));
     let body: serde_json::Value = serde_json::from_slice(&response.body).unwrap();

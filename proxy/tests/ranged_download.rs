@@ -211,13 +211,10 @@ async fn an_object_overwritten_mid_download_cuts_the_connection() {
 
 /// Wait (bounded) until a series has a value.
 async fn eventually_metric(h: &Harness, series: &str, value: f64) {
-    for _ in 0..200 {
-        if metric(h, series).await == value {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("{series} never became {value}");
+    eventually_async(&format!("{series} becomes {value}"), || async {
+        metric(h, series).await == value
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -259,7 +256,8 @@ async fn a_client_that_stops_reading_stops_the_ranged_gets_then_times_out() {
     let chunk = MIB;
     let parallelism = 4;
     let mut config = small_chunks(chunk, parallelism);
-    config.idle_timeout = Duration::from_secs(3);
+    let idle = Duration::from_secs(3);
+    config.idle_timeout = idle;
     let h = Harness::start_with_download(config).await;
     // What a stalled client can still absorb: the kernel's largest receive and send buffers
     // on loopback, the client's own read buffer (slack), and what the proxy reads ahead.
@@ -269,6 +267,8 @@ async fn a_client_that_stops_reading_stops_the_ranged_gets_then_times_out() {
     let data = random_bytes(size);
     assert_eq!(h.put("slow/obj.bin", data).await.status(), 200);
     let get_objects = r#"mlflow_proxy_s3_requests_total{operation="get_object",outcome="ok"}"#;
+    // The proxy's last progress on the download comes after the request is sent.
+    let sent = std::time::Instant::now();
     let (received, stream, _) = start_reading(&h, "slow/obj.bin", MIB).await;
     // The client reads nothing more. While the socket buffers fill, the read-ahead never
     // holds more than parallelism × chunk.
@@ -287,6 +287,11 @@ async fn a_client_that_stops_reading_stops_the_ranged_gets_then_times_out() {
         1.0,
     )
     .await;
+    assert!(
+        sent.elapsed() >= idle,
+        "cut after {:?}, before the idle timeout",
+        sent.elapsed()
+    );
     eventually_metric(&h, "mlflow_proxy_download_budget_in_use_bytes", 0.0).await;
     // The ranged GETs stopped with the client: no more than it and the sockets could take.
     let gets = metric(&h, get_objects).await;

@@ -12,7 +12,7 @@ use std::process::Child;
 use std::sync::Arc;
 
 use common::process::{free_port, wait_listening};
-use common::{S3Server, proxy_command_to, raw_request};
+use common::{FakeMlflow, S3Server, proxy_command_to, raw_request};
 use tokio::net::{TcpListener, TcpStream};
 
 /// A CA and a server certificate for 127.0.0.1 signed by it: (CA PEM, server TLS settings).
@@ -79,9 +79,15 @@ impl Drop for ProxyProcess {
 }
 
 /// The real binary, with a clean environment plus `extra`, against the store at `endpoint`.
-async fn start_proxy(s3: &S3Server, endpoint: &str, extra: &[(&str, &Path)]) -> ProxyProcess {
+/// MLflow is a stand-in (the proxy asks it which release and modes it runs before serving).
+async fn start_proxy(
+    s3: &S3Server,
+    mlflow: &FakeMlflow,
+    endpoint: &str,
+    extra: &[(&str, &Path)],
+) -> ProxyProcess {
     let port = free_port();
-    let upstream = format!("http://127.0.0.1:{}", free_port());
+    let upstream = format!("http://{}", mlflow.addr);
     let mut command = proxy_command_to(
         env!("CARGO_BIN_EXE_mlflow-artifact-proxy"),
         s3,
@@ -109,6 +115,7 @@ const ARTIFACTS: &str = "/api/2.0/mlflow-artifacts/artifacts";
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_store_behind_a_private_ca_works_with_aws_ca_bundle_and_is_refused_without() {
     let s3 = S3Server::start().await;
+    let mlflow = FakeMlflow::start().await;
     let (ca_pem, server_config) = private_ca();
     let tls = tls_terminator(server_config, s3.addr).await;
     let endpoint = format!("https://{tls}");
@@ -117,7 +124,7 @@ async fn a_store_behind_a_private_ca_works_with_aws_ca_bundle_and_is_refused_wit
     std::fs::write(&ca_file, ca_pem).unwrap();
 
     for variable in ["AWS_CA_BUNDLE", "SSL_CERT_FILE"] {
-        let proxy = start_proxy(&s3, &endpoint, &[(variable, &ca_file)]).await;
+        let proxy = start_proxy(&s3, &mlflow, &endpoint, &[(variable, &ca_file)]).await;
         let key = format!("1/{variable}/model.bin");
         let body = common::random_bytes(3 * 1024 * 1024 + 7);
         // Upload and download: the proxy's own connection.
@@ -162,7 +169,7 @@ async fn a_store_behind_a_private_ca_works_with_aws_ca_bundle_and_is_refused_wit
 
     // Neither variable: the store's certificate is not trusted; nothing is stored, and the
     // answer is a server-side error, not a success.
-    let proxy = start_proxy(&s3, &endpoint, &[]).await;
+    let proxy = start_proxy(&s3, &mlflow, &endpoint, &[]).await;
     let put = raw_request(proxy.addr, "PUT", &format!("{ARTIFACTS}/1/x.bin"), b"x").await;
     assert!(
         put.status >= 500,

@@ -55,7 +55,7 @@ def check(ok: bool, what: str) -> None:
 def render(helm: str, chart: Path, auth: bool) -> list[dict]:
     args = [helm, "template", RELEASE, str(chart), "--namespace", NAMESPACE, "--kube-version", "1.30.0",
             "-f", str(chart / "ci" / "defaults-values.yaml"),
-            "--set", f"s3.endpointUrl=http://{S3_HOST}:9000", "--set", "s3.ensureBucket.enabled=true",
+            "--set", f"s3.MLFLOW_S3_ENDPOINT_URL=http://{S3_HOST}:9000", "--set", "s3.ensureBucket.enabled=true",
             # One uvicorn worker: a sizing value, not part of what is tested, and four workers on a
             # loaded 2-core machine miss uvicorn's health pings.
             "--set", "mlflow.workers=1"]
@@ -179,7 +179,7 @@ def case(helm: str, chart: Path, auth: bool, tmp: Path, args) -> None:
         ready = proxy_c["readinessProbe"]["httpGet"]
         wait_for("the proxy's listener", lambda: http_get(9464, "/healthz")[0] == 200, 30)
         # /readyz once the first auth check has ended (it is 503 until then).
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 60
         status, body = http_get(9464, ready["path"])
         while b"not checked yet" in body and time.monotonic() < deadline:
             time.sleep(0.2)

@@ -159,6 +159,28 @@ def check_ports(found: dict[str, dict], services: set[str]):
 # ------------------------------------------------------------------------------------------- tests
 
 
+HEALTHY = "health_status: healthy"
+# The events the start order is read from.
+NEEDED_EVENTS = {("minio", HEALTHY), ("defaultbucket", "start"), ("mysql", HEALTHY), ("mlflow", "start"),
+                 ("defaultbucket", "die 0"), ("proxy", "start"), ("mlflow", HEALTHY), ("proxy", HEALTHY)}
+
+
+def first_events(events_file) -> dict[tuple[str, str], int]:
+    """{(service, action): time of its first event} from `docker events --format '{{json .}}'`."""
+    first: dict[tuple[str, str], int] = {}
+    for line in events_file.read_text().splitlines():
+        try:
+            event = json.loads(line)
+        except ValueError:
+            continue  # a line still being written
+        service = event["Actor"]["Attributes"].get("com.docker.compose.service")
+        action = event["Action"]
+        if action == "die":
+            action = f"die {event['Actor']['Attributes'].get('exitCode')}"
+        first.setdefault((service, action), event["timeNano"])
+    return first
+
+
 def test_up_builds_and_starts_in_documented_order(tmp_path_factory):
     events_file = tmp_path_factory.mktemp("events") / "events.jsonl"
     since = str(int(time.time()) - 1)
@@ -174,31 +196,27 @@ def test_up_builds_and_starts_in_documented_order(tmp_path_factory):
             STATE["build_and_start_s"] = time.monotonic() - started
             found = wait_ready(CORE, timeout=600)
             STATE["ready_s"] = time.monotonic() - started
+            # docker events streams a moment behind `docker inspect`: wait for the events the
+            # checks below read, not for a guessed while.
+            deadline = time.monotonic() + 120
+            while not NEEDED_EVENTS <= set(first_events(events_file)) and time.monotonic() < deadline:
+                time.sleep(0.5)
         finally:
-            time.sleep(1)
             watcher.terminate()
             watcher.wait(timeout=10)
     assert set(found) == set(CORE), sorted(found)
 
-    first: dict[tuple[str, str], int] = {}
-    for line in events_file.read_text().splitlines():
-        event = json.loads(line)
-        service = event["Actor"]["Attributes"].get("com.docker.compose.service")
-        action = event["Action"]
-        if action == "die":
-            action = f"die {event['Actor']['Attributes'].get('exitCode')}"
-        first.setdefault((service, action), event["timeNano"])
+    first = first_events(events_file)
 
     def at(service: str, action: str) -> int:
         assert (service, action) in first, f"no event {action!r} for {service}: {sorted(first)}"
         return first[(service, action)]
 
-    healthy = "health_status: healthy"
-    assert at("minio", healthy) < at("defaultbucket", "start")
-    assert at("mysql", healthy) < at("mlflow", "start")
+    assert at("minio", HEALTHY) < at("defaultbucket", "start")
+    assert at("mysql", HEALTHY) < at("mlflow", "start")
     assert at("defaultbucket", "die 0") < at("proxy", "start")
-    assert at("mlflow", healthy) < at("proxy", "start")
-    assert at("proxy", "start") < at("proxy", healthy)
+    assert at("mlflow", HEALTHY) < at("proxy", "start")
+    assert at("proxy", "start") < at("proxy", HEALTHY)
     for service in LONG_RUNNING:
         assert not [a for (s, a) in first if s == service and a.startswith("die")], f"{service} died"
     TIMINGS["up -d --build returned"] = STATE["build_and_start_s"]

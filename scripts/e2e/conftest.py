@@ -30,6 +30,7 @@ from e2e_util import (  # noqa: E402
     NESTED,
     SETTINGS,
     http_get,
+    wait_for,
     write_random,
 )
 
@@ -37,6 +38,12 @@ os.environ["MLFLOW_TRACKING_URI"] = PROXY_URL
 
 _SKIPPED: list[str] = []
 _DURATIONS: list[tuple[float, str]] = []
+_OTHER_VERSION: list[str] = []
+
+# The MLflow the stack runs (scripts/stack up --mlflow): tests that hold on some versions only say so
+# with `@pytest.mark.mlflow(min="3.18")` (or max=); on the others they are not run, and the summary
+# names them. A skipped test fails the run; a test for another version is not a skipped one.
+MLFLOW_VERSION = tuple(int(x) for x in SETTINGS["STACK_MLFLOW_VERSION"].split(".")[:2])
 
 
 # The stack runs MLflow with its basic-auth app (`scripts/stack up --auth`) or without: the auth
@@ -53,6 +60,28 @@ def pytest_ignore_collect(collection_path, config):
     return True if is_auth_test != AUTH_STACK else None
 
 
+def pytest_configure(config):
+    config.addinivalue_line("markers", "mlflow(min=None, max=None): the MLflow versions (major.minor) the test holds on")
+
+
+def _version(text: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in text.split("."))
+
+
+def pytest_collection_modifyitems(config, items):
+    keep = []
+    for item in items:
+        marker = item.get_closest_marker("mlflow")
+        low, high = (marker.kwargs.get("min"), marker.kwargs.get("max")) if marker else (None, None)
+        if (low and MLFLOW_VERSION < _version(low)) or (high and MLFLOW_VERSION > _version(high)):
+            _OTHER_VERSION.append(f"{item.nodeid} (MLflow {low or ''}..{high or ''})")
+        else:
+            keep.append(item)
+    if len(keep) != len(items):
+        config.hook.pytest_deselected(items=[i for i in items if i not in keep])
+        items[:] = keep
+
+
 def pytest_runtest_logreport(report):
     if report.skipped:
         _SKIPPED.append(report.nodeid)
@@ -67,6 +96,12 @@ def pytest_sessionfinish(session, exitstatus):
 
 
 def pytest_terminal_summary(terminalreporter):
+    if _OTHER_VERSION:
+        terminalreporter.write_line(
+            f"not run against MLflow {SETTINGS['STACK_MLFLOW_VERSION']}: {len(_OTHER_VERSION)} test(s) for other versions:"
+        )
+        for nodeid in _OTHER_VERSION:
+            terminalreporter.write_line(f"  {nodeid}")
     if _SKIPPED:
         terminalreporter.write_line(
             f"FAILING THE RUN: {len(_SKIPPED)} test(s) were skipped, and skipped does not count as passed:"
@@ -81,7 +116,15 @@ def pytest_terminal_summary(terminalreporter):
 
 @pytest.fixture(scope="session", autouse=True)
 def stack():
-    """Fails (never skips) when the stack is not up."""
+    """Fails (never skips) when the stack is not up. A busy machine may make a check slow (the deep
+    readiness check gives MLflow 3 s): each is asked again until it answers 200, for a while."""
+
+    def status_of(url):
+        try:
+            return http_get(url, timeout=10).status
+        except OSError as e:
+            return repr(e)
+
     problems = []
     for what, url in [
         ("proxy /health", f"{PROXY_URL}/health"),
@@ -90,12 +133,8 @@ def stack():
     ]:
         if what == "proxy /readyz" and os.environ.get("E2E_PROXY_URL"):
             continue
-        try:
-            status = http_get(url, timeout=10).status
-        except OSError as e:
-            status = repr(e)
-        if status != 200:
-            problems.append(f"{what}: {url} -> {status}")
+        if not wait_for(lambda: status_of(url) == 200, interval=0.5):
+            problems.append(f"{what}: {url} -> {status_of(url)}")
     try:
         http_get(f"{S3_URL}/", timeout=10)
     except OSError as e:
@@ -124,6 +163,30 @@ def s3():
     client.meta.events.unregister("before-parameter-build.s3.ListObjectsV2", set_list_objects_encoding_type_url)
     client.meta.events.unregister("after-call.s3.ListObjectsV2", decode_list_object_v2)
     return client
+
+
+@pytest.fixture(scope="session")
+def variant():
+    """Starts a second MLflow and proxy with the given setting (variant.py), stopping the previous one:
+    `variant(workspaces=True, auth=True)`. The last one is stopped when the session ends."""
+    from variant import Setting, Variant
+
+    running: dict[str, Variant] = {}
+
+    def start(**setting) -> Variant:
+        wanted = Setting(**setting)
+        current = running.get("v")
+        if current is not None and current.setting == wanted:
+            return current
+        if current is not None:
+            current.stop()
+            running.clear()
+        running["v"] = Variant(wanted).start()
+        return running["v"]
+
+    yield start
+    if "v" in running:
+        running["v"].stop()
 
 
 @pytest.fixture(scope="session")

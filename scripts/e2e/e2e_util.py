@@ -40,6 +40,10 @@ BUCKET = urlsplit(SETTINGS["MLFLOW_ARTIFACTS_DESTINATION"]).netloc
 BUCKET_PREFIX = urlsplit(SETTINGS["MLFLOW_ARTIFACTS_DESTINATION"]).path.strip("/")
 
 ARTIFACTS = "/api/2.0/mlflow-artifacts/artifacts"
+# How long a test waits for something that must happen (a log line, a background cleanup, a
+# process): long enough that only a hang exhausts it on a loaded machine. Verdicts never depend
+# on how much of it was used.
+PATIENCE = 60.0
 AJAX_ARTIFACTS = "/ajax-api/2.0/mlflow-artifacts/artifacts"
 
 # A folder tree whose names have spaces and unicode: {relative path: size}.
@@ -168,6 +172,23 @@ def raw_request(
         conn.close()
 
 
+def store_env() -> dict[str, str]:
+    """The S3 store's settings, as the stack gives them to MLflow and the proxy."""
+    keys = ("MLFLOW_S3_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION",
+            "MLFLOW_ARTIFACTS_DESTINATION")
+    return {k: SETTINGS[k] for k in keys}
+
+
+def request_retried(base_url: str, method: str, path: str, body=None, headers=None) -> Response:
+    """`raw_request` with one retry when the server drops the connection (a uvicorn worker of stock
+    MLflow restarted under load); what is compared does not depend on the attempt."""
+    try:
+        return raw_request(base_url, method, path, body=body, headers=headers)
+    except (ConnectionError, http.client.RemoteDisconnected):
+        time.sleep(1)
+        return raw_request(base_url, method, path, body=body, headers=headers)
+
+
 def http_get(url: str, timeout: float = 30) -> Response:
     u = urlsplit(url)
     path = u.path + (f"?{u.query}" if u.query else "")
@@ -188,6 +209,25 @@ class LogWatch:
         with open(self.path, "rb") as f:
             f.seek(self.start)
             return f.read().decode("utf-8", "replace")
+
+    def text_once(self, done, timeout: float = PATIENCE) -> str:
+        """The text once `done(text)` holds (or when `timeout` runs out: the caller's check then
+        says what is missing). An access-log line is written as its request ends, a moment after
+        the client has the answer: wait for the lines, never for a guessed while."""
+        deadline = time.monotonic() + timeout
+        while True:
+            text = self.text()
+            if done(text) or time.monotonic() > deadline:
+                return text
+            time.sleep(0.1)
+
+
+def mlflow_log_settled(watch: LogWatch) -> str:
+    """MLflow's log text once it shows a request sent now (a marker on /health): the lines of
+    every request that ended before are in it."""
+    marker = f"/health?settled={time.monotonic_ns()}"
+    http_get(MLFLOW_URL + marker)
+    return watch.text_once(lambda text: marker in text)
 
 
 def dir_bytes(root: Path) -> int:
@@ -256,7 +296,7 @@ def s3_requests(log_text: str) -> list[dict[str, str]]:
     return out
 
 
-def wait_for(predicate, timeout: float = 10, interval: float = 0.1):
+def wait_for(predicate, timeout: float = PATIENCE, interval: float = 0.1):
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()

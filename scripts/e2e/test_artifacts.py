@@ -22,6 +22,7 @@ from e2e_util import (
     check,
     check_equal,
     http_get,
+    mlflow_log_settled,
     s3_requests,
     sha256_file,
     tree_digest,
@@ -163,8 +164,7 @@ def round_trip(client, repo, run_id, path, digest, size, tmp_path, mode):
     )
 
     # bytes bypass Python
-    time.sleep(0.5)  # let uvicorn flush its access log
-    artifact_lines = [l for l in mlflow_log.text().splitlines() if "mlflow-artifacts" in l]
+    artifact_lines = [l for l in mlflow_log_settled(mlflow_log).splitlines() if "mlflow-artifacts" in l]
     check_equal("MLflow access-log lines for artifact routes during the 600 MiB up/down", [], artifact_lines)
     check(
         tmp_watch.growth == 0,
@@ -198,15 +198,19 @@ def round_trip(client, repo, run_id, path, digest, size, tmp_path, mode):
         from_python,
     )
 
-    # which transfer the client chose, from the proxy's access log (route=...)
-    proxy_text = proxy_log.text()
-    routes = [m.group(1) for m in re.finditer(r' route="?(\w+)"? ', proxy_text)]
-    counts = {r: routes.count(r) for r in ("mpu", "signed_part", "presigned", "signed_object", "upload", "download")}
+    # which transfer the client chose, from the proxy's access log (route=...), once every
+    # request's line is written
+    def route_counts(text):
+        routes = [m.group(1) for m in re.finditer(r' route="?(\w+)"? ', text)]
+        return {r: routes.count(r) for r in ("mpu", "signed_part", "presigned", "signed_object", "upload", "download")}
+
     expected = (
         {"mpu": 2, "signed_part": 60, "presigned": 1, "signed_object": 6, "upload": 0, "download": 0}
         if mode.startswith("default")
         else {"mpu": 0, "signed_part": 0, "presigned": 0, "signed_object": 0, "upload": 1, "download": 1}
     )
+    proxy_text = proxy_log.text_once(lambda t: all(n >= expected[r] for r, n in route_counts(t).items()))
+    counts = route_counts(proxy_text)
     check_equal(
         f"artifact requests by route in the proxy's access log, {mode} (600 MiB: 10 MiB parts, 100 MiB ranges)",
         expected,

@@ -124,7 +124,7 @@ def test_trace_spans_and_artifact(monkeypatch):
         except Exception:
             return None
 
-    trace = wait_for(stored_trace, timeout=15)
+    trace = wait_for(stored_trace)
     check(trace is not None, f"mlflow.get_trace({trace_id!r})", "a trace", trace)
     location = trace.info.tags.get("mlflow.artifactLocation", "")
     path = dest_path(location)
@@ -135,14 +135,14 @@ def test_trace_spans_and_artifact(monkeypatch):
         location,
     )
     url = f"{ARTIFACTS}/{quote(path)}/traces.json"
-    wait_for(lambda: raw_request(PROXY_URL, "GET", url).status == 200, timeout=15)
+    wait_for(lambda: raw_request(PROXY_URL, "GET", url).status == 200)
     resp = raw_request(PROXY_URL, "GET", url)
     check_equal(f"status of GET {url} through the proxy (body: {resp.body[:300]!r})", 200, resp.status)
     names = sorted(s["name"] for s in json.loads(resp.body)["spans"])
     check_equal("span names in traces.json, downloaded through the proxy", ["_inner", "outer"], names)
 
     # The spans MLflow serves come from that file.
-    trace = wait_for(lambda: (t := stored_trace()) is not None and len(t.data.spans) == 2 and t, timeout=15)
+    trace = wait_for(lambda: (t := stored_trace()) is not None and len(t.data.spans) == 2 and t)
     check(bool(trace), f"mlflow.get_trace({trace_id!r}) with its spans", "a trace with 2 spans", trace)
     spans = sorted((s.name, s.inputs, s.outputs) for s in trace.data.spans)
     check_equal("spans of the trace (name, inputs, outputs)", [("_inner", {"x": 3}, 6), ("outer", {"x": 3}, 7)], spans)

@@ -28,6 +28,7 @@ from e2e_util import (
     check,
     check_equal,
     http_get,
+    mlflow_log_settled,
     raw_request,
     s3_requests,
     sha256_bytes,
@@ -113,8 +114,9 @@ def test_1gib_parallel_multipart_upload_and_download(tmp_path, client_env):
     check_equal("SHA-256 of the 1 GiB file after multipart upload and ranged download", digest, sha256_file(Path(local)))
     Path(local).unlink()
 
-    time.sleep(0.5)  # let the logs flush
-    text = proxy_log.text()
+    # Every request's access line, then the checks.
+    text = proxy_log.text_once(lambda t: len(access_log(t, "signed_part")) >= 32
+                               and len(access_log(t, "signed_object")) >= 16 and len(access_log(t, "mpu")) >= 2)
     parts = access_log(text, "signed_part")
     ranges = access_log(text, "signed_object")
     mpu = access_log(text, "mpu")
@@ -131,7 +133,7 @@ def test_1gib_parallel_multipart_upload_and_download(tmp_path, client_env):
 
     # Nothing but the proxy: MLflow saw no artifact route, S3 saw no Python client.
     check_equal("MLflow access-log lines for artifact routes", [],
-                [l for l in mlflow_log.text().splitlines() if "mlflow-artifacts" in l])
+                [l for l in mlflow_log_settled(mlflow_log).splitlines() if "mlflow-artifacts" in l])
     reqs = s3_requests(s3_log.text())
     check(any("uploadId=" in r["uri"] for r in reqs), "UploadPart requests reached S3 (from the proxy)",
           "some", len(reqs))
@@ -171,7 +173,7 @@ def replicas(tmp_path):
         f = open(log, "wb")
         procs.append((subprocess.Popen([SETTINGS["PROXY_BIN"], "serve"], env=env, stdout=f, stderr=f), f))
         url = f"http://127.0.0.1:{port}"
-        if not wait_for(lambda: _up(f"http://127.0.0.1:{metrics}/readyz"), timeout=30):
+        if not wait_for(lambda: _up(f"http://127.0.0.1:{metrics}/readyz")):
             pytest.fail(f"replica {i} did not become ready:\n{log.read_text()[-2000:]}")
         out.append((url, log))
     yield out
@@ -265,7 +267,7 @@ def nginx(replicas, tmp_path):
     proc = subprocess.Popen([binary, "-p", str(d), "-c", str(d / "nginx.conf"), "-g", "daemon off;"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     url = f"http://127.0.0.1:{port}"
-    if not wait_for(lambda: _up(f"{url}/health"), timeout=15):
+    if not wait_for(lambda: _up(f"{url}/health")):
         proc.kill()
         pytest.fail(f"nginx did not start: {proc.stderr.read().decode()[-2000:]}")
     yield url
@@ -294,7 +296,12 @@ def test_real_client_behind_round_robin_nginx(nginx, replicas, tmp_path, client_
     finally:
         mlflow.set_tracking_uri(PROXY_URL)
     check_equal("SHA-256 after the round trip through nginx and three proxies", digest, sha256_file(Path(local)))
-    time.sleep(0.5)
+
+    def parts_and_ranges(text):
+        return len(access_log(text, "signed_part")), len(access_log(text, "signed_object"))
+
+    # Every replica's access lines, then the count (12 parts and 12 ranges in all).
+    wait_for(lambda: all(n >= 12 for n in map(sum, zip(*(parts_and_ranges(w.text()) for w in watches)))))
     per_replica = [
         (len(access_log(w.text(), "signed_part")), len(access_log(w.text(), "signed_object"))) for w in watches
     ]

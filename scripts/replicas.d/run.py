@@ -56,6 +56,9 @@ MLFLOW1 = int(ENV["MLFLOW_PORT"])
 FRONT_URL = f"http://127.0.0.1:{FRONT}"
 GRACE_SECS = 30
 PRESTOP_SECS = 2
+# How long the test waits for something that must happen (a process, a reload, a cleanup): long
+# enough that only a hang exhausts it on a loaded machine. No verdict depends on the clock.
+PATIENCE = 60
 
 failures = []
 
@@ -95,6 +98,8 @@ class Stack:
         self.mlflow2 = None
         self.nginx = None
         self.nginx_lb = None
+        # Bumped at each reload; nginx itself answers it on /nginx-generation.
+        self.generation = 0
 
     # ---------------------------------------------------------------- nginx
     def nginx_conf(self):
@@ -139,6 +144,7 @@ http {{
         proxy_set_header X-Forwarded-Proto $scheme;
         proxy_next_upstream error timeout;
         location / {{ proxy_pass http://proxies; }}
+        location = /nginx-generation {{ return 200 "{self.generation}"; }}
     }}
 }}
 """
@@ -190,14 +196,22 @@ stream {{
             [NGINX, "-c", conf, "-p", str(self.work)],
             stdout=open(self.logs / "nginx.out", "ab"), stderr=subprocess.STDOUT,
         )
-        wait_for("nginx", lambda: http_status(f"{FRONT_URL}/health") is not None, 15)
+        wait_for("nginx", lambda: http_status(f"{FRONT_URL}/health") is not None, PATIENCE)
 
     def reload_nginx(self):
+        """Reload, and return once new connections get the new configuration (its workers
+        answer with its generation); the old workers keep serving the requests they have."""
+        self.generation += 1
         self.write_nginx_conf()
         self.nginx.send_signal(signal.SIGHUP)
-        # The new workers answer once the configuration is read; give the old ones time to stop
-        # taking new requests (they keep serving the ones they have).
-        time.sleep(1.0)
+        wait_for(f"nginx configuration {self.generation}", lambda: self.nginx_generation() == self.generation, PATIENCE)
+
+    def nginx_generation(self):
+        try:
+            with urllib.request.urlopen(f"{FRONT_URL}/nginx-generation", timeout=5) as r:
+                return int(r.read())
+        except (OSError, ValueError):
+            return None
 
     # ---------------------------------------------------------------- processes
     def start_proxy(self, i):
@@ -214,7 +228,7 @@ stream {{
             [str(PROXY_BIN), "serve"], env=env,
             stdout=open(self.logs / f"proxy{i}.log", "ab"), stderr=subprocess.STDOUT,
         )
-        wait_for(f"proxy {i} /readyz", lambda: http_status(f"http://127.0.0.1:{METRICS_PORTS[i]}/readyz") == 200, 20)
+        wait_for(f"proxy {i} /readyz", lambda: http_status(f"http://127.0.0.1:{METRICS_PORTS[i]}/readyz") == 200, PATIENCE)
 
     def start_mlflow2(self):
         env = dict(ENV)
@@ -454,7 +468,7 @@ def main():
                 busy = (stack.in_flight(i, "upload"), stack.in_flight(i, "download"))
                 t0 = time.monotonic()
                 stack.proxies[i].send_signal(signal.SIGTERM)
-                code = stack.proxies[i].wait(timeout=GRACE_SECS + 10)
+                code = stack.proxies[i].wait(timeout=GRACE_SECS + PATIENCE)
                 exits.append((i, code, round(time.monotonic() - t0, 1)))
                 print(f"  proxy {i}: SIGTERM with {busy[0]:.0f} uploads and {busy[1]:.0f} downloads in flight "
                       f"→ exit {code} after {time.monotonic() - t0:.1f} s", flush=True)
@@ -495,16 +509,22 @@ def main():
         key = f"killed/{int(time.time())}.bin"
         sent = {"n": 0}
         answer = {}
+        # The client sends a quarter, then waits until the replica carrying it is killed: the kill
+        # lands mid-upload however slow the machine.
+        quarter_sent, killed = threading.Event(), threading.Event()
 
         def slow_put():
-            conn = http.client.HTTPConnection("127.0.0.1", FRONT, timeout=60)
+            conn = http.client.HTTPConnection("127.0.0.1", FRONT, timeout=PATIENCE)
             try:
                 conn.putrequest("PUT", f"/api/2.0/mlflow-artifacts/artifacts/{key}", skip_host=True)
                 conn.putheader("Content-Length", str(size))
                 conn.putheader("Host", f"127.0.0.1:{FRONT}")
                 conn.endheaders()
                 chunk = os.urandom(MIB)
-                for _ in range(size // MIB):
+                for k in range(size // MIB):
+                    if k == size // MIB // 4:
+                        quarter_sent.set()
+                        killed.wait(PATIENCE)
                     conn.send(chunk)
                     sent["n"] += MIB
                     time.sleep(0.05)
@@ -515,26 +535,35 @@ def main():
             finally:
                 conn.close()
 
+        def leftovers():
+            return [str(p.relative_to(s3_root)) for p in s3_root.rglob("*")
+                    if p.is_file() and (p.name.startswith(".tmp") or p.name.startswith(".upload") or "killed" in p.parts)]
+
         putter = threading.Thread(target=slow_put, daemon=True)
         putter.start()
-        wait_for("the slow upload to start", lambda: sent["n"] >= size // 4, 60)
+        wait_for("the slow upload to send a quarter", quarter_sent.is_set, PATIENCE)
         carrier = None
-        deadline = time.monotonic() + 10
-        while carrier is None and time.monotonic() < deadline and putter.is_alive():
+        deadline = time.monotonic() + PATIENCE
+        while carrier is None and time.monotonic() < deadline:
             carrier = next((i for i in range(3) if stack.in_flight(i) >= 1), None)
             time.sleep(0.05)
         check(carrier is not None, f"the upload is in flight on one replica (client: {answer})")
         if carrier is not None:
             stack.proxies[carrier].kill()
-            stack.proxies[carrier].wait(timeout=10)
-            putter.join(timeout=120)
-            print(f"  killed proxy {carrier} after {sent['n'] // MIB} of {size // MIB} MiB; the client got {answer}", flush=True)
+            stack.proxies[carrier].wait(timeout=PATIENCE)
+        sent_at_kill = sent["n"]
+        killed.set()
+        putter.join(timeout=PATIENCE * 2)
+        if carrier is not None:
+            print(f"  killed proxy {carrier} after {sent_at_kill // MIB} of {size // MIB} MiB; the client got {answer}", flush=True)
             check(answer.get("status") != 200, "the cut-off upload was not reported as stored")
-            time.sleep(2)
+            # s3s-fs drops its temp file once it sees the connection end.
+            try:
+                wait_for("s3s-fs to clean up after the cut connection", lambda: not leftovers(), PATIENCE)
+            except SystemExit:
+                pass  # the check below names what is left
             check(not (s3_root / "default" / key).exists(), f"no object at {key}")
-            leftovers = [str(p.relative_to(s3_root)) for p in s3_root.rglob("*")
-                         if p.is_file() and (p.name.startswith(".tmp") or p.name.startswith(".upload") or "killed" in p.parts)]
-            check(not leftovers, f"no temp file or part left in s3s-fs's folder ({leftovers[:5]})")
+            check(not leftovers(), f"no temp file or part left in s3s-fs's folder ({leftovers()[:5]})")
             stack.start_proxy(carrier)
             stack.reload_nginx()
 

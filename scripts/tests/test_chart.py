@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from configuration_reference import settings as proxy_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "mlflow-stack"
@@ -348,7 +349,7 @@ NOT_COPIED = {
     "MLFLOW_AUTH_CACHE_TTL_SECONDS": "only with auth.enabled (auth.*)",
     "MLFLOW_FLASK_SERVER_SECRET_KEY": "only with auth.enabled (from the Secret, one for every pod)",
     "AWS_CA_BUNDLE": "the mounted s3.caBundleConfigMap file, only when one is given",
-    "MLFLOW_S3_ENDPOINT_URL": "a required value (s3.endpointUrl): there is no in-chart S3",
+    "MLFLOW_S3_ENDPOINT_URL": "a required value (s3.MLFLOW_S3_ENDPOINT_URL): there is no in-chart S3",
     "AWS_ACCESS_KEY_ID": "from the Secret",
     "AWS_SECRET_ACCESS_KEY": "from the Secret",
     "MLFLOW_SERVER_ALLOWED_HOSTS": "built from the ingress host and the Service names",
@@ -416,15 +417,89 @@ def test_values_defaults_equal_env_example():
     flat["PROXY_S3_WAIT_SECS"] = values["s3"]["ensureBucket"]["PROXY_S3_WAIT_SECS"]
     flat.update({k: v for k, v in values["auth"].items() if k.isupper()})
     for var, value in flat.items():
+        if var in NOT_COPIED:
+            continue
         assert var in example, f"{var} is not in compose/.env.example"
         assert str(value) == example[var], f"{var}: values.yaml {value!r}, .env.example {example[var]!r}"
     proxy_vars = {k for k in example if k.startswith("PROXY_") and k not in ("PROXY_PORT", "PROXY_METRICS_PORT", "PROXY_IMAGE")}
     assert proxy_vars <= set(flat), f"in .env.example but not in the chart: {proxy_vars - set(flat)}"
 
 
+# The proxy's settings a user of either stack is likely to change: each in compose/.env.example and
+# in the chart's values (the two tests above check that they agree, and agree with the binary).
+USER_SETTINGS = {"MLFLOW_ARTIFACTS_DESTINATION", "AWS_DEFAULT_REGION", "PROXY_S3_WAIT_SECS", "PROXY_LOG_FORMAT",
+                 "RUST_LOG", "PROXY_SINGLE_PUT_MAX_MIB", "PROXY_PART_SIZE_MIB", "PROXY_PARTS_IN_FLIGHT",
+                 "PROXY_UPLOAD_BUDGET_MIB", "PROXY_DOWNLOAD_BUDGET_MIB", "PROXY_SHUTDOWN_GRACE_SECS",
+                 "PROXY_MLFLOW_AUTH", "PROXY_MLFLOW_AUTH_CACHE_TTL_SECS"}
+
+
+def test_settings_users_change_are_in_env_example_and_the_values():
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    in_values = {*values["proxy"]["env"], *values["s3"], *values["s3"]["ensureBucket"]}
+    assert not USER_SETTINGS - set(env_example()), "missing from compose/.env.example"
+    assert not USER_SETTINGS - in_values, "missing from values.yaml"
+
+
+# Set by the chart, on purpose, to something else than the binary's default.
+CHART_NOT_DEFAULT = {
+    "PROXY_METRICS_LISTEN": "every interface of the pod, where Prometheus and the kubelet reach it",
+    "PROXY_UPSTREAM": "the MLflow Service",
+}
+
+
+def test_values_name_settings_the_proxy_has_with_its_defaults():
+    """The proxy's variables in values.yaml (proxy.env, s3.*, s3.ensureBucket.*) exist in
+    docs/configuration.md (generated from the binary), with the binary's defaults."""
+    reference = proxy_settings()
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    named = {**values["proxy"]["env"], **{k: v for k, v in values["s3"].items() if k.isupper()},
+             **{k: v for k, v in values["s3"]["ensureBucket"].items() if k.isupper()}}
+    wrong = []
+    for var, value in named.items():
+        setting = reference.get(var)
+        if setting is None:
+            wrong.append(f"{var}: the proxy has no such setting")
+        elif setting.default is not None and str(value) != setting.default:
+            wrong.append(f"{var}={value!r}, the binary's default is {setting.default!r}")
+    assert len(named) >= 10, named
+    assert not wrong, "values.yaml vs docs/configuration.md:\n" + "\n".join(wrong)
+
+
+@pytest.mark.parametrize("values_file, extra", [
+    ("defaults-values.yaml", ["--set", "gc.enabled=true", "--set", "s3.ensureBucket.enabled=true",
+                              "--set", "s3.caBundleConfigMap=s3-ca"]),
+    ("auth-values.yaml", ["--set", "gc.enabled=true", "--set", "s3.ensureBucket.enabled=true"]),
+])
+def test_proxy_containers_set_what_their_command_reads(binary, values_file, extra):
+    """Every container of the proxy's image (serve, ensure-bucket, gc) is given only variables its
+    subcommand reads, each with the binary's default unless CHART_NOT_DEFAULT says why not."""
+    reference = proxy_settings()
+    docs = render(binary, values_file, *extra)
+    image = container(proxy_deployment(docs), "proxy")["image"]
+    wrong, commands = [], set()
+    for owner, spec, _ in pod_specs(docs):
+        for c in containers_of(spec):
+            if c["image"] != image:
+                continue
+            command = c["args"][0]
+            commands.add(command)
+            for var, entry in env_of(c).items():
+                setting = reference.get(var)
+                where = f"{owner['kind']}/{owner['metadata']['name']} ({command})"
+                if setting is None:
+                    wrong.append(f"{where}: {var} is no setting of the proxy")
+                elif command not in setting.read_by:
+                    wrong.append(f"{where}: {var} is read by {sorted(setting.read_by)}, not by {command}")
+                elif ("value" in entry and setting.default is not None and entry["value"] != setting.default
+                      and var not in CHART_NOT_DEFAULT):
+                    wrong.append(f"{where}: {var}={entry['value']!r}, the binary's default is {setting.default!r}")
+    assert commands == {"serve", "ensure-bucket", "gc"}, commands
+    assert not wrong, "the chart vs docs/configuration.md:\n" + "\n".join(wrong)
+
+
 # ---------------------------------------------------------------- guards really refuse
 
-BASE = ["--set", "s3.endpointUrl=https://s3.example.com", "--set", "secrets.existingSecret=x"]
+BASE = ["--set", "s3.MLFLOW_S3_ENDPOINT_URL=https://s3.example.com", "--set", "secrets.existingSecret=x"]
 
 
 @pytest.mark.parametrize(
@@ -442,7 +517,7 @@ BASE = ["--set", "s3.endpointUrl=https://s3.example.com", "--set", "secrets.exis
         (["--set", "secrets.existingSecret=", "--set", "secrets.create.backendStoreUri=sqlite:///x.db", "--set", "secrets.create.awsAccessKeyId=a", "--set", "secrets.create.awsSecretAccessKey=b"], "backendStoreUri"),
         (["--set", "secrets.existingSecret=", "--set", "secrets.create.backendStoreUri=mysql://u:p@db/m", "--set", "secrets.create.awsAccessKeyId=a", "--set", "secrets.create.awsSecretAccessKey=b"], "signingKey"),
         (["--set", "secrets.existingSecret=", "--set", "secrets.create.backendStoreUri=mysql://u:p@db/m", "--set", "secrets.create.awsAccessKeyId=a", "--set", "secrets.create.awsSecretAccessKey=b", "--set", "secrets.create.signingKey=short"], "at least 32 characters"),
-        (["--set", "s3.endpointUrl="], "s3.endpointUrl is required"),
+        (["--set", "s3.MLFLOW_S3_ENDPOINT_URL="], "s3.MLFLOW_S3_ENDPOINT_URL is required"),
         (["--set", "proxy.autoscaling.minReplicas=5", "--set", "proxy.autoscaling.maxReplicas=3"], "minReplicas must be <= maxReplicas"),
         # values.schema.json
         (["--set", "proxy.env.PROXY_PART_SIZE_MIB=4"], "PROXY_PART_SIZE_MIB"),

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from configuration_reference import settings as proxy_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_DIR = ROOT / "compose"
@@ -219,6 +220,66 @@ def test_every_s3_client_uses_the_same_store(compose):
     assert (reference["AWS_ACCESS_KEY_ID"], reference["AWS_SECRET_ACCESS_KEY"]) == (
         minio["MINIO_ROOT_USER"], minio["MINIO_ROOT_PASSWORD"]
     ), "the default S3 credentials must be MinIO's root user"
+
+
+# --------------------------------------------------------------------------- the proxy's settings
+
+# Set by compose, on purpose, to something else than the binary's default.
+COMPOSE_NOT_DEFAULT = {
+    "PROXY_METRICS_LISTEN": "every interface of the container, where Prometheus reaches it (published on loopback)",
+    "PROXY_UPSTREAM": "the mlflow service",
+}
+# Set on a proxy-image service for something else than the binary.
+NOT_FOR_THE_BINARY = {"GC_INTERVAL": "gc-orphans' shell loop sleeps this long between runs"}
+
+
+def proxy_command(service: dict) -> str | None:
+    """The subcommand a service of the proxy's image runs; None for other images."""
+    if not service.get("image", "").startswith("mlflow-artifact-proxy:"):
+        return None
+    if service.get("command"):
+        return service["command"][0]
+    (command,) = re.findall(r"mlflow-artifact-proxy (\S+)", " ".join(service["entrypoint"]))
+    return command
+
+
+def test_env_example_gives_the_proxy_its_own_defaults(env_example):
+    """Every setting of the binary (docs/configuration.md, generated from it) that .env.example sets
+    has the binary's default. (That every PROXY_* it names exists is checked by cargo test:
+    config_reference, over the docs, compose and the chart.)"""
+    reference = proxy_settings()
+    wrong, checked = [], 0
+    for key, value in env_example.items():
+        setting = reference.get(key)
+        checked += setting is not None
+        if setting and setting.default is not None and value != setting.default and key not in COMPOSE_NOT_DEFAULT:
+            wrong.append(f"{key}={value!r}, the binary's default is {setting.default!r}")
+    assert checked >= 15, checked
+    assert not wrong, "compose/.env.example vs docs/configuration.md:\n" + "\n".join(wrong)
+
+
+def test_proxy_services_set_what_their_command_reads(compose):
+    """The proxy image's services set only variables their subcommand reads, with the binary's
+    defaults unless COMPOSE_NOT_DEFAULT says why not."""
+    reference = proxy_settings()
+    wrong, checked = [], 0
+    for name, service in compose["services"].items():
+        command = proxy_command(service)
+        if command is None:
+            continue
+        for var, value in env_of(service).items():
+            if var in NOT_FOR_THE_BINARY:
+                continue
+            checked += 1
+            setting = reference.get(var)
+            if setting is None:
+                wrong.append(f"{name}: {var} is no setting of the proxy")
+            elif command not in setting.read_by:
+                wrong.append(f"{name}: {var} is read by {sorted(setting.read_by)}, not by {command}")
+            elif setting.default is not None and value != setting.default and var not in COMPOSE_NOT_DEFAULT:
+                wrong.append(f"{name}: {var}={value!r}, the binary's default is {setting.default!r}")
+    assert checked >= 30, checked
+    assert not wrong, "compose.yaml vs docs/configuration.md:\n" + "\n".join(wrong)
 
 
 # --------------------------------------------------------------------------- services, ports, volumes
@@ -475,7 +536,12 @@ def test_mlflow_image_runs_the_shared_entrypoint():
     assert entrypoint and "mlflow-entrypoint.sh" in entrypoint[-1], entrypoint
     assert "CMD" not in [keyword for keyword, _ in final], "no CMD: arguments are extra `mlflow server` flags"
     runs = " ".join(rest for stage in stages(MLFLOW_DOCKERFILE) for keyword, rest in stage if keyword == "RUN")
-    assert "-r /tmp/requirements.txt" in runs, "the image installs exactly requirements.txt"
+    # install-mlflow.sh: requirements.txt as it is for the pin (the ARG's default), 3.18.0 over it.
+    assert 'install-mlflow.sh /opt/mlflow/bin/python "$MLFLOW_VERSION"' in runs, "the image installs via install-mlflow.sh"
+    installer = (MLFLOW_DOCKERFILE.parent / "install-mlflow.sh").read_text()
+    assert '-r "$here/requirements.txt"' in installer, "install-mlflow.sh installs exactly requirements.txt"
+    pin = re.search(r"^mlflow\[auth\]==(\S+)$", (MLFLOW_DOCKERFILE.parent / "requirements.txt").read_text(), re.M)[1]
+    assert re.search(rf"^ARG MLFLOW_VERSION={re.escape(pin)}$", MLFLOW_DOCKERFILE.read_text(), re.M), "defaults to the pin"
     assert stages(MLFLOW_DOCKERFILE)[0][0] == ("FROM", "ubuntu:22.04 AS build"), "Ubuntu 22.04 (Python 3.10)"
 
 
@@ -613,7 +679,10 @@ def test_mlflow_image_defaults_to_ubuntu_and_compose_passes_the_same_base(raw_co
     assert re.search(r"^ARG BASE_IMAGE=ubuntu:22\.04$", text, re.M), "the default base stays Ubuntu 22.04"
     assert [s[0][1].split()[0] for s in stages(MLFLOW_DOCKERFILE)] == ["ubuntu:22.04", "ubuntu:22.04"]
     build = raw_compose["services"]["mlflow"]["build"]
-    assert build["args"] == {"BASE_IMAGE": "${MLFLOW_BASE_IMAGE:-ubuntu:22.04}"}, build
+    assert build["args"] == {
+        "BASE_IMAGE": "${MLFLOW_BASE_IMAGE:-ubuntu:22.04}",
+        "MLFLOW_VERSION": "${MLFLOW_VERSION:-3.17.2}",
+    }, build
 
 
 # --------------------------------------------------------------------------- a real compose implementation
@@ -708,6 +777,27 @@ def test_proxy_cli_knows_every_variable_compose_sets(service, subcommand, compos
     keys = [key for key in env_of(compose["services"][service]) if key.startswith(("PROXY_", "MLFLOW_"))]
     unknown = [key for key in keys if key not in done.stdout]
     assert not unknown, f"`mlflow-artifact-proxy {subcommand} --help` documents no {unknown}:\n{done.stdout}"
+
+
+@pytest.mark.skipif(not PROXY_BIN.exists(), reason=f"{PROXY_BIN} is not built")
+@pytest.mark.parametrize("service", ["proxy", "defaultbucket", "gc-orphans"])
+def test_proxy_cli_accepts_the_environment_compose_gives_it(service, compose):
+    """The service's own command, with exactly the environment compose renders (empty values
+    included: `AWS_CA_BUNDLE: ${AWS_CA_BUNDLE:-}`), gets past argument parsing. Only the store's
+    address is swapped for one the proxy refuses after parsing, so that nothing starts. Before, an
+    empty AWS_CA_BUNDLE was a usage error (exit 2) and the proxy container never started."""
+    spec = compose["services"][service]
+    env = {**env_of(spec), "PATH": os.environ.get("PATH", ""), "MLFLOW_S3_ENDPOINT_URL": "ftp://nowhere"}
+    if spec.get("entrypoint"):  # the gc loop: the proxy command it runs, once
+        command = shlex.split(loop_command(spec))
+        assert command[0] == "mlflow-artifact-proxy", command
+        command = command[1:]
+    else:
+        command = spec["command"]
+    done = subprocess.run([str(PROXY_BIN), *command], env=env, capture_output=True, text=True, timeout=30)
+    assert done.returncode == 1 and "MLFLOW_S3_ENDPOINT_URL=ftp://nowhere" in done.stderr, (
+        f"{service}: {command} exited {done.returncode}: {done.stderr}"
+    )
 
 
 @pytest.mark.skipif(not PROXY_BIN.exists(), reason=f"{PROXY_BIN} is not built")

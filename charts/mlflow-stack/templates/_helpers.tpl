@@ -69,7 +69,7 @@ app.kubernetes.io/part-of: mlflow-stack
 {{/* S3 settings shared by the proxy, MLflow and the jobs (credentials from the Secret). */}}
 {{- define "mlflow-stack.s3Env" -}}
 - name: MLFLOW_S3_ENDPOINT_URL
-  value: {{ required "s3.endpointUrl is required (e.g. https://s3.example.com)" .Values.s3.endpointUrl | quote }}
+  value: {{ required "s3.MLFLOW_S3_ENDPOINT_URL is required (e.g. https://s3.example.com)" .Values.s3.MLFLOW_S3_ENDPOINT_URL | quote }}
 - name: MLFLOW_ARTIFACTS_DESTINATION
   value: {{ .Values.s3.MLFLOW_ARTIFACTS_DESTINATION | quote }}
 - name: AWS_DEFAULT_REGION
@@ -105,6 +105,10 @@ app.kubernetes.io/part-of: mlflow-stack
   value: {{ .Values.mlflow.MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW | quote }}
 - name: MLFLOW_SQLALCHEMYSTORE_POOL_RECYCLE
   value: {{ .Values.mlflow.MLFLOW_SQLALCHEMYSTORE_POOL_RECYCLE | quote }}
+- name: MLFLOW_ENABLE_WORKSPACES
+  value: {{ .Values.mlflow.MLFLOW_ENABLE_WORKSPACES | quote }}
+- name: MLFLOW_ARTIFACTS_PRESIGNED_ONLY
+  value: {{ .Values.mlflow.MLFLOW_ARTIFACTS_PRESIGNED_ONLY | quote }}
 - name: MLFLOW_DISABLE_TELEMETRY
   value: "true"
 - name: DO_NOT_TRACK

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use http::{HeaderValue, Response, header};
 
+use super::scope::Scope;
 use super::store_error;
 use crate::body::{ProxyBody, full};
 use crate::error::ProxyError;
@@ -18,13 +19,19 @@ use crate::state::App;
 pub const DELETED_OBJECTS: &str = "x-mlflow-proxy-deleted-objects";
 pub const DELETED_BYTES: &str = "x-mlflow-proxy-deleted-bytes";
 
-pub async fn delete(app: &Arc<App>, raw_path: &str) -> Result<Response<ProxyBody>, ProxyError> {
+pub async fn delete(
+    app: &Arc<App>,
+    scope: &Scope,
+    raw_path: &str,
+) -> Result<Response<ProxyBody>, ProxyError> {
     let path = validate_path_is_safe(raw_path).map_err(|_| ProxyError::invalid_path())?;
     // A path that decodes to nothing (e.g. "file:") would make stock MLflow delete every
-    // artifact of every experiment. Refuse it.
+    // artifact of every experiment (or of the whole workspace). Refuse it.
     if path.is_empty() {
         return Err(ProxyError::invalid_path());
     }
+    scope.skill_write(&path)?;
+    let path = scope.repo_path(&path)?;
     let target = posix_join(app.store.root(), &path);
     let freed = crate::purge::delete_tree(&app.store, &target)
         .await

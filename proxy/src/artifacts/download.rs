@@ -10,6 +10,7 @@ use http::{HeaderMap, HeaderValue, Response, StatusCode, header};
 use hyper::body::Incoming;
 
 use super::conditional::{Conditions, Precondition, Selection, Validators};
+use super::scope::Scope;
 use super::store_error;
 use crate::body::{ProxyBody, boxed, empty};
 use crate::error::ProxyError;
@@ -47,11 +48,13 @@ pub struct Answer {
 
 pub async fn download(
     app: &Arc<App>,
+    scope: &Scope,
     raw_path: &str,
     request_headers: &HeaderMap,
     head_only: bool,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let path = validate_path_is_safe(raw_path).map_err(|_| ProxyError::invalid_path().fastapi())?;
+    let path = scope.repo_path(&path).map_err(ProxyError::fastapi)?;
     download_validated(app, &path, request_headers, head_only).await
 }
 

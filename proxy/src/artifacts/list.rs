@@ -7,6 +7,7 @@ use bytes::Bytes;
 use http::{HeaderValue, Response, header};
 use serde_json::{Value, json};
 
+use super::scope::Scope;
 use super::store_error;
 use crate::body::{ProxyBody, full};
 use crate::error::ProxyError;
@@ -26,6 +27,7 @@ struct Entry {
 /// app does for a caller who may not read the runs of the listed experiment.
 pub async fn list(
     app: &Arc<App>,
+    scope: &Scope,
     query: Option<&str>,
     hide_run_dirs: bool,
 ) -> Result<Response<ProxyBody>, ProxyError> {
@@ -38,6 +40,7 @@ pub async fn list(
         Some(p) => validate_path_is_safe(&p).map_err(|_| ProxyError::invalid_path())?,
         None => String::new(),
     };
+    let path = scope.repo_path(&path)?;
     let root = app.store.root();
     let dir = if path.is_empty() {
         root.to_owned()

@@ -7,6 +7,7 @@ mod list;
 mod multipart;
 mod presigned;
 pub mod ranged;
+mod scope;
 mod ui_routes;
 mod upload;
 
@@ -17,9 +18,12 @@ use http::{Request, Response, StatusCode};
 use crate::auth::Operation;
 use crate::body::ProxyBody;
 use crate::error::ProxyError;
+use crate::public_url::ClientAddr;
 use crate::router::Route;
 use crate::s3::StoreError;
 use crate::state::App;
+use crate::workspaces::{self, Resolution, Workspace};
+use scope::Scope;
 
 pub async fn handle(
     app: &Arc<App>,
@@ -35,10 +39,38 @@ pub async fn handle(
         return rejection;
     }
     let facts = app.security.facts(&request);
+    let refuse = |error: ProxyError| {
+        let mut refusal = error.into_response();
+        app.security.decorate(&facts, &mut refusal);
+        refusal
+    };
+    // Which MLflow this is answered as, and in which workspace; the URLs the proxy signed
+    // itself carry what they need in their tokens.
+    let scope = if matches!(route, Route::SignedPart | Route::SignedObject { .. }) {
+        None
+    } else {
+        match request_scope(app, &request).await {
+            Ok(Some(scope)) => Some(scope),
+            Ok(None) => return pass_through(app, request).await,
+            Err(error) => return refuse(error),
+        }
+    };
+    // MLflow 3.18's presigned-only mode: the routes that move bytes themselves refuse, and MLflow
+    // says so itself (after its own auth checks, before reading a byte or touching the store).
+    if scope
+        .as_ref()
+        .is_some_and(|s| s.capabilities.presigned_only)
+        && matches!(route, Route::Download { .. } | Route::Upload { .. })
+    {
+        return pass_through(app, request).await;
+    }
     // MLflow's authentication and permissions, before the body is read or S3 is asked.
     let mut permit = crate::auth::Permit::default();
     if let Some((operation, path)) = auth_target(&route, &request) {
-        match authorize(app, operation, &path, &request).await {
+        let skills_by_name = scope
+            .as_ref()
+            .is_some_and(|s| s.capabilities.skills_immutable());
+        match authorize(app, operation, &path, &request, skills_by_name).await {
             Ok(granted) => permit = granted,
             Err(refusal) => {
                 let mut refusal = refusal.into_response();
@@ -47,27 +79,29 @@ pub async fn handle(
             }
         }
     }
-    let result = match route {
-        Route::Download { path, head } => {
-            download::download(app, &path, request.headers(), head).await
+    let result = match (route, scope) {
+        (Route::Download { path, head }, Some(scope)) => {
+            download::download(app, &scope, &path, request.headers(), head).await
         }
-        Route::Upload { path } => upload::upload(app, &path, request).await,
-        Route::Delete { path } => delete::delete(app, &path).await,
-        Route::List => {
+        (Route::Upload { path }, Some(scope)) => upload::upload(app, &scope, &path, request).await,
+        (Route::Delete { path }, Some(scope)) => delete::delete(app, &scope, &path).await,
+        (Route::List, Some(scope)) => {
             // Flask reads query arguments only for GET, so HEAD lists the root.
             let query = (request.method() == http::Method::GET)
                 .then(|| request.uri().query())
                 .flatten();
-            list::list(app, query, permit.hide_run_dirs).await
+            list::list(app, &scope, query, permit.hide_run_dirs).await
         }
-        Route::Multipart { action, path } => multipart::handle(app, action, &path, request).await,
-        Route::Presigned { path } => presigned::presign(app, &path, &request).await,
+        (Route::Multipart { action, path }, Some(scope)) => {
+            multipart::handle(app, &scope, action, &path, request).await
+        }
+        (Route::Presigned { path }, Some(scope)) => {
+            presigned::presign(app, &scope, &path, &request).await
+        }
         // Authorized by the token `mpu/create` or `presigned/` handed out, not by MLflow.
-        Route::SignedPart => multipart::upload_part(app, request).await,
-        Route::SignedObject { head } => presigned::serve(app, &request, head).await,
-        Route::ServerInfo | Route::PassThrough | Route::UiDownload { .. } => {
-            Err(ProxyError::internal("route is not an artifact route"))
-        }
+        (Route::SignedPart, _) => multipart::upload_part(app, request).await,
+        (Route::SignedObject { head }, _) => presigned::serve(app, &request, head).await,
+        _ => Err(ProxyError::internal("route is not an artifact route")),
     };
     let mut response = result.unwrap_or_else(ProxyError::into_response);
     app.security.decorate(&facts, &mut response);
@@ -82,13 +116,62 @@ async fn authorize<B>(
     operation: Operation,
     path: &str,
     request: &Request<B>,
+    skills_by_name: bool,
 ) -> Result<crate::auth::Permit, crate::auth::Refusal> {
-    let mut permit = app.auth.authorize(operation, path, request).await?;
+    let mut permit = app
+        .auth
+        .authorize(operation, path, request, skills_by_name)
+        .await?;
     if let Some(resolved) = crate::mlflow::path::without_dot_segments(path) {
-        let also = app.auth.authorize(operation, &resolved, request).await?;
+        let also = app
+            .auth
+            .authorize(operation, &resolved, request, skills_by_name)
+            .await?;
         permit.hide_run_dirs |= also.hide_run_dirs;
     }
     Ok(permit)
+}
+
+/// The MLflow this request is answered as; None: MLflow must answer it itself (its workspace
+/// rules refuse it before any artifact is touched, in words only it has).
+async fn request_scope<B>(app: &App, request: &Request<B>) -> Result<Option<Scope>, ProxyError> {
+    let capabilities = app.capabilities.current().await?;
+    let workspace = match workspaces::resolve(request.headers(), capabilities.workspaces) {
+        Resolution::PassThrough => return Ok(None),
+        Resolution::Serve(workspace) => workspace,
+    };
+    if let (Workspace::Named(name), Some(header)) =
+        (&workspace, request.headers().get(workspaces::HEADER))
+    {
+        match app.capabilities.workspace_exists(name, header).await {
+            Ok(true) => {}
+            Ok(false) => return Ok(None),
+            Err(e) => {
+                tracing::warn!("cannot ask MLflow about workspace {name:?}: {e}");
+                return Err(ProxyError::mlflow(
+                    crate::error::Side::Upstream,
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "TEMPORARILY_UNAVAILABLE",
+                    "The MLflow server could not be asked whether the workspace exists",
+                ));
+            }
+        }
+    }
+    Ok(Some(Scope {
+        capabilities,
+        workspace,
+    }))
+}
+
+/// Hand the request to MLflow unchanged, as for any route that is not ours.
+async fn pass_through(app: &App, request: Request<ProxyBody>) -> Response<ProxyBody> {
+    let Some(ClientAddr(client)) = request.extensions().get::<ClientAddr>().copied() else {
+        return ProxyError::internal("no client address").into_response();
+    };
+    app.upstream
+        .forward(request, client)
+        .await
+        .unwrap_or_else(ProxyError::into_response)
 }
 
 /// What MLflow's auth app judges for a route: the operation, and the artifact path as the

@@ -17,6 +17,7 @@ use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, header};
 use http_body_util::BodyExt;
 use serde_json::json;
 
+use super::scope::Scope;
 use super::store_error;
 use crate::body::{ProxyBody, empty, full};
 use crate::error::{ProxyError, Side};
@@ -118,16 +119,22 @@ pub(super) fn public_base(app: &App, request: &Request<ProxyBody>) -> Result<Str
         })
 }
 
+/// Stock's order: the path, the skill rule, its workspace, then (a step early: a client sent back
+/// to plain uploads is refused there the same) whether uploads are on, the body and its file
+/// name, the skill rule on the file.
 pub async fn handle(
     app: &Arc<App>,
+    scope: &Scope,
     action: MpuAction,
     raw_path: &str,
     request: Request<ProxyBody>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
+    let dir = validate_path_is_safe(raw_path).map_err(|_| ProxyError::invalid_path())?;
+    scope.skill_write(&dir)?;
+    let dir = scope.repo_path(&dir)?;
     if !app.transfers.config.uploads {
         return Err(ProxyError::not_implemented(UPLOADS_OFF));
     }
-    let dir = validate_path_is_safe(raw_path).map_err(|_| ProxyError::invalid_path())?;
     let base = match action {
         MpuAction::Create => Some(public_base(app, &request)?),
         _ => None,
@@ -144,6 +151,7 @@ pub async fn handle(
     };
     let (body, held) = read_json(app, request, limit).await?;
     let name = file_name(&body)?;
+    scope.skill_write(&crate::s3::posix_join(&dir, &name))?;
     let key = app.store.upload_key(dir.trim_end_matches('/'), &name);
     match action {
         MpuAction::Create => {

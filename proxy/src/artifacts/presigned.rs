@@ -11,6 +11,7 @@ use serde_json::json;
 
 use super::download;
 use super::multipart::{api_prefix, public_base, verify_token};
+use super::scope::Scope;
 use super::store_error;
 use crate::body::{ProxyBody, full};
 use crate::error::ProxyError;
@@ -26,21 +27,24 @@ pub const DOWNLOADS_OFF: &str =
 
 pub async fn presign(
     app: &Arc<App>,
+    scope: &Scope,
     raw_path: &str,
     request: &Request<ProxyBody>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
+    // Stock's order: the path, its workspace, then whether the store can presign.
+    let path = validate_path_is_safe(raw_path).map_err(|_| ProxyError::invalid_path())?;
+    let path = scope.repo_path(&path)?;
     if !app.transfers.config.downloads {
         return Err(ProxyError::not_implemented(DOWNLOADS_OFF));
     }
-    let path = validate_path_is_safe(raw_path).map_err(|_| ProxyError::invalid_path())?;
     let (url, size) = signed_object_url(app, path, request).await?;
     // `json.dumps(PresignedDownloadUrlResponse.to_dict())`: Flask spacing, headers always there.
     let answer = json!({ "url": url, "headers": {}, "file_size": size });
     Ok(json_response(dumps(&answer, Dialect::Flask)))
 }
 
-/// A URL on this proxy for the object at `path` (destination-relative, already through
-/// `validate_path_is_safe`), good until it expires, and the object's size.
+/// A URL on this proxy for the object at `path` (the store path: destination-relative, through
+/// `validate_path_is_safe` and its workspace), good until it expires, and the object's size.
 pub(super) async fn signed_object_url(
     app: &Arc<App>,
     path: String,

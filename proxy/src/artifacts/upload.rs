@@ -18,6 +18,7 @@ use http_body_util::BodyExt;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::task::JoinSet;
 
+use super::scope::Scope;
 use super::store_error;
 use crate::body::{ProxyBody, empty};
 use crate::error::{ProxyError, Side};
@@ -47,10 +48,13 @@ const STREAM_QUEUE: usize = 2;
 
 pub async fn upload(
     app: &Arc<App>,
+    scope: &Scope,
     raw_path: &str,
     request: Request<ProxyBody>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let path = validate_path_is_safe(raw_path).map_err(|_| ProxyError::invalid_path().fastapi())?;
+    scope.skill_upload(&path)?;
+    let path = scope.repo_path(&path).map_err(ProxyError::fastapi)?;
     let (head, tail) = match path.rsplit_once('/') {
         // posixpath.split: the head loses its trailing slashes unless it is all slashes.
         Some((head, tail)) => (head.trim_end_matches('/'), tail),

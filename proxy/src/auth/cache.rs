@@ -29,9 +29,15 @@ pub struct Key {
 ///   after it, with empty segments dropped (`_artifact_proxy_child_types`): the key keeps the
 ///   first 3 canonical segments (5 below `workspaces/`) verbatim, and a path with an empty
 ///   segment among them (whose later segments would move up) is keyed whole.
-pub fn resource(op: u8, path: Option<&str>) -> Option<[u8; 32]> {
+/// - MLflow 3.18 also drops `.` segments and takes `workspaces/` in any letter case: a path with
+///   a `.` segment among the first ones, or `workspaces` spelt otherwise, is keyed whole too.
+///
+/// `context`: what else the caller's decision depends on (the workspace header, the release's
+/// rules), digested as one field.
+pub fn resource(op: u8, context: &[u8], path: Option<&str>) -> Option<[u8; 32]> {
     let mut digest = ring::digest::Context::new(&ring::digest::SHA256);
     digest.update(&[op]);
+    field(&mut digest, context);
     if let Some(path) = path {
         let canonical = crate::mlflow::path::validate_path_is_safe(path).ok()?;
         match prefix(path, &canonical) {
@@ -65,7 +71,9 @@ fn prefix<'a>(path: &str, canonical: &'a str) -> Option<Vec<&'a str>> {
         3
     };
     let segments: Vec<&str> = canonical.split('/').take(keep).collect();
-    if segments.iter().any(|s| s.is_empty()) {
+    if segments.iter().any(|s| s.is_empty() || *s == ".")
+        || (segments[0] != "workspaces" && segments[0].eq_ignore_ascii_case("workspaces"))
+    {
         return None;
     }
     Some(segments)
@@ -260,7 +268,7 @@ mod tests {
     /// Paths MLflow may judge differently never share a key; paths of one class share one.
     #[test]
     fn resources_follow_mlflow_classes() {
-        let r = |p: &str| resource(4, Some(p)).unwrap();
+        let r = |p: &str| resource(4, b"", Some(p)).unwrap();
         // issue 20: the logged-models substring turns the traces denial off for the second path
         // only; both used to share one key.
         assert_ne!(
@@ -275,6 +283,13 @@ mod tests {
         assert_ne!(r("3/abc/x"), r("4/abc/x"));
         // Segment boundaries are kept: no two segment lists digest alike.
         assert_ne!(r("3/ab/c"), r("3/a/bc"));
+        // 3.18 drops `.` segments and takes `workspaces/` in any case: keyed whole.
+        assert_ne!(r("./3/abc/artifacts/f"), r("./3/abc/foo/f"));
+        assert_ne!(r("3/./abc/artifacts/f"), r("3/./abc/foo/f"));
+        assert_ne!(
+            r("WORKSPACES/ws/3/abc/artifacts/f"),
+            r("WORKSPACES/ws/3/abc/artifacts/g/h")
+        );
         assert_ne!(r("3/a\0b/c"), r("3/a/b"));
         // One class: files of one run share one answer.
         assert_eq!(
@@ -282,9 +297,21 @@ mod tests {
             r("1/0123456789abcdef0123456789abcdef/artifacts/model/b.pkl")
         );
         // The operation is part of it; HEAD ignores the path.
-        assert_ne!(resource(1, Some("1/a/b")), resource(2, Some("1/a/b")));
-        assert_eq!(resource(3, None), resource(3, None));
-        assert_eq!(resource(3, Some("a/%2E%2E/b")), None);
+        assert_ne!(
+            resource(1, b"", Some("1/a/b")),
+            resource(2, b"", Some("1/a/b"))
+        );
+        assert_eq!(resource(3, b"", None), resource(3, b"", None));
+        assert_eq!(resource(3, b"", Some("a/%2E%2E/b")), None);
+        // The workspace (and the release's rules) are part of the decision.
+        assert_ne!(
+            resource(1, b"\x00\x01team-a", Some("1/a/b")),
+            resource(1, b"\x00\x01team-b", Some("1/a/b"))
+        );
+        assert_ne!(
+            resource(1, b"\x00\x00", Some("1/a/b")),
+            resource(1, b"\x01\x00", Some("1/a/b"))
+        );
     }
 
     #[test]

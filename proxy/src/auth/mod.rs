@@ -23,22 +23,17 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use bytes::Bytes;
 use clap::{Args, ValueEnum};
-use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, Uri, header};
-use http_body_util::{BodyExt, Limited};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
+use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, header};
 use ring::hmac;
 
-use crate::body::{ProxyBody, empty, full};
+use crate::ask::{ANSWER_LIMIT, Asker, Target};
+use crate::body::{ProxyBody, full};
 use crate::error::{ProxyError, Side};
 use crate::metrics::Metrics;
-use crate::quickack::QuickAckConnector;
 
 pub use cache::{Cached, DecisionCache, Key};
 pub use probe::{Kind, Probe, Verdict, route_probe};
 
-/// MLflow's answers are small (a 401 text, `{}`, a short error); more is not read.
-const ANSWER_LIMIT: usize = 64 * 1024;
 /// After a failed detection, requests are refused for this long without asking again, so an
 /// unreachable MLflow is not asked once per request.
 const DETECT_BACKOFF: Duration = Duration::from_secs(1);
@@ -287,10 +282,8 @@ struct Detection {
 
 pub struct Auth {
     config: AuthConfig,
-    base: Uri,
-    /// The `Host` of every request to MLflow: the upstream's own address.
-    host: HeaderValue,
-    client: Client<QuickAckConnector, ProxyBody>,
+    /// Asks MLflow (probes, detection) on the kept-alive upstream pool.
+    asker: Asker,
     cache: DecisionCache,
     /// Keys the credential digests: a per-process secret, so that digests say nothing outside.
     key: hmac::Key,
@@ -309,18 +302,17 @@ enum Outcome {
         www_authenticate: Option<HeaderValue>,
         body: Bytes,
     },
+    /// MLflow refused the request itself with a 400 (its JSON, relayed).
+    Refused(Bytes),
     /// MLflow could not be asked (503) or answered something that does not say (502).
     Failed(StatusCode, String),
 }
 
 impl Auth {
-    pub fn new(config: AuthConfig, base: Uri, metrics: Metrics) -> Result<Self, String> {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(Duration::from_secs(5)));
+    pub fn new(config: AuthConfig, target: Target, metrics: Metrics) -> Result<Self, String> {
         // The same kept-alive, retired-in-time connections as pass-through (`upstream_pool`): a
         // fresh connection per check left a socket in TIME_WAIT per check.
-        let client = crate::upstream_pool::client(connector);
+        let asker = Asker::new(target, config.timeout);
         let rng = ring::rand::SystemRandom::new();
         let key = hmac::Key::generate(hmac::HMAC_SHA256, &rng)
             .map_err(|_| "no randomness for the auth cache key".to_owned())?;
@@ -329,16 +321,10 @@ impl Auth {
             Mode::On => STATE_ON,
             Mode::Auto => STATE_UNKNOWN,
         };
-        let host = base
-            .authority()
-            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-            .ok_or_else(|| format!("PROXY_UPSTREAM={base} names no host"))?;
         let auth = Auth {
             cache: DecisionCache::new(config.cache_ttl, config.cache_size),
             config,
-            base,
-            host,
-            client,
+            asker,
             key,
             detection: Detection {
                 state: AtomicU8::new(initial),
@@ -472,7 +458,7 @@ impl Auth {
         let reason = format!(
             "MLflow refuses the proxy's requests (users/current answered {status}: {:?}); they carry Host: {}, which MLflow's MLFLOW_SERVER_ALLOWED_HOSTS must allow",
             text.trim(),
-            self.host.to_str().unwrap_or("?"),
+            self.asker.host().to_str().unwrap_or("?"),
         );
         tracing::error!("{reason}; artifact requests are refused until it answers");
         *self
@@ -521,11 +507,13 @@ impl Auth {
     /// The one entry point: may this request go on? `path` is the artifact path as the route
     /// gives it (decoded once; for a listing, the `path` argument). Call before reading the body
     /// and before any S3 call. `Err` is the answer to send (MLflow's 401/403, or 503/502).
+    /// `skills_by_name`: MLflow 3.18+ judges its skill tree by skill (`probe::skill_tree_probes`).
     pub async fn authorize<B>(
         &self,
         op: Operation,
         path: &str,
         request: &Request<B>,
+        skills_by_name: bool,
     ) -> Result<Permit, Refusal> {
         if self.config.mode == Mode::Off {
             return Ok(Permit::default());
@@ -560,13 +548,15 @@ impl Auth {
         };
         let key = credentials
             .digest
-            .and_then(|digest| self.key_for(op, path, digest));
+            .and_then(|digest| self.key_for(op, path, headers, skills_by_name, digest));
         let now = Instant::now();
         if let Some(key) = &key {
             match self.cache.get(key, now) {
                 Some(Cached::Allowed) => {
                     self.count("allowed", "cache");
-                    return self.cached_permit(op, api, path, key, &credentials).await;
+                    return self
+                        .cached_permit(op, api, path, key, &credentials, skills_by_name)
+                        .await;
                 }
                 Some(Cached::Denied) => {
                     self.count("403", "cache");
@@ -576,7 +566,7 @@ impl Auth {
             }
         }
         let outcome = self
-            .single_flight(key, self.ask(op, api, path, &credentials))
+            .single_flight(key, self.ask(op, api, path, &credentials, skills_by_name))
             .await;
         self.answer(op, key, now, outcome)
     }
@@ -639,6 +629,7 @@ impl Auth {
                     www_authenticate,
                     body,
                 },
+                Ok(Verdict::Refused(body)) => Outcome::Refused(body),
                 Ok(Verdict::Odd(message)) => Outcome::Failed(StatusCode::BAD_GATEWAY, message),
                 Err(message) => Outcome::Failed(StatusCode::SERVICE_UNAVAILABLE, message),
             }
@@ -665,6 +656,7 @@ impl Auth {
         path: &str,
         key: &Key,
         credentials: &Credentials,
+        skills_by_name: bool,
     ) -> Result<Permit, Refusal> {
         if op != Operation::List {
             return Ok(Permit::default());
@@ -678,7 +670,7 @@ impl Auth {
             Some(Cached::Denied) => Ok(Permit {
                 hide_run_dirs: true,
             }),
-            None => match self.ask(op, api, path, credentials).await {
+            None => match self.ask(op, api, path, credentials, skills_by_name).await {
                 Outcome::Allowed(permit) => Ok(permit),
                 other => self.answer(op, None, Instant::now(), other),
             },
@@ -712,6 +704,10 @@ impl Auth {
                 }
                 self.metrics.auth_cache_entries.set(self.cache.len() as i64);
                 Ok(permit)
+            }
+            Outcome::Refused(body) => {
+                self.count("400", "mlflow");
+                Err(refused(op, body).into())
             }
             Outcome::Denied => {
                 self.count("403", "mlflow");
@@ -763,9 +759,15 @@ impl Auth {
         api: &str,
         path: &str,
         credentials: &Credentials,
+        skills_by_name: bool,
     ) -> Outcome {
-        let mut probes = probe::probes_for(op, api, path);
-        let run_tier = if op == Operation::List {
+        let skill_tree = skills_by_name
+            .then(|| probe::skill_tree_probes(op, api, path))
+            .flatten();
+        let in_skill_tree = skill_tree.is_some();
+        let mut probes = skill_tree.unwrap_or_else(|| probe::probes_for(op, api, path));
+        // MLflow's run-directory filter concerns experiment roots, never the skill tree.
+        let run_tier = if op == Operation::List && !in_skill_tree {
             probe::run_tier_probe(api, path)
         } else {
             None
@@ -814,6 +816,7 @@ impl Auth {
                         body,
                     };
                 }
+                Ok(Verdict::Refused(body)) => return Outcome::Refused(body),
                 Ok(Verdict::Odd(message)) => {
                     failure.get_or_insert((StatusCode::BAD_GATEWAY, message));
                 }
@@ -849,6 +852,9 @@ impl Auth {
             .with_label_values(&[probe.kind.label()])
             .observe(started.elapsed().as_secs_f64());
         let (status, www, body) = answer?;
+        if let Some(refusal) = probe::refusal_of_exact(probe, status, &body) {
+            return Ok(Verdict::Refused(refusal));
+        }
         Ok(probe::read_answer(probe.kind, status, www, &body))
     }
 
@@ -875,58 +881,17 @@ impl Auth {
         &self,
         method: http::Method,
         path_and_query: &str,
-        mut headers: HeaderMap,
+        headers: HeaderMap,
         json_body: bool,
         limit: usize,
     ) -> Result<(StatusCode, Option<HeaderValue>, Bytes), String> {
-        let mut parts = self.base.clone().into_parts();
-        parts.path_and_query = Some(
-            format!("{}{path_and_query}", self.config.static_prefix)
-                .parse()
-                .map_err(|e| format!("probe URI: {e}"))?,
-        );
-        let uri = Uri::from_parts(parts).map_err(|e| format!("probe URI: {e}"))?;
-        headers.insert(header::HOST, self.host.clone());
-        headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
-        let body = if json_body {
-            headers.insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
-            );
-            full(Bytes::from_static(b"{}"))
-        } else {
-            empty()
-        };
-        let mut request = Request::new(body);
-        *request.method_mut() = method;
-        *request.uri_mut() = uri;
-        *request.headers_mut() = headers;
-        let retire = crate::upstream_pool::Retire::watch(&mut request);
-        let exchange = async {
-            let response = self
-                .client
-                .request(request)
-                .await
-                .map_err(|e| format!("MLflow at {}: {e}", self.base))?;
-            retire.after(&response);
-            let status = response.status();
-            let www = response.headers().get(header::WWW_AUTHENTICATE).cloned();
-            let body = Limited::new(response.into_body(), limit)
-                .collect()
-                .await
-                .map_err(|e| format!("reading MLflow's answer: {e}"))?
-                .to_bytes();
-            Ok::<_, String>((status, www, body))
-        };
-        tokio::time::timeout(self.config.timeout, exchange)
-            .await
-            .map_err(|_| {
-                format!(
-                    "MLflow at {} did not answer within {} s",
-                    self.base,
-                    self.config.timeout.as_secs()
-                )
-            })?
+        let body = json_body.then(|| Bytes::from_static(b"{}"));
+        let answer = self
+            .asker
+            .ask_limited(method, path_and_query, headers, body, limit)
+            .await?;
+        let www = answer.headers.get(header::WWW_AUTHENTICATE).cloned();
+        Ok((answer.status, www, answer.body))
     }
 
     /// The headers sent to MLflow as the caller, and their digest (None: no credentials, which
@@ -959,6 +924,10 @@ impl Auth {
                 forward.append(name.clone(), value.clone());
             }
         }
+        // MLflow judges in the request's workspace (and 3.18 compares it with the path's).
+        if let Some(workspace) = headers.get(crate::workspaces::HEADER) {
+            forward.insert(crate::workspaces::HEADER, workspace.clone());
+        }
         let digest = any.then(|| {
             let tag = ctx.sign();
             let mut out = [0u8; 32];
@@ -968,13 +937,24 @@ impl Auth {
         Credentials { forward, digest }
     }
 
-    /// Everything else the decision depends on (see `cache::resource`). None: a path MLflow
-    /// cannot parse, never cached.
-    fn key_for(&self, op: Operation, path: &str, credentials: [u8; 32]) -> Option<Key> {
+    /// Everything else the decision depends on (see `cache::resource`): also the workspace the
+    /// request names (decisions differ per workspace, as sent) and whether 3.18's skill rules
+    /// apply. None: a path MLflow cannot parse, never cached.
+    fn key_for(
+        &self,
+        op: Operation,
+        path: &str,
+        headers: &HeaderMap,
+        skills_by_name: bool,
+        credentials: [u8; 32],
+    ) -> Option<Key> {
         let path = (op != Operation::Head).then_some(path);
+        let workspace = headers.get(crate::workspaces::HEADER);
+        let mut context = vec![u8::from(skills_by_name), u8::from(workspace.is_some())];
+        context.extend_from_slice(workspace.map_or(&b""[..], |w| w.as_bytes()));
         Some(Key {
             credentials,
-            resource: cache::resource(op.tag(), path)?,
+            resource: cache::resource(op.tag(), &context, path)?,
         })
     }
 
@@ -1061,6 +1041,31 @@ fn unauthenticated(
     response.headers_mut().insert(
         header::WWW_AUTHENTICATE,
         www_authenticate.unwrap_or(HeaderValue::from_static("Basic realm=\"mlflow\"")),
+    );
+    response
+}
+
+/// MLflow's 400 for the request itself: the Flask routes' JSON as it is; MLflow's FastAPI
+/// middleware (native GET/PUT) answers the message as text.
+fn refused(op: Operation, body: Bytes) -> Response<ProxyBody> {
+    if op.native()
+        && let Some(message) = serde_json::from_slice::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|v| v.get("message").and_then(|m| m.as_str()).map(str::to_owned))
+    {
+        let mut response = Response::new(full(Bytes::from(message)));
+        *response.status_mut() = StatusCode::BAD_REQUEST;
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        return response;
+    }
+    let mut response = Response::new(full(body));
+    *response.status_mut() = StatusCode::BAD_REQUEST;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
     );
     response
 }

@@ -83,6 +83,9 @@ pub struct Probe {
     pub method: Method,
     pub path_and_query: String,
     pub json_body: bool,
+    /// Asks about the request's own path (no token appended): MLflow's refusal of the probe is
+    /// its refusal of the request.
+    pub exact: bool,
 }
 
 fn child(path: &str, tail: &str) -> String {
@@ -102,6 +105,7 @@ fn list_probe(api: &str, path: &str) -> Probe {
             utf8_percent_encode(path, QUERY_SET)
         ),
         json_body: false,
+        exact: false,
     }
 }
 
@@ -114,6 +118,7 @@ fn delete_probe(api: &str, path: &str) -> Probe {
             utf8_percent_encode(path, PATH_SET)
         ),
         json_body: false,
+        exact: false,
     }
 }
 
@@ -127,6 +132,7 @@ pub fn probes_for(op: Operation, api: &str, path: &str) -> Vec<Probe> {
             method: Method::GET,
             path_and_query: format!("{api}/mlflow/users/current"),
             json_body: false,
+            exact: false,
         }],
         Operation::Upload | Operation::Multipart => {
             let target = if path.is_empty() { TOKEN } else { path };
@@ -138,6 +144,7 @@ pub fn probes_for(op: Operation, api: &str, path: &str) -> Vec<Probe> {
                     utf8_percent_encode(target, PATH_SET)
                 ),
                 json_body: true,
+                exact: false,
             }]
         }
         Operation::Delete => {
@@ -165,6 +172,7 @@ pub fn probes_for(op: Operation, api: &str, path: &str) -> Vec<Probe> {
                 utf8_percent_encode(&child(path, TOKEN), PATH_SET)
             ),
             json_body: false,
+            exact: false,
         }],
     }
 }
@@ -177,7 +185,42 @@ pub fn route_probe(method: Method, path_and_query: String) -> Probe {
         method,
         path_and_query,
         json_body: false,
+        exact: false,
     }
+}
+
+/// MLflow 3.18 judges its skill tree (`skills/`, also below `workspaces/<ws>/`) by the skill a
+/// path names, and refuses odd spellings there with a 400: a token appended would name another
+/// skill (or an invalid one), so these paths are probed as they are. Reads (a listing or a
+/// presigned URL of the path itself: a read whose answer is dropped) ask exactly the request's
+/// question. Writes ask the update validator (`mpu/abort`, which stops at its schema); every
+/// write there is then refused anyway (`artifacts::scope`: skill content is immutable), so for a
+/// DELETE only which 403 is sent can differ from stock (its MANAGE check against UPDATE here).
+/// None: the path is not in the skill tree.
+pub fn skill_tree_probes(op: Operation, api: &str, path: &str) -> Option<Vec<Probe>> {
+    if !crate::mlflow::skills::is_skill_upload_namespace(path) {
+        return None;
+    }
+    let mut probe = match op {
+        Operation::Download | Operation::List => list_probe(api, path),
+        Operation::Presigned => Probe {
+            kind: Kind::Presigned,
+            method: Method::GET,
+            path_and_query: format!(
+                "{api}/mlflow-artifacts/presigned/{}",
+                utf8_percent_encode(path, PATH_SET)
+            ),
+            json_body: false,
+            exact: false,
+        },
+        Operation::Head => return Some(probes_for(op, api, path)),
+        // The update probe names the path itself already.
+        Operation::Upload | Operation::Multipart | Operation::Delete => {
+            probes_for(Operation::Multipart, api, path).remove(0)
+        }
+    };
+    probe.exact = true;
+    Some(vec![probe])
 }
 
 /// For a listing: MLflow withholds run directories from an experiment-root listing when the
@@ -200,8 +243,26 @@ pub enum Verdict {
         www_authenticate: Option<HeaderValue>,
         body: Bytes,
     },
+    /// An exact probe refused with a 400 (other than `mpu/abort`'s schema check, which an allowed
+    /// caller reaches): MLflow's refusal of the request itself, to relay.
+    Refused(Bytes),
     /// Anything else: MLflow's answer does not say; the request is refused.
     Odd(String),
+}
+
+/// An exact probe's 400, when it is MLflow's refusal of the path rather than the harmless end of
+/// an allowed probe (`mpu/abort` without a body stops at its schema check: "Missing value for
+/// required parameter 'path'").
+pub fn refusal_of_exact(probe: &Probe, status: StatusCode, body: &Bytes) -> Option<Bytes> {
+    if !probe.exact || status != StatusCode::BAD_REQUEST {
+        return None;
+    }
+    let schema_stop = probe.kind == Kind::MpuAbort
+        && serde_json::from_slice::<serde_json::Value>(body)
+            .ok()
+            .and_then(|v| v.get("message").and_then(|m| m.as_str()).map(str::to_owned))
+            .is_some_and(|m| m.starts_with("Missing value for required parameter 'path'"));
+    (!schema_stop).then(|| body.clone())
 }
 
 pub fn read_answer(
@@ -236,7 +297,19 @@ pub fn read_answer(
         (Kind::List | Kind::Delete | Kind::MpuAbort | Kind::Presigned, 400) => {
             error_code().as_deref() == Some("INVALID_PARAMETER_VALUE")
         }
+        // An exact probe (`skill_tree_probes`) asks for an object that exists.
+        (Kind::Presigned, 200) => true,
         (Kind::Presigned, 501) => error_code().as_deref() == Some("NOT_IMPLEMENTED"),
+        // 3.18's handlers refuse writes to skill content once the caller is authorized: JSON,
+        // where the auth app's refusal is the text above.
+        (Kind::MpuAbort | Kind::Delete, 403) => {
+            error_code().as_deref() == Some("PERMISSION_DENIED")
+                && serde_json::from_slice::<serde_json::Value>(body)
+                    .ok()
+                    .and_then(|v| v.get("message").and_then(|m| m.as_str()).map(str::to_owned))
+                    .as_deref()
+                    == Some(crate::mlflow::skills::IMMUTABLE)
+        }
         (Kind::Presigned, 404) => error_code().as_deref() == Some("RESOURCE_DOES_NOT_EXIST"),
         // The handler's missing-argument answer: werkzeug's HTML page (`request.args["path"]`)
         // or MLflow's BAD_REQUEST; a validator's own 400 (INVALID_PARAMETER_VALUE) is not it.
@@ -302,6 +375,31 @@ mod tests {
             "/api/2.0/mlflow/users/current"
         );
         assert_eq!(run_tier_probe("/api/2.0", ""), None);
+    }
+
+    #[test]
+    fn skill_tree_paths_are_probed_as_they_are() {
+        assert_eq!(
+            skill_tree_probes(Operation::List, "/api/2.0", "1/skills"),
+            None
+        );
+        let p = skill_tree_probes(Operation::List, "/api/2.0", "skills/@org").unwrap();
+        assert_eq!(
+            p[0].path_and_query,
+            "/api/2.0/mlflow-artifacts/artifacts?path=skills%2F%40org"
+        );
+        assert!(p[0].exact);
+        let p =
+            skill_tree_probes(Operation::Download, "/api/2.0", "workspaces/t/skills/x/f").unwrap();
+        assert_eq!(
+            p[0].path_and_query,
+            "/api/2.0/mlflow-artifacts/artifacts?path=workspaces%2Ft%2Fskills%2Fx%2Ff"
+        );
+        let p = skill_tree_probes(Operation::Delete, "/api/2.0", "skills/x").unwrap();
+        assert_eq!(p.len(), 1);
+        assert_eq!((p[0].kind, p[0].exact), (Kind::MpuAbort, true));
+        let p = skill_tree_probes(Operation::Head, "/api/2.0", "skills/x").unwrap();
+        assert_eq!(p[0].kind, Kind::CurrentUser);
     }
 
     #[test]
@@ -394,6 +492,25 @@ mod tests {
         ));
         assert!(matches!(
             read_answer(Kind::Route, StatusCode::OK, None, &b("file bytes")),
+            Verdict::Odd(_)
+        ));
+        // 3.18 refuses writes to skill content after the auth app let the caller through.
+        let immutable = b(
+            r#"{"error_code": "PERMISSION_DENIED", "message": "Skill upload content is immutable; register a new version instead"}"#,
+        );
+        for kind in [Kind::MpuAbort, Kind::Delete] {
+            assert_eq!(
+                read_answer(kind, StatusCode::FORBIDDEN, None, &immutable),
+                Verdict::Allowed
+            );
+        }
+        assert!(matches!(
+            read_answer(
+                Kind::MpuAbort,
+                StatusCode::FORBIDDEN,
+                None,
+                &b(r#"{"error_code": "PERMISSION_DENIED", "message": "other"}"#)
+            ),
             Verdict::Odd(_)
         ));
         // A server without the auth app has no users/current route.

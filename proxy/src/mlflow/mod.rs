@@ -5,3 +5,4 @@ pub mod content;
 pub mod json;
 pub mod mpu_body;
 pub mod path;
+pub mod skills;

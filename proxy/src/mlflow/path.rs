@@ -74,7 +74,7 @@ pub fn py_unquote(text: &str) -> String {
 }
 
 /// `_decode`: unquote and re-normalise until the text stops changing (10 rounds at most).
-fn decode(url: &str) -> Result<String, PathError> {
+pub fn decode(url: &str) -> Result<String, PathError> {
     let mut url = url.to_owned();
     for _ in 0..10 {
         let decoded = py_unquote(&url);

@@ -28,6 +28,11 @@ pub const SECRET_KEY: &str = "test-secret-key-123";
 pub const BUCKET: &str = "default";
 pub const MIB: usize = 1024 * 1024;
 
+/// How long a test waits for something that must happen (a log line, a metric, a cleanup in the
+/// background, a port): long enough that only a hang exhausts it on a loaded machine. Verdicts
+/// never depend on how much of it was used.
+pub const PATIENCE: Duration = Duration::from_secs(60);
+
 /// Which S3 server the tests run against. By default a real S3 server in this process (s3s +
 /// s3s-fs, SigV4 checked). With `PROXY_TEST_S3_ENDPOINT` set, an external store instead (the
 /// native stack's Garage in CI): `PROXY_TEST_S3_ACCESS_KEY`, `PROXY_TEST_S3_SECRET_KEY`,
@@ -309,12 +314,11 @@ impl S3Server {
     pub async fn restart(&self) {
         self.stop();
         // The aborted loop drops its listener at its next poll; bind once the port is free.
-        let mut attempts = 0;
+        let deadline = std::time::Instant::now() + PATIENCE;
         let listener = loop {
             match TcpListener::bind(self.addr).await {
                 Ok(listener) => break listener,
-                Err(_) if attempts < 100 => {
-                    attempts += 1;
+                Err(_) if std::time::Instant::now() < deadline => {
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
                 Err(e) => panic!("cannot listen on {} again: {e}", self.addr),
@@ -615,11 +619,15 @@ pub fn serve_config(s3: &S3Server, upstream: &str) -> ServeConfig {
         download: Default::default(),
         security: mlflow_artifact_proxy::security::Security::default(),
         auth: mlflow_artifact_proxy::auth::AuthConfig::off(),
+        mlflow: mlflow_artifact_proxy::capabilities::CapabilitiesConfig::fixed(
+            mlflow_artifact_proxy::capabilities::Capabilities::pinned(),
+        ),
         transfers: test_transfers(),
         integrity: Default::default(),
         shutdown_grace: Duration::from_secs(5),
         timeouts: mlflow_artifact_proxy::timeouts::Timeouts::default(),
         trusted_proxies: Default::default(),
+        upstream_pool: Default::default(),
     }
 }
 
@@ -893,15 +901,36 @@ fn dechunk(mut data: &[u8]) -> Vec<u8> {
     }
 }
 
-/// Wait (bounded) until `check` holds; S3 cleanup after a disconnect runs in the background.
+/// Wait (bounded by [`PATIENCE`]) until `check` holds; S3 cleanup after a disconnect runs in
+/// the background.
 pub async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
-    for _ in 0..100 {
-        if check() {
-            return;
-        }
+    let deadline = std::time::Instant::now() + PATIENCE;
+    while !check() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still not true after {PATIENCE:?}: {what}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    panic!("still not true after 5 s: {what}");
+}
+
+/// As [`eventually`], for a check that is itself asynchronous (a scrape, a request).
+pub async fn eventually_async<F: Future<Output = bool>>(what: &str, mut check: impl FnMut() -> F) {
+    let deadline = std::time::Instant::now() + PATIENCE;
+    while !check().await {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still not true after {PATIENCE:?}: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The value of one series in a Prometheus text scrape (NaN when it is absent).
+pub fn series(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or(f64::NAN)
 }
 
 /// The real proxy binary in front of `s3` and `mlflow`, on ports it picks itself (its log says
@@ -970,11 +999,12 @@ impl ProxyBinary {
         ProxyBinary { child, lines }
     }
 
-    /// The next line of its log, within 10 s. Blocks this worker thread only: the in-process S3
-    /// and MLflow keep running on the other (the tests use a multi-threaded runtime).
+    /// The next line of its log (waiting at most [`PATIENCE`]). Blocks this worker thread only:
+    /// the in-process S3 and MLflow keep running on the other (the tests use a multi-threaded
+    /// runtime).
     pub fn next_line(&self) -> String {
-        tokio::task::block_in_place(|| self.lines.recv_timeout(Duration::from_secs(10)))
-            .expect("a log line within 10 s")
+        tokio::task::block_in_place(|| self.lines.recv_timeout(PATIENCE))
+            .expect("a log line from the proxy")
     }
 }
 

@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 use std::process::{Child, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -92,14 +92,10 @@ pub fn free_port() -> u16 {
 
 /// Wait until `addr` accepts connections (at most 20 s).
 pub async fn wait_listening(addr: SocketAddr) {
-    let started = Instant::now();
-    while TcpStream::connect(addr).await.is_err() {
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "the proxy did not listen"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    super::eventually_async("the proxy listens", || async {
+        TcpStream::connect(addr).await.is_ok()
+    })
+    .await;
 }
 
 /// Send a request head and body bytes on a fresh socket, read the whole answer (bounded).
@@ -107,7 +103,7 @@ pub async fn exchange(addr: SocketAddr, head: &str, body: &[u8]) -> (u16, String
     let mut stream = TcpStream::connect(addr).await.unwrap();
     stream.write_all(head.as_bytes()).await.unwrap();
     stream.write_all(body).await.unwrap();
-    read_answer(&mut stream, Duration::from_secs(60)).await
+    read_answer(&mut stream, super::PATIENCE).await
 }
 
 pub async fn read_answer(stream: &mut TcpStream, within: Duration) -> (u16, String) {
