@@ -98,6 +98,9 @@ pub fn upstream_stand_in() -> Handler {
 #[derive(Default)]
 struct NullState {
     sizes: HashMap<String, u64>,
+    /// User metadata (`x-amz-meta-*`) of each key, as its last PUT or CopyObject set it: the
+    /// proxy's digests, so that downloads from the null store are checked as from a real one.
+    metadata: HashMap<String, Vec<(header::HeaderName, header::HeaderValue)>>,
     uploads: HashMap<String, u64>,
     next_upload: u64,
 }
@@ -153,12 +156,40 @@ async fn null_store_answer(
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     };
 
+    let user_metadata: Vec<(header::HeaderName, header::HeaderValue)> = request
+        .headers()
+        .iter()
+        .filter(|(name, _)| name.as_str().starts_with("x-amz-meta-"))
+        .map(|(name, value)| (name.clone(), value.clone()))
+        .collect();
+    if method == Method::PUT && request.headers().contains_key("x-amz-copy-source") {
+        // CopyObject onto itself with new metadata (how the proxy records digests).
+        drain(request.into_body()).await;
+        let mut s = lock();
+        if !s.sizes.contains_key(&key) {
+            return respond(
+                StatusCode::NOT_FOUND,
+                "application/xml",
+                "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>NoSuchKey</Code><Message>The specified key does not exist.</Message></Error>",
+            );
+        }
+        s.metadata.insert(key, user_metadata);
+        return respond(
+            StatusCode::OK,
+            "application/xml",
+            format!(
+                "<?xml version=\"1.0\" encoding=\"UTF-8\"?><CopyObjectResult><ETag>{ETAG}</ETag><LastModified>2026-01-01T00:00:00.000Z</LastModified></CopyObjectResult>"
+            ),
+        );
+    }
     if method == Method::PUT {
         let n = drain(request.into_body()).await;
         if let Some(id) = query.get("uploadId") {
             *lock().uploads.entry(id.clone()).or_default() += n;
         } else {
-            lock().sizes.insert(key, n);
+            let mut s = lock();
+            s.metadata.insert(key.clone(), user_metadata);
+            s.sizes.insert(key, n);
         }
         let mut response = respond(StatusCode::OK, "text/plain", "");
         response
@@ -192,6 +223,7 @@ async fn null_store_answer(
         {
             let mut s = lock();
             let size = s.uploads.remove(id).unwrap_or(0);
+            s.metadata.remove(&key);
             s.sizes.insert(key.clone(), size);
         }
         return respond(
@@ -213,6 +245,7 @@ async fn null_store_answer(
             }
             None => {
                 s.sizes.remove(&key);
+                s.metadata.remove(&key);
             }
         }
         let mut response = Response::new(full(Bytes::new()));
@@ -287,7 +320,13 @@ async fn null_store_answer(
             ),
         );
     }
-    let size = lock().sizes.get(&key).copied();
+    let (size, metadata) = {
+        let s = lock();
+        (
+            s.sizes.get(&key).copied(),
+            s.metadata.get(&key).cloned().unwrap_or_default(),
+        )
+    };
     let Some(size) = size else {
         return respond(
             StatusCode::NOT_FOUND,
@@ -321,6 +360,7 @@ async fn null_store_answer(
         header::ACCEPT_RANGES,
         header::HeaderValue::from_static("bytes"),
     );
+    headers.extend(metadata);
     if status == StatusCode::PARTIAL_CONTENT
         && let Ok(v) = format!("bytes {start}-{}/{size}", start + len - 1).parse()
     {

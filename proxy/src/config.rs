@@ -39,9 +39,38 @@ pub enum Command {
     /// Find the artifacts of runs, logged models and traces MLflow no longer has (asking it as
     /// an admin) and, with --delete, delete those older than --older-than. A dry run by default.
     Gc(Box<GcArgs>),
+    /// Re-read the objects under the destination (or --prefix) and compare each with the digest
+    /// kept with it; --backfill records one for those without. Exit 0 clean, 1 a mismatch, 2
+    /// errors (docs/integrity.md).
+    Verify(Box<VerifyArgs>),
     /// Print the reference of every setting (docs/configuration.md) as Markdown.
     #[command(hide = true)]
     ConfigReference,
+}
+
+/// `verify` (see the `verify` module and docs/integrity.md).
+#[derive(Clone, Debug, Args)]
+pub struct VerifyArgs {
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// Only the objects under this path of the destination (`12/`, `12/abc/artifacts/model`).
+    #[arg(long, default_value = "")]
+    pub prefix: String,
+    /// Record a digest (PROXY_INTEGRITY's algorithm) for each object that has none. Without it,
+    /// verify only reads.
+    #[arg(long)]
+    pub backfill: bool,
+    /// Objects read at the same time.
+    #[arg(long, env = "PROXY_VERIFY_CONCURRENCY", default_value_t = 4)]
+    pub concurrency: usize,
+    /// Seconds between progress lines (0: none; a summary line ends every run).
+    #[arg(long, env = "PROXY_VERIFY_PROGRESS_SECS", default_value_t = 30)]
+    pub progress_secs: u64,
+    /// How long S3 may take to answer one call, or to send the next piece of an object.
+    #[arg(long, env = "PROXY_S3_TIMEOUT_SECS", default_value_t = 60)]
+    pub s3_timeout_secs: u64,
+    #[command(flatten)]
+    pub integrity: crate::integrity::IntegrityArgs,
 }
 
 #[derive(Clone, Debug, Args)]
@@ -171,6 +200,8 @@ pub struct ServeArgs {
     pub transfers: crate::transfers::TransferArgs,
     #[command(flatten)]
     pub upstream_pool: crate::upstream_pool::PoolArgs,
+    #[command(flatten)]
+    pub integrity: crate::integrity::IntegrityArgs,
     /// Uploads with a Content-Length up to this size go to S3 as one streamed PutObject (no
     /// memory held, no completion step); larger and chunked uploads use multipart upload.
     #[arg(long, env = "PROXY_SINGLE_PUT_MAX_MIB", default_value_t = 1024)]
@@ -268,6 +299,7 @@ pub struct ServeConfig {
     /// How the proxy learns MLflow's version and modes.
     pub mlflow: crate::capabilities::CapabilitiesConfig,
     pub transfers: crate::transfers::TransferConfig,
+    pub integrity: crate::integrity::IntegrityConfig,
     pub shutdown_grace: Duration,
     pub timeouts: crate::timeouts::Timeouts,
     pub trusted_proxies: crate::forwarding::TrustedProxies,
@@ -373,6 +405,7 @@ impl ServeArgs {
             auth: self.auth.build()?,
             mlflow: self.mlflow.build()?,
             transfers: self.transfers.build(&trusted_proxies)?,
+            integrity: self.integrity.build(),
             upload: UploadConfig {
                 single_put_max: self.single_put_max_mib * MIB,
                 part_size: usize::try_from(self.part_size_mib * MIB).map_err(|e| e.to_string())?,

@@ -22,6 +22,7 @@ pub mod downloads;
 pub mod error;
 pub mod forwarding;
 pub mod gc;
+pub mod integrity;
 pub mod locations;
 pub mod metrics;
 pub mod mlflow;
@@ -42,6 +43,7 @@ pub mod tls;
 pub mod transfers;
 pub mod upstream;
 pub mod upstream_pool;
+pub mod verify;
 pub mod workspaces;
 
 use std::net::SocketAddr;
@@ -118,6 +120,7 @@ impl Proxy {
                 config.download,
             )
             .with_transfers(config.transfers.clone())
+            .with_integrity(config.integrity)
             .with_static_prefix(&config.static_prefix),
         );
 

@@ -82,10 +82,22 @@ fn main() -> ExitCode {
                 .await
                 .map(drop)
             }
+            Command::Verify(args) => {
+                let out: mlflow_artifact_proxy::verify::Sink = Arc::new(|line| println!("{line}"));
+                // Exit 2 when it could not run at all: 1 means a mismatch.
+                return Ok(match mlflow_artifact_proxy::verify::run(&args, out).await {
+                    Ok(summary) => ExitCode::from(summary.exit_code()),
+                    Err(message) => {
+                        eprintln!("mlflow-artifact-proxy: verify: {message}");
+                        ExitCode::from(2)
+                    }
+                });
+            }
         }
+        .map(|()| ExitCode::SUCCESS)
     });
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(message) => {
             eprintln!("mlflow-artifact-proxy: {message}");
             ExitCode::FAILURE

@@ -118,6 +118,8 @@ pub struct ObjectMeta {
     pub size: u64,
     pub etag: Option<String>,
     pub last_modified: Option<String>,
+    /// The object's user metadata (`x-amz-meta-*` headers).
+    pub metadata: HeaderMap,
 }
 
 /// Plain HTTP, or TLS with the roots `tls` chooses.
@@ -319,6 +321,7 @@ impl Store {
                         .unwrap_or(0),
                     etag: text(header::ETAG),
                     last_modified: text(header::LAST_MODIFIED),
+                    metadata: user_metadata(&parts.headers),
                 }))
             };
             tokio::time::timeout(self.timeout, exchange)
@@ -328,14 +331,14 @@ impl Store {
         .await
     }
 
-    /// One streamed PutObject of exactly `len` bytes.
+    /// One streamed PutObject of exactly `len` bytes; returns the new object's ETag.
     pub async fn put_object(
         &self,
         key: &str,
         content_type: &str,
         len: u64,
         body: ProxyBody,
-    ) -> Result<(), StoreError> {
+    ) -> Result<Option<String>, StoreError> {
         self.timed("put_object", async {
             let mut headers = HeaderMap::new();
             headers.insert(header::CONTENT_LENGTH, len.into());
@@ -343,7 +346,56 @@ impl Store {
             let response = self
                 .send_keyed(Method::PUT, key, &[], headers, body)
                 .await?;
-            expect_success(response).await.map(drop)
+            let headers = expect_success(response).await?;
+            Ok(headers
+                .get(header::ETAG)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned))
+        })
+        .await
+    }
+
+    /// Replace the user metadata of the object at `key` with `metadata` (`x-amz-meta-*`
+    /// headers), if it is still the version `etag` names: a CopyObject onto itself with
+    /// `REPLACE`, which s3s-fs and Garage do without copying the bytes (ETag kept). Content-Type
+    /// is part of what is replaced, so it is given again. `Ok(false)`: the object changed (or
+    /// went) in between and was left alone.
+    pub async fn replace_metadata(
+        &self,
+        key: &str,
+        etag: &str,
+        content_type: &str,
+        metadata: HeaderMap,
+    ) -> Result<bool, StoreError> {
+        self.timed("copy_object", async {
+            let mut headers = metadata;
+            headers.insert(
+                "x-amz-copy-source",
+                header_value(&self.signer.copy_source(key)),
+            );
+            headers.insert("x-amz-copy-source-if-match", header_value(etag));
+            headers.insert(
+                "x-amz-metadata-directive",
+                HeaderValue::from_static("REPLACE"),
+            );
+            headers.insert(header::CONTENT_TYPE, header_value(content_type));
+            let answer = self
+                .call(Method::PUT, key, &[], headers, Bytes::new(), self.timeout)
+                .await;
+            match answer {
+                // S3 may answer 200 and still fail: the failure is then the body.
+                Ok(answer) => match root_element(&answer).as_deref() {
+                    Some("CopyObjectResult") => Ok(true),
+                    _ => Err(StoreError::Status {
+                        status: 500,
+                        message: summarize_error_xml(&String::from_utf8_lossy(&answer)),
+                    }),
+                },
+                Err(StoreError::Status {
+                    status: 404 | 412, ..
+                }) => Ok(false),
+                Err(e) => Err(e),
+            }
         })
         .await
     }
@@ -448,12 +500,13 @@ impl Store {
             .collect())
     }
 
+    /// Complete the upload; returns the new object's ETag.
     pub async fn complete_multipart(
         &self,
         key: &str,
         upload_id: &str,
         mut parts: Vec<(u32, String)>,
-    ) -> Result<(), StoreError> {
+    ) -> Result<Option<String>, StoreError> {
         parts.sort_by_key(|(n, _)| *n);
         let xml = complete_multipart_xml(&parts);
         self.timed("complete_multipart_upload", async {
@@ -470,7 +523,16 @@ impl Store {
                 .await?;
             // S3 may answer 200 and still fail: the failure is then the body.
             match root_element(&answer).as_deref() {
-                Some("CompleteMultipartUploadResult") => Ok(()),
+                Some("CompleteMultipartUploadResult") => {
+                    #[derive(serde::Deserialize)]
+                    struct Completed {
+                        #[serde(rename = "ETag")]
+                        etag: Option<String>,
+                    }
+                    Ok(quick_xml::de::from_reader::<_, Completed>(answer.as_ref())
+                        .ok()
+                        .and_then(|completed| completed.etag))
+                }
                 _ => Err(StoreError::Status {
                     status: 500,
                     message: summarize_error_xml(&String::from_utf8_lossy(&answer)),
@@ -691,6 +753,15 @@ fn root_element(xml: &[u8]) -> Option<String> {
             Ok(_) => buf.clear(),
         }
     }
+}
+
+/// The `x-amz-meta-*` headers of an answer.
+pub fn user_metadata(headers: &HeaderMap) -> HeaderMap {
+    headers
+        .iter()
+        .filter(|(name, _)| name.as_str().starts_with("x-amz-meta-"))
+        .map(|(name, value)| (name.clone(), value.clone()))
+        .collect()
 }
 
 /// Turn a non-2xx store response into an error carrying S3's own code and message.

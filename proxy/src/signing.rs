@@ -244,6 +244,34 @@ fn upload_mac_check(key: &[u8], upload_id: &str, s3_key: &str, tag: &[u8]) -> bo
         .is_ok()
 }
 
+/// Keeps part seals (`integrity::parts`) apart from the other things signed with the same key.
+const PART_DOMAIN: &[u8] = b"mlflow-artifact-proxy/part-seal\0";
+/// A part seal's tag: HMAC-SHA256 truncated, as a client holds it for minutes at most.
+pub const PART_TAG_BYTES: usize = 16;
+
+fn part_hmac(key: &[u8], message: &[u8]) -> HmacSha256 {
+    let mut mac = HmacSha256::new_from_slice(key).expect("HMAC takes keys of any length");
+    mac.update(PART_DOMAIN);
+    mac.update(message);
+    mac
+}
+
+impl Signer {
+    /// The tag of a part seal's `message` (`PART_TAG_BYTES`), by the current key.
+    pub fn part_tag(&self, message: &[u8]) -> Vec<u8> {
+        let tag = part_hmac(&self.current, message).finalize().into_bytes();
+        tag[..PART_TAG_BYTES].to_vec()
+    }
+
+    /// Whether `tag` is `message`'s, by the current or the previous key (constant time).
+    pub fn check_part_tag(&self, message: &[u8], tag: &[u8]) -> bool {
+        tag.len() == PART_TAG_BYTES
+            && std::iter::once(&self.current)
+                .chain(self.previous.as_ref())
+                .any(|k| part_hmac(k, message).verify_truncated_left(tag).is_ok())
+    }
+}
+
 impl Signer {
     /// A signer with a fixed key (tests, benches).
     pub fn with_key(key: &[u8]) -> Signer {

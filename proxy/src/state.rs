@@ -10,6 +10,7 @@ use crate::auth::Auth;
 use crate::capabilities::Tracker;
 use crate::config::UploadConfig;
 use crate::downloads::{DownloadConfig, Downloads};
+use crate::integrity::{Integrity, IntegrityConfig};
 use crate::locations::Locations;
 use crate::metrics::Metrics;
 use crate::s3::Store;
@@ -58,6 +59,8 @@ pub struct App {
     pub downloads: Downloads,
     /// Client-driven multipart uploads and presigned downloads (see `App::with_transfers`).
     pub transfers: Transfers,
+    /// Artifact digests: recorded on upload, checked on download (see `App::with_integrity`).
+    pub integrity: Integrity,
     /// Where MLflow keeps what the UI's downloads name, as it tells each caller.
     pub locations: Locations,
     /// MLflow's `--static-prefix` ("" for none; see `App::with_static_prefix`).
@@ -126,6 +129,7 @@ impl App {
             .upload_budget_capacity
             .set(i64::try_from(upload.budget).unwrap_or(i64::MAX));
         let (lookup_ttl, lookup_capacity) = auth.cache_policy();
+        let registry = metrics.registry.clone();
         App {
             store,
             upstream,
@@ -136,6 +140,7 @@ impl App {
             auth,
             capabilities,
             transfers: Transfers::disabled(),
+            integrity: Integrity::new(IntegrityConfig::default(), Some(&registry)),
             locations: Locations::new(lookup_ttl, lookup_capacity),
             static_prefix: String::new(),
             budget: Arc::new(Semaphore::new(units)),
@@ -152,6 +157,13 @@ impl App {
     #[must_use]
     pub fn with_transfers(mut self, config: TransferConfig) -> Self {
         self.transfers = Transfers::new(config, Some(&self.metrics.registry));
+        self
+    }
+
+    /// Record and check artifact digests as `config` says.
+    #[must_use]
+    pub fn with_integrity(mut self, config: IntegrityConfig) -> Self {
+        self.integrity.config = config;
         self
     }
 

@@ -256,6 +256,11 @@ async fn a_scripted_session_moves_exactly_these_counters() {
                 r#"mlflow_proxy_s3_requests_total{operation="complete_multipart_upload",outcome="ok"}"#,
                 1.0
             ),
+            // The digests of the two stored objects, recorded (integrity).
+            (
+                r#"mlflow_proxy_s3_requests_total{operation="copy_object",outcome="ok"}"#,
+                2.0
+            ),
             (
                 r#"mlflow_proxy_s3_requests_total{operation="create_multipart_upload",outcome="ok"}"#,
                 2.0
@@ -300,6 +305,10 @@ async fn a_scripted_session_moves_exactly_these_counters() {
             (
                 r#"mlflow_proxy_s3_request_duration_seconds_count{operation="complete_multipart_upload"}"#,
                 1.0
+            ),
+            (
+                r#"mlflow_proxy_s3_request_duration_seconds_count{operation="copy_object"}"#,
+                2.0
             ),
             (
                 r#"mlflow_proxy_s3_request_duration_seconds_count{operation="create_multipart_upload"}"#,

@@ -14,9 +14,10 @@ use super::scope::Scope;
 use super::store_error;
 use crate::body::{ProxyBody, boxed, empty};
 use crate::error::ProxyError;
+use crate::integrity::Digest;
 use crate::mlflow::content::{basename, content_disposition_attachment, guess_mime_type};
 use crate::mlflow::path::validate_path_is_safe;
-use crate::s3::{ObjectMeta, StoreError, header_value, read_error_body};
+use crate::s3::{ObjectMeta, StoreError, header_value, read_error_body, user_metadata};
 use crate::state::App;
 use http_body_util::BodyExt;
 
@@ -41,6 +42,8 @@ pub struct Answer {
     pub bytes: RangeInclusive<u64>,
     /// ETag and Last-Modified exactly as the store gave them.
     pub validators: HeaderMap,
+    /// The object's digest, if it has one (`integrity`).
+    pub digest: Option<Digest>,
 }
 
 pub async fn download(
@@ -88,7 +91,10 @@ pub async fn download_validated(
         let validators = meta_validators(&meta);
         return Ok(
             match conditions.preconditions(&Validators::from_headers(&validators)) {
-                Precondition::Pass => head_response(&path, &meta, &validators),
+                Precondition::Pass => {
+                    let digest = app.integrity.expected(&meta.metadata);
+                    head_response(&path, &meta, &validators, digest)
+                }
                 Precondition::NotModified => not_modified(&path, &validators),
                 Precondition::Failed => precondition_failed(),
             },
@@ -175,13 +181,17 @@ async fn get(
                 size,
                 bytes: wanted.clone().unwrap_or(whole(size)),
                 validators,
+                digest: app.integrity.expected(&user_metadata(response.headers())),
             };
             if wanted.as_ref() == sent.as_ref()
                 || (wanted.is_none() && sent.as_ref() == Some(&whole(size)))
             {
-                // Large answers: the same status and headers, the body read as parallel ranges.
+                // Large answers: the same status and headers, the body read as parallel ranges;
+                // a whole object checked as a whole as it goes out.
+                let check = answer.check();
                 let response = object_response(&path, answer, boxed(response.into_body()));
-                return Ok(super::ranged::parallelize(app, &key, response));
+                let response = super::ranged::parallelize(app, &key, response);
+                return Ok(checked(app, &key, size, check, response));
             }
             // The store sent other bytes than HTTP asks for (it ignored If-Range, or read a
             // range its own way): ask again for exactly those.
@@ -239,6 +249,7 @@ async fn by_metadata(
         size: meta.size,
         bytes,
         validators,
+        digest: app.integrity.expected(&meta.metadata),
     };
     refetch(app, path, key, answer).await
 }
@@ -267,10 +278,12 @@ async fn refetch(
     let sent = store_extent(status, response.headers());
     let same_version = kept_validators(response.headers()).get(header::ETAG)
         == answer.validators.get(header::ETAG);
+    let check = answer.check();
     match sent {
         Some((size, sent)) if size == answer.size && same_version => {
             if sent.as_ref().unwrap_or(&whole(size)) == &answer.bytes {
-                Ok(object_response(path, answer, boxed(response.into_body())))
+                let response = object_response(path, answer, boxed(response.into_body()));
+                Ok(checked(app, key, size, check, response))
             } else if sent.is_none() {
                 // A store that ignores Range altogether: the whole object is a valid answer.
                 let answer = Answer {
@@ -278,7 +291,9 @@ async fn refetch(
                     bytes: whole(size),
                     ..answer
                 };
-                Ok(object_response(path, answer, boxed(response.into_body())))
+                let check = answer.check();
+                let response = object_response(path, answer, boxed(response.into_body()));
+                Ok(checked(app, key, size, check, response))
             } else {
                 Err(store_error(StoreError::Other(format!(
                     "asked for bytes {:?}, got {sent:?}",
@@ -436,7 +451,49 @@ fn object_response(path: &str, answer: Answer, body: ProxyBody) -> Response<Prox
         );
     }
     headers.extend(answer.validators);
+    if let Some(digest) = &answer.digest {
+        headers.extend(digest.response_headers(answer.status == StatusCode::OK));
+    }
     response
+}
+
+impl Answer {
+    /// What the answer's bytes are checked against: `Some` when they are the whole object (a 200,
+    /// or a range that covers it all, as MLflow's client asks for through `presigned/`), with the
+    /// object's digest if it has one.
+    fn check(&self) -> Option<Option<Digest>> {
+        (self.bytes == whole(self.size)).then_some(self.digest)
+    }
+}
+
+/// An answer that carries the whole object of `size` bytes (`Answer::check`), checked against
+/// its digest as it streams (`integrity::verified`): a mismatch cuts it before its last byte.
+/// Other answers (parts of the object) as they are.
+fn checked(
+    app: &App,
+    key: &str,
+    size: u64,
+    check: Option<Option<Digest>>,
+    response: Response<ProxyBody>,
+) -> Response<ProxyBody> {
+    let Some(digest) = check else {
+        return response;
+    };
+    if !response.status().is_success() || app.integrity.config.algorithm.is_none() {
+        return response;
+    }
+    let outcomes = app.integrity.downloads.clone();
+    match digest {
+        // No byte to cut: an empty object is checked by its length alone.
+        Some(_) if size == 0 => response,
+        Some(digest) => {
+            response.map(|body| crate::integrity::verified(body, key, size, digest, outcomes))
+        }
+        None => {
+            outcomes.with_label_values(&["no_digest"]).inc();
+            response
+        }
+    }
 }
 
 /// How the bytes of a decided answer are produced: here, the store's own response body.
@@ -476,10 +533,18 @@ fn unsatisfiable(size: u64) -> Response<ProxyBody> {
     answer
 }
 
-fn head_response(path: &str, meta: &ObjectMeta, validators: &HeaderMap) -> Response<ProxyBody> {
+fn head_response(
+    path: &str,
+    meta: &ObjectMeta,
+    validators: &HeaderMap,
+    digest: Option<Digest>,
+) -> Response<ProxyBody> {
     let mut response = labelled(path, StatusCode::OK, empty());
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_LENGTH, HeaderValue::from(meta.size));
     headers.extend(validators.clone());
+    if let Some(digest) = digest {
+        headers.extend(digest.response_headers(true));
+    }
     response
 }

@@ -21,6 +21,7 @@ use super::scope::Scope;
 use super::store_error;
 use crate::body::{ProxyBody, empty, full};
 use crate::error::{ProxyError, Side};
+use crate::integrity::{self, Algorithm, Digest, Hasher, parts};
 use crate::mlflow::content::guess_mime_type;
 use crate::mlflow::json::{Dialect, dumps};
 use crate::mlflow::mpu_body::{MAX_PARTS as MAX_PARTS_USIZE, MpuBody, Part, Parts, Scalar};
@@ -485,16 +486,68 @@ async fn complete(
     upload_id: &str,
     list: Vec<(u32, String)>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
-    app.store
+    let (list, digest) = open_parts(app, key, upload_id, list).await?;
+    let etag = app
+        .store
         .complete_multipart(key, upload_id, list)
         .await
         .map_err(client_or_store)?;
+    let content_type = guess_mime_type(key.rsplit('/').next().unwrap_or(key));
+    super::upload::record_digest(app, key, content_type, etag, digest).await;
     app.transfers
         .uploads_total
         .with_label_values(&["completed"])
         .inc();
     tracing::info!(key, "multipart upload completed");
     Ok(json_response("{}".to_owned()))
+}
+
+/// S3's ETags of the parts the client lists, and the object's CRC combined from their seals
+/// (`integrity::parts`) when every part has one. A seal this proxy did not make is refused.
+async fn open_parts(
+    app: &App,
+    key: &str,
+    upload_id: &str,
+    list: Vec<(u32, String)>,
+) -> Result<(Vec<(u32, String)>, Option<crate::integrity::Digest>), ProxyError> {
+    let signer = &app.transfers.config.signer;
+    let mut s3_parts = Vec::with_capacity(list.len());
+    let mut sums = Some(Vec::with_capacity(list.len()));
+    for (number, etag) in list {
+        match parts::open(signer, key, upload_id, number, &etag) {
+            parts::Opened::Sealed { etag, crc, len } => {
+                if let Some(sums) = &mut sums {
+                    sums.push((number, crc, len));
+                }
+                s3_parts.push((number, etag));
+            }
+            parts::Opened::Plain(etag) => {
+                sums = None;
+                s3_parts.push((number, etag));
+            }
+            parts::Opened::Refused => {
+                return Err(bad_request(format!(
+                    "The ETag of part {number} was not issued by this server for this upload"
+                )));
+            }
+        }
+    }
+    let digest = match sums {
+        Some(mut sums) if !sums.is_empty() && app.integrity.config.algorithm.is_some() => {
+            sums.sort_by_key(|(number, ..)| *number);
+            let distinct = sums.windows(2).all(|w| w[0].0 != w[1].0);
+            let sums: Vec<(u64, u64)> = sums.into_iter().map(|(_, crc, len)| (crc, len)).collect();
+            match distinct {
+                true => tokio::task::spawn_blocking(move || parts::combine(&sums))
+                    .await
+                    .ok(),
+                // S3 refuses the complete; nothing to record.
+                false => None,
+            }
+        }
+        _ => None,
+    };
+    Ok((s3_parts, digest))
 }
 
 async fn abort(
@@ -629,6 +682,13 @@ pub async fn upload_part(
             e
         })
         .boxed();
+    // Each part's CRC, whatever the algorithm: only CRCs combine (`integrity::parts`).
+    let hasher = app
+        .integrity
+        .config
+        .algorithm
+        .map(|_| Hasher::new(Algorithm::Crc64Nvme));
+    let (body, tally) = integrity::tally(body, hasher);
     let stored = app
         .store
         .upload_part_body(
@@ -641,6 +701,18 @@ pub async fn upload_part(
         .await;
     match stored {
         Ok(etag) => {
+            let etag = match tally.take().map(Hasher::finish) {
+                Some(Digest::Crc64Nvme(crc)) => parts::seal(
+                    &app.transfers.config.signer,
+                    &claims.target,
+                    &claims.upload_id,
+                    claims.part_number,
+                    &etag,
+                    crc,
+                    len,
+                ),
+                _ => etag,
+            };
             let mut response = Response::new(empty());
             let headers = response.headers_mut();
             headers.insert(header::ETAG, crate::s3::header_value(&etag));

@@ -22,6 +22,7 @@ use super::scope::Scope;
 use super::store_error;
 use crate::body::{ProxyBody, empty};
 use crate::error::{ProxyError, Side};
+use crate::integrity::{self, Digest, Hasher};
 use crate::mlflow::content::guess_mime_type;
 use crate::mlflow::path::validate_path_is_safe;
 use crate::s3::StoreError;
@@ -175,6 +176,7 @@ impl ClientFault {
     }
 }
 
+/// Store the body under `key`, then record the digest of the bytes stored (`integrity`).
 async fn store_body(
     app: &Arc<App>,
     key: &str,
@@ -182,16 +184,67 @@ async fn store_body(
     declared: Option<u64>,
     body: ProxyBody,
 ) -> Result<(), ProxyError> {
-    match declared {
+    let mut hasher = app.integrity.hasher();
+    let etag = match declared {
         // hyper ends the body with an error if the client sends fewer bytes than it declared,
         // and S3 then discards the partial object.
-        Some(len) if len <= app.upload.single_put_max => app
-            .store
-            .put_object(key, content_type, len, body)
-            .await
-            .map_err(store_error),
-        Some(len) => stream_parts(app, key, content_type, len, body).await,
-        None => fill_parts(app, key, content_type, body).await,
+        Some(len) if len <= app.upload.single_put_max => {
+            let (body, tally) = integrity::tally(body, hasher.take());
+            let etag = app
+                .store
+                .put_object(key, content_type, len, body)
+                .await
+                .map_err(store_error)?;
+            hasher = tally.take();
+            etag
+        }
+        Some(len) => stream_parts(app, key, content_type, len, body, &mut hasher).await?,
+        None => fill_parts(app, key, content_type, body, &mut hasher).await?,
+    };
+    let digest = hasher.map(Hasher::finish);
+    record_digest(app, key, content_type, etag, digest).await;
+    Ok(())
+}
+
+/// Keep `digest` (of the bytes just stored at `key`, version `etag`) with the object in
+/// the store. An object without one is served unchecked, so a failure here does not fail the
+/// upload: it is counted (`integrity_uploads_total{outcome="unrecorded"}`) and logged.
+pub(super) async fn record_digest(
+    app: &App,
+    key: &str,
+    content_type: &str,
+    etag: Option<String>,
+    digest: Option<Digest>,
+) {
+    let Some(digest) = digest else {
+        return;
+    };
+    let outcome = match etag {
+        None => Err("the store gave no ETag".to_owned()),
+        Some(etag) => {
+            let (name, value) = digest.metadata();
+            let mut metadata = http::HeaderMap::new();
+            metadata.insert(name, value);
+            match app
+                .store
+                .replace_metadata(key, &etag, content_type, metadata)
+                .await
+            {
+                Ok(true) => Ok(()),
+                Ok(false) => Err("the object was replaced before its digest was recorded".into()),
+                Err(e) => Err(e.to_string()),
+            }
+        }
+    };
+    match outcome {
+        Ok(()) => app.integrity.uploads.with_label_values(&["recorded"]).inc(),
+        Err(reason) => {
+            app.integrity
+                .uploads
+                .with_label_values(&["unrecorded"])
+                .inc();
+            tracing::warn!(key, %digest, "integrity: digest not recorded: {reason}");
+        }
     }
 }
 
@@ -219,7 +272,8 @@ async fn stream_parts(
     content_type: &'static str,
     len: u64,
     mut body: ProxyBody,
-) -> Result<(), ProxyError> {
+    hasher: &mut Option<Hasher>,
+) -> Result<Option<String>, ProxyError> {
     let part_size = part_size_for(app.upload.part_size, Some(len)) as u64;
     let mut upload = start_multipart(app, key, content_type).await?;
     let streamed: Result<(), ProxyError> = async {
@@ -267,6 +321,9 @@ async fn stream_parts(
                     carry = Some(data);
                 }
                 left -= take as u64;
+                if let Some(hasher) = hasher.as_mut() {
+                    hasher.update(&piece);
+                }
                 if tx.send(Ok(piece)).await.is_err() {
                     // The part request ended before its bytes did: the store failed.
                     return Err(first_failure(&mut upload).await);
@@ -307,13 +364,14 @@ async fn first_failure(upload: &mut Multipart) -> ProxyError {
     )
 }
 
-/// All bytes read: wait for the parts, complete the upload; on any failure, abort it.
+/// All bytes read: wait for the parts, complete the upload (returning the object's ETag); on any
+/// failure, abort it.
 async fn finish(
     app: &Arc<App>,
     key: &str,
     mut upload: Multipart,
     read: Result<(), ProxyError>,
-) -> Result<(), ProxyError> {
+) -> Result<Option<String>, ProxyError> {
     let finished = match read {
         Err(e) => Err(e),
         Ok(()) => {
@@ -330,13 +388,13 @@ async fn finish(
         }
     };
     match finished {
-        Ok(()) => {
+        Ok(etag) => {
             app.untrack_upload(&upload.upload_id);
             app.metrics
                 .multipart_uploads
                 .with_label_values(&["completed"])
                 .inc();
-            Ok(())
+            Ok(etag)
         }
         Err(e) => {
             abort(app, key, upload).await;
@@ -464,7 +522,8 @@ async fn fill_parts(
     key: &str,
     content_type: &'static str,
     mut body: ProxyBody,
-) -> Result<(), ProxyError> {
+    hasher: &mut Option<Hasher>,
+) -> Result<Option<String>, ProxyError> {
     let part_size = app.upload.part_size;
     let mut part = PartBuffer::new();
     let mut multipart: Option<Multipart> = None;
@@ -478,6 +537,9 @@ async fn fill_parts(
             while !data.is_empty() {
                 let take = (part_size - part.len).min(data.len()).min(STEP);
                 let piece = data.split_to(take);
+                if let Some(hasher) = hasher.as_mut() {
+                    hasher.update(&piece);
+                }
                 if part.try_push_small(app, &piece) {
                     continue;
                 }

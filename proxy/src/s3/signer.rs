@@ -40,6 +40,8 @@ pub enum Payload<'a> {
 pub struct Signer {
     /// `scheme://host[:port][/endpoint path]/<bucket>`: what every request's URL starts with.
     bucket_url: String,
+    /// `/<bucket>`, encoded: how `x-amz-copy-source` names an object of the bucket.
+    bucket_path: String,
     /// The `Host` header, sent as it is signed.
     host: HeaderValue,
     region: String,
@@ -65,8 +67,10 @@ impl Signer {
             host.to_str().unwrap_or_default(),
             endpoint.path().trim_end_matches('/')
         );
+        let bucket_path = format!("/{}", utf8_percent_encode(&config.bucket, QUERY_SET));
         Ok(Signer {
-            bucket_url: format!("{base}/{}", utf8_percent_encode(&config.bucket, QUERY_SET)),
+            bucket_url: format!("{base}{bucket_path}"),
+            bucket_path,
             host,
             region: config.region.clone(),
             credentials: Credentials::new(
@@ -80,7 +84,8 @@ impl Signer {
     }
 
     /// A signed request for `key` (`""`: the bucket itself, as `/<bucket>/`) with `query` pairs
-    /// (a `None` value writes the bare name, as in `?uploads`) and the given unsigned `headers`.
+    /// (a `None` value writes the bare name, as in `?uploads`) and the given `headers`, of which
+    /// the `x-amz-*` ones are signed (Garage refuses any that is not).
     pub fn request<B>(
         &self,
         method: Method,
@@ -96,10 +101,17 @@ impl Signer {
             Payload::Unsigned => SignableBody::UnsignedPayload,
             Payload::Bytes(bytes) => SignableBody::Bytes(bytes),
         };
+        let amz = headers.iter().filter_map(|(name, value)| {
+            let name = name.as_str();
+            name.starts_with("x-amz-")
+                .then_some(())
+                .and(value.to_str().ok())
+                .map(|value| (name, value))
+        });
         let signable = SignableRequest::new(
             method.as_str(),
             url.as_str(),
-            std::iter::once(("host", host)),
+            std::iter::once(("host", host)).chain(amz),
             signable_body,
         )
         .map_err(|e| format!("signing {method} {url}: {e}"))?;
@@ -127,6 +139,11 @@ impl Signer {
             .insert(header::HOST, self.host.clone());
         instructions.apply_to_request_http1x(&mut request);
         Ok(request)
+    }
+
+    /// The `x-amz-copy-source` of `key` in this bucket.
+    pub fn copy_source(&self, key: &str) -> String {
+        format!("{}/{}", self.bucket_path, utf8_percent_encode(key, KEY_SET))
     }
 
     fn url(&self, key: &str, query: &[(&str, Option<&str>)]) -> String {
@@ -239,6 +256,23 @@ mod tests {
             authorization.contains("/us-east-1/s3/aws4_request, SignedHeaders=host;x-amz-content-sha256;x-amz-date, Signature="),
             "{authorization}"
         );
+        // The x-amz-* headers given are signed (Garage refuses any that is not), others not.
+        let mut headers = HeaderMap::new();
+        headers.insert("x-amz-meta-a", HeaderValue::from_static("1"));
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+        let s = signer("http://127.0.0.1:9000/");
+        let request = s
+            .request(Method::PUT, "k", &[], headers, Payload::Unsigned, ())
+            .unwrap();
+        let authorization = request.headers()[header::AUTHORIZATION].to_str().unwrap();
+        assert!(
+            authorization.contains(
+                "SignedHeaders=host;x-amz-content-sha256;x-amz-date;x-amz-meta-a, Signature="
+            ),
+            "{authorization}"
+        );
+        assert_eq!(request.headers()[header::CONTENT_TYPE], "text/plain");
+        assert_eq!(s.copy_source("a b/./c"), "/default/a%20b/./c");
         // The default port is not part of the Host header (nor of what is signed).
         let request = get(&signer("http://store:80"), "k", &[]);
         assert_eq!(request.headers()[header::HOST], "store");

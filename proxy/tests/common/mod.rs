@@ -661,6 +661,7 @@ pub fn serve_config(s3: &S3Server, upstream: &str) -> ServeConfig {
             mlflow_artifact_proxy::capabilities::Capabilities::pinned(),
         ),
         transfers: test_transfers(),
+        integrity: Default::default(),
         shutdown_grace: Duration::from_secs(5),
         timeouts: mlflow_artifact_proxy::timeouts::Timeouts::default(),
         trusted_proxies: Default::default(),

@@ -1,0 +1,548 @@
+//! Integrity end to end (docs/integrity.md): every upload path records a digest with the object,
+//! whole downloads carry it and are checked while they stream, and an object whose bytes no
+//! longer match is never delivered as a complete download. Against s3s-fs (a byte flipped in
+//! its file on disk) and, with `PROXY_TEST_S3_*` set, Garage (the object replaced behind the
+//! proxy's back, its digest metadata kept).
+
+mod common;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use bytes::Bytes;
+use common::*;
+use mlflow_artifact_proxy::downloads::DownloadConfig;
+use mlflow_artifact_proxy::integrity::{Algorithm, IntegrityConfig};
+
+fn crc64nvme(data: &[u8]) -> String {
+    let crc = crc_fast::checksum(crc_fast::CrcAlgorithm::Crc64Nvme, data);
+    STANDARD.encode(crc.to_be_bytes())
+}
+
+fn sha256_b64(data: &[u8]) -> String {
+    use sha2::Digest;
+    STANDARD.encode(sha2::Sha256::digest(data))
+}
+
+/// A proxy with the given algorithm, downloads above 1 MiB read as parallel 1 MiB ranges.
+async fn harness(algorithm: Option<Algorithm>) -> Harness {
+    Harness::start_configured(|config| {
+        config.integrity = IntegrityConfig { algorithm };
+        config.download = DownloadConfig {
+            chunk: MIB as u64,
+            threshold: MIB as u64,
+            ..DownloadConfig::default()
+        };
+    })
+    .await
+}
+
+/// The value of one series in the proxy's metrics (0 when absent).
+async fn metric(h: &Harness, series: &str) -> f64 {
+    h.metrics()
+        .await
+        .lines()
+        .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+async fn outcome(h: &Harness, outcome: &str) -> f64 {
+    metric(
+        h,
+        &format!("mlflow_proxy_integrity_downloads_total{{outcome=\"{outcome}\"}}"),
+    )
+    .await
+}
+
+/// The object's user metadata, as the store answers HEAD (straight to the store).
+async fn stored_metadata(h: &Harness, key: &str) -> std::collections::HashMap<String, String> {
+    let (head, status) = h.s3.client().head_object(key).await.unwrap();
+    assert_eq!(status, 200, "HEAD {key}");
+    head.metadata.unwrap_or_default()
+}
+
+/// Upload through each path the proxy has for a PUT: one streamed PutObject, a streamed
+/// multipart upload (declared length above the single-PUT limit), and a chunked body (parts
+/// filled in memory; a small one ends as one PutObject).
+async fn upload_every_way(h: &Harness) -> Vec<(&'static str, Vec<u8>)> {
+    let objects = vec![
+        ("d/single.bin", random_bytes(300_000)),
+        ("d/streamed.bin", random_bytes(12 * MIB + 12_345)),
+        ("d/chunked.bin", random_bytes(11 * MIB + 7)),
+        ("d/chunked-small.bin", random_bytes(70_000)),
+    ];
+    for (path, data) in &objects {
+        let response = if path.starts_with("d/chunked") {
+            // No Content-Length: a stream of 64 KiB frames.
+            let frames: Vec<Result<Bytes, std::io::Error>> = data
+                .chunks(65_536)
+                .map(|c| Ok(Bytes::copy_from_slice(c)))
+                .collect();
+            h.http
+                .put(h.artifact(path))
+                .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
+                    frames,
+                )))
+                .send()
+                .await
+                .unwrap()
+        } else {
+            h.put(path, data.clone()).await
+        };
+        assert_eq!(response.status(), 200, "PUT {path}");
+    }
+    objects
+}
+
+/// Bytes a client receives of a GET (with `range`), and whether the transfer ended cleanly.
+/// Status 0: the connection closed before any answer, which is how a cut answer ends when its
+/// first frame already completes the object (hyper sends the head with the first body bytes).
+async fn fetch_range(
+    h: &Harness,
+    path: &str,
+    range: Option<&str>,
+) -> (u16, reqwest::header::HeaderMap, Vec<u8>, bool) {
+    let mut request = h.http.get(h.artifact(path));
+    if let Some(range) = range {
+        request = request.header("range", range);
+    }
+    let Ok(mut response) = request.send().await else {
+        return (0, reqwest::header::HeaderMap::new(), Vec::new(), false);
+    };
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let mut body = Vec::new();
+    loop {
+        match response.chunk().await {
+            Ok(Some(chunk)) => body.extend_from_slice(&chunk),
+            Ok(None) => return (status, headers, body, true),
+            Err(_) => return (status, headers, body, false),
+        }
+    }
+}
+
+async fn fetch(h: &Harness, path: &str) -> (u16, reqwest::header::HeaderMap, Vec<u8>, bool) {
+    fetch_range(h, path, None).await
+}
+
+/// curl's exit code for a download of `path` (18: the transfer ended short).
+async fn curl(h: &Harness, path: &str) -> i32 {
+    let url = h.artifact(path);
+    // Off the runtime's thread: the proxy serves on it.
+    tokio::task::spawn_blocking(move || {
+        let out = tempfile::NamedTempFile::new().unwrap();
+        std::process::Command::new("curl")
+            .args(["-sS", "--noproxy", "*", "--max-time", "120", "-o"])
+            .arg(out.path())
+            .arg(url)
+            .status()
+            .unwrap()
+            .code()
+            .unwrap_or(-1)
+    })
+    .await
+    .unwrap()
+}
+
+/// Replace a stored object's bytes with `corrupt`, its digest metadata left as it was: on
+/// s3s-fs by writing its file on disk (rot under the store), elsewhere by a PUT straight to the
+/// store with the old metadata (a writer behind the proxy's back).
+async fn corrupt(h: &Harness, key: &str, corrupt: &[u8]) {
+    if h.s3.is_external() {
+        let mut headers = http::HeaderMap::new();
+        for (name, value) in stored_metadata(h, key).await {
+            headers.insert(
+                http::HeaderName::from_bytes(format!("x-amz-meta-{name}").as_bytes()).unwrap(),
+                value.parse().unwrap(),
+            );
+        }
+        h.s3.client()
+            .put_object_with_headers(key, corrupt, Some(headers))
+            .await
+            .unwrap();
+    } else {
+        std::fs::write(h.s3.object_path(key), corrupt).unwrap();
+    }
+}
+
+#[tokio::test]
+async fn every_upload_path_records_the_digest_and_downloads_carry_it() {
+    let h = harness(Some(Algorithm::Crc64Nvme)).await;
+    let objects = upload_every_way(&h).await;
+    for (path, data) in &objects {
+        // Kept with the object, where MLflow's listings never show it.
+        assert_eq!(
+            stored_metadata(&h, path)
+                .await
+                .get("mlflow-proxy-crc64nvme"),
+            Some(&crc64nvme(data)),
+            "{path}"
+        );
+        let (status, headers, body, clean) = fetch(&h, path).await;
+        assert_eq!((status, clean), (200, true), "{path}");
+        assert!(body == *data, "{path}: the bytes changed");
+        assert_eq!(
+            headers["x-amz-checksum-crc64nvme"],
+            crc64nvme(data),
+            "{path}"
+        );
+        assert_eq!(headers["x-amz-checksum-type"], "FULL_OBJECT", "{path}");
+        let head = h.http.head(h.artifact(path)).send().await.unwrap();
+        assert_eq!(head.headers()["x-amz-checksum-crc64nvme"], crc64nvme(data));
+    }
+    // A range: served as before, no whole-object checksum on it.
+    let range = h
+        .http
+        .get(h.artifact("d/single.bin"))
+        .header("range", "bytes=10-19")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(range.status(), 206);
+    assert!(range.headers().get("x-amz-checksum-crc64nvme").is_none());
+    assert_eq!(range.bytes().await.unwrap(), objects[0].1[10..20]);
+
+    assert_eq!(outcome(&h, "ok").await, 4.0);
+    assert_eq!(outcome(&h, "mismatch").await, 0.0);
+    assert_eq!(
+        metric(
+            &h,
+            "mlflow_proxy_integrity_uploads_total{outcome=\"recorded\"}"
+        )
+        .await,
+        4.0
+    );
+    // The listing MLflow's client sees: names and sizes, nothing of the digest.
+    let listing = h
+        .http
+        .get(h.url("/api/2.0/mlflow-artifacts/artifacts?path=d"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(!listing.contains("crc64"), "{listing}");
+}
+
+#[tokio::test]
+async fn a_corrupted_object_is_never_delivered_whole() {
+    let h = harness(Some(Algorithm::Crc64Nvme)).await;
+    let objects = upload_every_way(&h).await;
+    // One byte flipped in the small object (one GET) and in the large streamed one (parallel
+    // ranged GETs, checked as a whole).
+    for (path, data) in &objects[..2] {
+        let mut bad = data.clone();
+        bad[data.len() / 2] ^= 0x01;
+        corrupt(&h, path, &bad).await;
+    }
+    for (i, (path, data)) in objects[..2].iter().enumerate() {
+        let (status, headers, body, clean) = fetch(&h, path).await;
+        assert!(status == 200 || status == 0, "{path}: {status}");
+        if status == 200 {
+            assert_eq!(headers["content-length"], data.len().to_string());
+        }
+        assert!(!clean, "{path}: a corrupt object was delivered whole");
+        assert!(body.len() < data.len(), "{path}: {} bytes", body.len());
+        assert_eq!(outcome(&h, "mismatch").await, (i + 1) as f64);
+    }
+    // A real client: curl fails the transfer (18: partial file; 52: the connection closed
+    // before the head, when the object's first frame was already its last).
+    for path in ["d/single.bin", "d/streamed.bin"] {
+        let code = curl(&h, path).await;
+        assert!(code == 18 || code == 52, "{path}: curl exited {code}");
+    }
+    assert_eq!(outcome(&h, "mismatch").await, 4.0);
+    // A range that covers the whole object (what MLflow's client asks for through presigned/
+    // URLs) is the whole object: checked, and cut short too.
+    let (path, data) = &objects[0];
+    for whole in ["bytes=0-".to_owned(), format!("bytes=0-{}", data.len() - 1)] {
+        let (status, _, got, clean) = fetch_range(&h, path, Some(&whole)).await;
+        assert!(status == 206 || status == 0, "{whole}: {status}");
+        assert!(!clean && got.len() < data.len(), "{whole}: delivered whole");
+    }
+    assert_eq!(outcome(&h, "mismatch").await, 6.0);
+    // Other ranges are served as they are, unchecked.
+    let range = h
+        .http
+        .get(h.artifact("d/single.bin"))
+        .header("range", "bytes=0-99")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(range.status(), 206);
+    assert_eq!(range.bytes().await.unwrap(), objects[0].1[..100]);
+    // The untouched objects download whole.
+    for (path, data) in &objects[2..] {
+        let (status, _, body, clean) = fetch(&h, path).await;
+        assert_eq!((status, clean), (200, true), "{path}");
+        assert!(body == *data);
+        assert_eq!(curl(&h, path).await, 0);
+    }
+    assert_eq!(outcome(&h, "mismatch").await, 6.0);
+}
+
+#[tokio::test]
+async fn objects_without_a_digest_are_served_unchecked() {
+    let h = harness(Some(Algorithm::Crc64Nvme)).await;
+    let data = random_bytes(100_000);
+    // Written straight to the store, as before this feature.
+    h.s3.client().put_object("old/x.bin", &data).await.unwrap();
+    let (status, headers, body, clean) = fetch(&h, "old/x.bin").await;
+    assert_eq!((status, clean), (200, true));
+    assert!(body == data);
+    assert!(headers.get("x-amz-checksum-crc64nvme").is_none());
+    assert_eq!(outcome(&h, "no_digest").await, 1.0);
+}
+
+#[tokio::test]
+async fn sha256_is_recorded_and_sent_as_repr_digest() {
+    let h = harness(Some(Algorithm::Sha256)).await;
+    let objects = upload_every_way(&h).await;
+    for (path, data) in &objects {
+        assert_eq!(
+            stored_metadata(&h, path).await.get("mlflow-proxy-sha256"),
+            Some(&sha256_b64(data)),
+            "{path}"
+        );
+        let (status, headers, body, clean) = fetch(&h, path).await;
+        assert_eq!((status, clean), (200, true), "{path}");
+        assert!(body == *data);
+        assert_eq!(
+            headers["repr-digest"],
+            format!("sha-256=:{}:", sha256_b64(data))
+        );
+        assert!(headers.get("x-amz-checksum-crc64nvme").is_none());
+    }
+    let (path, data) = &objects[1];
+    let mut bad = data.clone();
+    bad[7] ^= 0x80;
+    corrupt(&h, path, &bad).await;
+    let (_, _, _, clean) = fetch(&h, path).await;
+    assert!(!clean, "a corrupt object was delivered whole");
+    assert_eq!(outcome(&h, "mismatch").await, 1.0);
+}
+
+#[tokio::test]
+async fn off_records_and_checks_nothing() {
+    let h = harness(None).await;
+    let data = random_bytes(50_000);
+    assert_eq!(h.put("d/x.bin", data.clone()).await.status(), 200);
+    let metadata = stored_metadata(&h, "d/x.bin").await;
+    assert!(
+        !metadata.contains_key("mlflow-proxy-crc64nvme"),
+        "{metadata:?}"
+    );
+    assert!(
+        !metadata.contains_key("mlflow-proxy-sha256"),
+        "{metadata:?}"
+    );
+    let mut bad = data.clone();
+    bad[0] ^= 1;
+    corrupt(&h, "d/x.bin", &bad).await;
+    let (status, _, body, clean) = fetch(&h, "d/x.bin").await;
+    assert_eq!((status, clean), (200, true));
+    assert!(body == bad);
+}
+
+/// `mlflow-artifact-proxy verify` with `args`, against the harness's store: exit code and the
+/// lines it printed.
+async fn verify(h: &Harness, args: &[&str]) -> (i32, Vec<String>) {
+    let mut command = proxy_command_to(
+        env!("CARGO_BIN_EXE_mlflow-artifact-proxy"),
+        &h.s3,
+        &h.s3.endpoint,
+        "http://127.0.0.1:9",
+    );
+    command.arg("verify").args(args);
+    let output = tokio::task::spawn_blocking(move || command.output().unwrap())
+        .await
+        .unwrap();
+    let lines = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    (output.status.code().unwrap_or(-1), lines)
+}
+
+#[tokio::test]
+async fn verify_reports_mismatches_and_objects_without_a_digest_and_backfills_them() {
+    let h = harness(Some(Algorithm::Crc64Nvme)).await;
+    let objects = upload_every_way(&h).await;
+    let old = random_bytes(40_000);
+    h.s3.client().put_object("old/x.bin", &old).await.unwrap();
+
+    let (code, lines) = verify(&h, &[]).await;
+    assert_eq!(code, 0, "{lines:?}");
+    assert_eq!(
+        lines.last().unwrap(),
+        &format!(
+            "verify: objects: 5, bytes: {}, ok: 4, mismatch: 0, no digest: 1, backfilled: 0, errors: 0",
+            objects.iter().map(|(_, d)| d.len()).sum::<usize>()
+        )
+    );
+
+    let (path, data) = &objects[1];
+    let mut bad = data.clone();
+    bad[data.len() - 1] ^= 0x40;
+    corrupt(&h, path, &bad).await;
+    let (code, lines) = verify(&h, &[]).await;
+    assert_eq!(code, 1, "{lines:?}");
+    assert!(lines.contains(&format!("mismatch: {path}")), "{lines:?}");
+    assert!(
+        lines
+            .last()
+            .unwrap()
+            .contains("ok: 3, mismatch: 1, no digest: 1"),
+        "{lines:?}"
+    );
+    // --prefix: only what is under it.
+    let (code, lines) = verify(&h, &["--prefix", "old"]).await;
+    assert_eq!(code, 0, "{lines:?}");
+    assert!(
+        lines
+            .last()
+            .unwrap()
+            .starts_with("verify: objects: 1, bytes: 0, ok: 0, mismatch: 0, no digest: 1"),
+        "{lines:?}"
+    );
+
+    // --backfill records the digest of the objects without one, and the proxy then checks it.
+    let (code, lines) = verify(&h, &["--prefix", "old/", "--backfill"]).await;
+    assert_eq!(code, 0, "{lines:?}");
+    assert!(
+        lines.contains(&"backfilled: old/x.bin".to_owned()),
+        "{lines:?}"
+    );
+    assert_eq!(
+        stored_metadata(&h, "old/x.bin")
+            .await
+            .get("mlflow-proxy-crc64nvme"),
+        Some(&crc64nvme(&old))
+    );
+    let (status, headers, body, clean) = fetch(&h, "old/x.bin").await;
+    assert_eq!((status, clean), (200, true));
+    assert!(body == old);
+    assert_eq!(headers["x-amz-checksum-crc64nvme"], crc64nvme(&old));
+    let (code, lines) = verify(&h, &["--prefix", "old/"]).await;
+    assert_eq!(code, 0, "{lines:?}");
+    assert!(
+        lines
+            .last()
+            .unwrap()
+            .contains("ok: 1, mismatch: 0, no digest: 0"),
+        "{lines:?}"
+    );
+
+    // A store that cannot be reached: 2, "could not check", not 1.
+    h.s3.stop();
+    let (code, _) = verify(&h, &["--s3-timeout-secs", "5"]).await;
+    assert_eq!(code, 2);
+}
+
+/// MLflow's own multipart flow (`mpu/create`, a signed part URL per part, `mpu/complete`), as
+/// its client drives it: parts sent in parallel, in reverse order. Returns the complete's
+/// status, with the ETags as `etags` turns them.
+async fn client_multipart(
+    h: &Harness,
+    name: &str,
+    data: &[u8],
+    part: usize,
+    etags: impl Fn(usize, String) -> String,
+) -> u16 {
+    use serde_json::json;
+    const MPU: &str = "/api/2.0/mlflow-artifacts/mpu";
+    let parts = data.len().div_ceil(part);
+    let (status, created) = post_json(
+        h,
+        &h.url(&format!("{MPU}/create/mpu")),
+        json!({"path": name, "num_parts": parts}),
+    )
+    .await;
+    assert_eq!(status, 200, "{created}");
+    let urls: Vec<String> = created["credentials"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["url"].as_str().unwrap().to_owned())
+        .collect();
+    let sends = urls.iter().enumerate().rev().map(|(i, url)| {
+        let bytes = data[i * part..((i + 1) * part).min(data.len())].to_vec();
+        async move { (i, h.http.put(url).body(bytes).send().await.unwrap()) }
+    });
+    let mut listed = Vec::new();
+    for (i, response) in futures_util::future::join_all(sends).await {
+        assert_eq!(response.status(), 200);
+        let etag = response.headers()["etag"].to_str().unwrap().to_owned();
+        assert!(etag.starts_with('"') && etag.len() <= 130, "{etag}");
+        listed.push(json!({"part_number": i + 1, "etag": etags(i, etag), "url": urls[i]}));
+    }
+    let (status, _) = post_json(
+        h,
+        &h.url(&format!("{MPU}/complete/mpu")),
+        json!({"path": name, "upload_id": created["upload_id"], "parts": listed}),
+    )
+    .await;
+    status
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_clients_multipart_flow_gets_the_single_put_digest() {
+    for algorithm in [Algorithm::Crc64Nvme, Algorithm::Sha256] {
+        let h = harness(Some(algorithm)).await;
+        let data = random_bytes(11 * MIB + 3);
+        assert_eq!(h.put("mpu/single.bin", data.clone()).await.status(), 200);
+        let status = client_multipart(&h, "parts.bin", &data, 5 * MIB, |_, e| e).await;
+        assert_eq!(status, 200);
+        let parts = stored_metadata(&h, "mpu/parts.bin").await;
+        // CRCs combine; SHA-256 does not, so the flow records a CRC in either mode.
+        assert_eq!(
+            parts.get("mlflow-proxy-crc64nvme"),
+            Some(&crc64nvme(&data)),
+            "{algorithm:?}"
+        );
+        if algorithm == Algorithm::Crc64Nvme {
+            assert_eq!(stored_metadata(&h, "mpu/single.bin").await, parts);
+        }
+        let (status, headers, body, clean) = fetch(&h, "mpu/parts.bin").await;
+        assert_eq!((status, clean), (200, true));
+        assert!(body == data);
+        assert_eq!(headers["x-amz-checksum-crc64nvme"], crc64nvme(&data));
+
+        // And a corruption of it is caught.
+        let mut bad = data.clone();
+        bad[6 * MIB] ^= 4;
+        corrupt(&h, "mpu/parts.bin", &bad).await;
+        let (_, _, _, clean) = fetch(&h, "mpu/parts.bin").await;
+        assert!(!clean, "a corrupt object was delivered whole");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_part_etag_the_proxy_did_not_seal_is_refused() {
+    let h = harness(Some(Algorithm::Crc64Nvme)).await;
+    let data = random_bytes(6 * MIB);
+    // A seal altered by the client (its CRC chosen).
+    let status = client_multipart(&h, "forged.bin", &data, 5 * MIB, |i, etag| {
+        if i == 0 {
+            etag.replacen('~', "~A", 1)
+        } else {
+            etag
+        }
+    })
+    .await;
+    assert_eq!(status, 400);
+    // S3's bare ETags (a proxy before this feature sealed nothing): stored, without a digest.
+    let status = client_multipart(&h, "bare.bin", &data, 5 * MIB, |_, etag| {
+        format!("{}\"", etag.split('~').next().unwrap())
+    })
+    .await;
+    assert_eq!(status, 200);
+    assert!(
+        !stored_metadata(&h, "mpu/bare.bin")
+            .await
+            .contains_key("mlflow-proxy-crc64nvme")
+    );
+    let (status, _, body, clean) = fetch(&h, "mpu/bare.bin").await;
+    assert_eq!((status, clean), (200, true));
+    assert!(body == data);
+}
