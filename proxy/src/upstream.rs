@@ -213,8 +213,10 @@ fn rewrite_server_info(bytes: &Bytes, (uploads, downloads): (bool, bool)) -> Opt
         ("multipart_uploads_enabled", uploads),
         ("multipart_downloads_enabled", downloads),
         // MLflow 3.18: the UI asks `model-versions/get-artifact` and the logged-model files
-        // route for `presigned=true` URLs. The proxy does not answer those itself, and MLflow's
-        // answer is a URL on the S3 store: off, so the UI downloads through port 5000.
+        // route for `presigned=true` URLs. The proxy answers those itself (`ui_routes`: a URL on
+        // the proxy); off still, because what MLflow answers for a location the proxy leaves to it
+        // (not under the destination) is a URL on that store. The UI then downloads through
+        // port 5000 (and, with multipart downloads on, through the proxy's presigned route).
         ("model_artifact_presigned_downloads_supported", false),
     ] {
         if object.contains_key(flag) {
