@@ -194,6 +194,20 @@ class Outcome:
     proxy_shape: tuple
 
 
+def assert_as_stock(outcomes: list[Outcome], title: str, also: str = "") -> dict[str, int]:
+    """Every outcome's decision and refusal equal stock's; prints the tally; returns the count of
+    stock's decisions by class."""
+    differ = [o for o in outcomes if (o.stock, o.stock_shape) != (o.proxy, o.proxy_shape)]
+    by_class: dict[str, int] = {}
+    for o in outcomes:
+        by_class[o.stock] = by_class.get(o.stock, 0) + 1
+    print(f"\n{title}: {len(outcomes)} cases, {len(outcomes) - len(differ)} equal; stock decisions {by_class}{also}")
+    assert not differ, f"{len(differ)} of {len(outcomes)} decisions differ from stock MLflow:\n" + "\n".join(
+        f"  {o.case}: stock {o.stock} {o.stock_shape}, proxy {o.proxy} {o.proxy_shape}" for o in differ[:60]
+    )
+    return by_class
+
+
 def one_case(user: str, headers, op: str, prefix_name: str, path_name: str, path: str) -> Outcome:
     case_id = f"{user}-{op}-{prefix_name}-{path_name}".lower()
     method, target, body, extra = build(op, PREFIXES[prefix_name], path, case_id, path_name == "experiment-root")
@@ -248,14 +262,7 @@ def test_decisions_equal_stock_mlflow(world):
     jobs.sort(key=lambda j: (j[2] == "DELETE" and j[4] == "experiment-root", j[2] == "DELETE"))
     with ThreadPoolExecutor(6) as pool:
         outcomes = list(pool.map(lambda j: one_case(*j), jobs))
-    differ = [o for o in outcomes if (o.stock, o.stock_shape) != (o.proxy, o.proxy_shape)]
-    by_class: dict[str, int] = {}
-    for o in outcomes:
-        by_class[o.stock] = by_class.get(o.stock, 0) + 1
-    print(f"\ndecision matrix: {len(outcomes)} cases, {len(outcomes) - len(differ)} equal; stock decisions {by_class}")
-    assert not differ, f"{len(differ)} of {len(outcomes)} decisions differ from stock MLflow:\n" + "\n".join(
-        f"  {o.case}: stock {o.stock} {o.stock_shape}, proxy {o.proxy} {o.proxy_shape}" for o in differ[:60]
-    )
+    by_class = assert_as_stock(outcomes, "decision matrix")
     # The matrix is not trivially one-sided: every class occurs.
     assert {"401", "403", "allowed"} <= set(by_class), by_class
 
@@ -575,12 +582,4 @@ def test_decisions_on_paths_3_18_judges_differently_equal_stock(world, s3):
 
     with ThreadPoolExecutor(6) as pool:
         outcomes = list(pool.map(one, jobs))
-    differ = [o for o in outcomes if (o.stock, o.stock_shape) != (o.proxy, o.proxy_shape)]
-    by_class: dict[str, int] = {}
-    for o in outcomes:
-        by_class[o.stock] = by_class.get(o.stock, 0) + 1
-    print(f"\n3.18-sensitive paths on MLflow {SETTINGS['STACK_MLFLOW_VERSION']}: {len(outcomes)} cases, "
-          f"{len(outcomes) - len(differ)} equal; stock decisions {by_class}")
-    assert not differ, f"{len(differ)} of {len(outcomes)} decisions differ from stock MLflow:\n" + "\n".join(
-        f"  {o.case}: stock {o.stock} {o.stock_shape}, proxy {o.proxy} {o.proxy_shape}" for o in differ[:60]
-    )
+    assert_as_stock(outcomes, f"3.18-sensitive paths on MLflow {SETTINGS['STACK_MLFLOW_VERSION']}")
