@@ -45,6 +45,17 @@ _OTHER_VERSION: list[str] = []
 # names them. A skipped test fails the run; a test for another version is not a skipped one.
 MLFLOW_VERSION = tuple(int(x) for x in SETTINGS["STACK_MLFLOW_VERSION"].split(".")[:2])
 
+# The client is the server's release: pytest from that version's venv (STACK_VENV). Another client
+# would test a pairing no user runs, and gc.py (run with this interpreter) would meet a database
+# schema of another release.
+import mlflow  # noqa: E402
+
+if mlflow.__version__ != SETTINGS["STACK_MLFLOW_VERSION"]:
+    raise pytest.UsageError(
+        f"the stack runs MLflow {SETTINGS['STACK_MLFLOW_VERSION']} but this pytest's client is {mlflow.__version__} "
+        f"({mlflow.__file__}): run {SETTINGS['STACK_VENV']}/bin/python -m pytest"
+    )
+
 
 # The stack runs MLflow with its basic-auth app (`scripts/stack up --auth`) or without: the auth
 # suite (test_auth*.py) needs the one, everything else the other. The same pytest command runs
