@@ -103,8 +103,8 @@ impl Route {
 }
 
 /// The route of a request to an MLflow server without a `--static-prefix`. A workspace header
-/// does not change an artifact API route: the handlers serve it in its workspace, or hand it to
-/// MLflow when MLflow runs without workspaces (`workspaces`).
+/// does not change a route of ours: the handlers serve it in its workspace, or hand it to MLflow
+/// when MLflow runs without workspaces or does not know the workspace (`workspaces`).
 pub fn classify<B>(request: &Request<B>) -> Route {
     classify_under(request, "")
 }
@@ -112,12 +112,6 @@ pub fn classify<B>(request: &Request<B>) -> Route {
 /// The route of a request to an MLflow server run with `--static-prefix <static_prefix>` (""
 /// for none): MLflow's routes are all under it, so the proxy's are too.
 pub fn classify_under<B>(request: &Request<B>, static_prefix: &str) -> Route {
-    // The UI's downloads in a workspace stay MLflow's: their locations are resolved inside the
-    // workspace by MLflow, which `locations` does not model.
-    let in_workspace = request
-        .headers()
-        .get("x-mlflow-workspace")
-        .is_some_and(|v| !v.is_empty());
     // uvicorn percent-decodes the path once before routing; so do we.
     let path = py_unquote(request.uri().path());
     let Some(path) = without_static_prefix(&path, static_prefix) else {
@@ -128,9 +122,6 @@ pub fn classify_under<B>(request: &Request<B>, static_prefix: &str) -> Route {
         return Route::ServerInfo;
     }
     if let Some(source) = ui_download(path) {
-        if in_workspace {
-            return Route::PassThrough;
-        }
         return match *method {
             Method::GET => Route::UiDownload {
                 source,
@@ -409,11 +400,17 @@ mod tests {
                 head: false
             }
         );
-        // The UI's downloads in a workspace are MLflow's (see `classify_under`).
+        // So are the UI's downloads: `ui_routes` asks MLflow in the request's workspace.
         let request = Request::get("/get-artifact?path=a&run_id=r")
             .header("X-MLFLOW-WORKSPACE", "team")
             .body(())
             .unwrap();
-        assert_eq!(classify(&request), Route::PassThrough);
+        assert_eq!(
+            classify(&request),
+            Route::UiDownload {
+                source: ArtifactSource::Run,
+                head: false
+            }
+        );
     }
 }

@@ -2,7 +2,7 @@
 //! logged model's `artifacts/files`) against a real S3 server and a stand-in MLflow that answers
 //! the lookups, the route probes and server-info as MLflow does, and counts what it is asked.
 //! What only the real MLflow can show (its decisions, its exact answers) is in scripts/e2e
-//! (test_ui_downloads.py, test_differential.py, test_auth.py).
+//! (test_ui_downloads.py, test_differential.py, test_auth.py, test_ui_workspaces.py).
 
 mod common;
 
@@ -19,6 +19,7 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use mlflow_artifact_proxy::Proxy;
 use mlflow_artifact_proxy::auth::{AuthConfig, Mode};
+use mlflow_artifact_proxy::capabilities::{Capabilities, CapabilitiesConfig, Version};
 
 /// `alice:pw`: may use every route and read every location.
 const ALICE: &str = "Basic YWxpY2U6cHc=";
@@ -35,7 +36,8 @@ struct Registry {
     /// MLflow 3.18's server-info key (model downloads answer `presigned=true` with a URL).
     presigned_key: AtomicBool,
     prefix: String,
-    /// "<user> <method> <path_and_query>" of every request, in order.
+    /// "<user> <method> <path_and_query>" of every request, in order; "[<workspace>] " before
+    /// it when the request named one.
     seen: Mutex<Vec<String>>,
 }
 
@@ -75,11 +77,22 @@ fn reply(status: u16, content_type: &str, body: impl Into<Bytes>) -> Response<Fu
 fn answer(registry: &Registry, request: &Request<Incoming>) -> Response<Full<Bytes>> {
     let who = user(request);
     let path_and_query = request.uri().path_and_query().unwrap().to_string();
-    registry
-        .seen
-        .lock()
-        .unwrap()
-        .push(format!("{who} {} {path_and_query}", request.method()));
+    // MLflow's workspace middleware: the header trimmed; none is the default workspace.
+    let workspace = request
+        .headers()
+        .get("x-mlflow-workspace")
+        .map(|v| v.to_str().unwrap().trim().to_owned());
+    let named = workspace
+        .as_deref()
+        .map(|w| format!("[{w}] "))
+        .unwrap_or_default();
+    registry.seen.lock().unwrap().push(format!(
+        "{named}{who} {} {path_and_query}",
+        request.method()
+    ));
+    let workspace = workspace
+        .as_deref()
+        .filter(|w| !w.is_empty() && *w != "default");
     let auth_on = registry.auth_app.load(Ordering::SeqCst);
     let Some(path) = request.uri().path().strip_prefix(registry.prefix.as_str()) else {
         return reply(404, "text/html", "not under the prefix");
@@ -89,6 +102,13 @@ fn answer(registry: &Registry, request: &Request<Incoming>) -> Response<Full<Byt
             .into_owned()
             .collect();
     if path == "/health" {
+        if workspace.is_some_and(|w| !KNOWN_WORKSPACES.contains(&w)) {
+            return reply(
+                404,
+                "application/json",
+                r#"{"error_code": "RESOURCE_DOES_NOT_EXIST", "message": "Workspace not found"}"#,
+            );
+        }
         return reply(200, "text/plain", "OK");
     }
     if path == "/api/3.0/mlflow/server-info" {
@@ -135,6 +155,16 @@ fn answer(registry: &Registry, request: &Request<Incoming>) -> Response<Full<Byt
     if auth_on && who == "carol" {
         return reply(403, "text/html; charset=utf-8", "Permission denied");
     }
+    if let Some(workspace) = workspace {
+        return match in_workspace(workspace, path, &query) {
+            Some(location) => reply(200, "application/json", location),
+            None => reply(
+                404,
+                "application/json",
+                r#"{"error_code": "RESOURCE_DOES_NOT_EXIST", "message": "not found"}"#,
+            ),
+        };
+    }
     let location = match path {
         "/api/2.0/mlflow/runs/get" => match query.get("run_id").map(String::as_str) {
             Some("r1") => Some(
@@ -144,6 +174,11 @@ fn answer(registry: &Registry, request: &Request<Incoming>) -> Response<Full<Byt
                 r#"{"run": {"info": {"artifact_uri": "http://mlflow.example/api/2.0/mlflow-artifacts/artifacts/1/rh/artifacts"}}}"#.to_owned(),
             ),
             Some("rs3") => Some(r#"{"run": {"info": {"artifact_uri": "s3://elsewhere/1/rs3/artifacts"}}}"#.to_owned()),
+            // A default-workspace experiment whose location names another workspace's tree
+            // (made before workspaces were on): MLflow refuses to serve it in `default`.
+            Some("dws") => Some(
+                r#"{"run": {"info": {"artifact_uri": "mlflow-artifacts:/workspaces/team/1/dws/artifacts"}}}"#.to_owned(),
+            ),
             // A run whose JSON is larger than the proxy reads (params and tags): 2 MiB.
             Some("rbig") => Some(format!(
                 r#"{{"run": {{"info": {{"artifact_uri": "mlflow-artifacts:/1/rbig/artifacts"}}, "data": {{"tags": [{{"key": "k", "value": "{}"}}]}}}}}}"#,
@@ -173,6 +208,43 @@ fn answer(registry: &Registry, request: &Request<Incoming>) -> Response<Full<Byt
     }
 }
 
+/// The workspaces the stand-in resolves besides `default`.
+const KNOWN_WORKSPACES: &[&str] = &["team", "other"];
+
+/// The lookups MLflow answers inside a named workspace (its stores are scoped: a run of another
+/// workspace is not found). The locations are the experiment's, as the workspace store makes
+/// them (`<root>/workspaces/<ws>/<experiment>`), or a workspace's own root (no prefix: MLflow
+/// adds it when it serves), or one that names another workspace (MLflow refuses to serve it).
+fn in_workspace(workspace: &str, path: &str, query: &HashMap<String, String>) -> Option<String> {
+    let arg = |name: &str| query.get(name).map(String::as_str);
+    let run = |uri: &str| {
+        Some(format!(
+            r#"{{"run": {{"info": {{"artifact_uri": "{uri}"}}}}}}"#
+        ))
+    };
+    match (workspace, path) {
+        ("team", "/api/2.0/mlflow/runs/get") => match arg("run_id")? {
+            "wr" => run("mlflow-artifacts:/workspaces/team/1/wr/artifacts"),
+            "own-root" => run("mlflow-artifacts:/1/own-root/artifacts"),
+            "across" => run("mlflow-artifacts:/workspaces/other/1/across/artifacts"),
+            _ => None,
+        },
+        ("other", "/api/2.0/mlflow/runs/get") => match arg("run_id")? {
+            "or" => run("mlflow-artifacts:/workspaces/other/1/or/artifacts"),
+            _ => None,
+        },
+        ("team", "/api/2.0/mlflow/logged-models/m-w") => Some(
+            r#"{"model": {"info": {"artifact_uri": "mlflow-artifacts:/workspaces/team/1/models/m-w/artifacts"}}}"#.to_owned(),
+        ),
+        ("team", "/api/2.0/mlflow/model-versions/get-download-uri")
+            if arg("name") == Some("wreg") && arg("version") == Some("1") =>
+        {
+            Some(r#"{"artifact_uri": "runs:/wr/model"}"#.to_owned())
+        }
+        _ => None,
+    }
+}
+
 /// Put `data` at `key` in the test bucket, straight into the store.
 async fn seed(setup: &Setup, key: &str, data: &[u8]) {
     setup.s3.client().put_object(key, data).await.unwrap();
@@ -192,6 +264,26 @@ impl Setup {
 
     /// `mlflow_3_18`: server-info says what MLflow 3.18's does of presigned model downloads.
     async fn start_with(auth: Mode, prefix: &str, mlflow_3_18: bool) -> Setup {
+        Self::start_as(auth, prefix, mlflow_3_18, Capabilities::pinned()).await
+    }
+
+    /// MLflow 3.18 run with `--enable-workspaces`.
+    async fn start_in_workspaces(auth: Mode) -> Setup {
+        let capabilities = Capabilities {
+            version: Some(Version::V3_18),
+            rules_3_18: true,
+            workspaces: true,
+            presigned_only: false,
+        };
+        Self::start_as(auth, "", true, capabilities).await
+    }
+
+    async fn start_as(
+        auth: Mode,
+        prefix: &str,
+        mlflow_3_18: bool,
+        capabilities: Capabilities,
+    ) -> Setup {
         let s3 = S3Server::start().await;
         let registry = Arc::new(Registry {
             auth_app: AtomicBool::new(auth != Mode::Off),
@@ -202,6 +294,7 @@ impl Setup {
         let upstream = start_registry(registry.clone()).await;
         let mut config = serve_config(&s3, &format!("http://{upstream}"));
         config.static_prefix = prefix.to_owned();
+        config.mlflow = CapabilitiesConfig::fixed(capabilities);
         config.auth = AuthConfig {
             mode: auth,
             // Long enough that no test depends on the clock: reuse is counted, not timed.
@@ -561,4 +654,188 @@ async fn under_the_static_prefix() {
         .get("/get-artifact?path=f.txt&run_id=r1", Some(ALICE))
         .await;
     assert_eq!(response.status(), 404);
+}
+
+/// With workspaces on, a request is answered in its workspace: MLflow is asked the location with
+/// the header (its stores are scoped), and the key gets the workspace's part as MLflow's handlers
+/// add it. A workspace MLflow does not resolve, a thing it does not know there, and a location
+/// that names another workspace go to MLflow, which answers them: never another workspace's bytes.
+#[tokio::test]
+async fn workspaces_are_asked_and_keyed_as_mlflow_does() {
+    let setup = Setup::start_in_workspaces(Mode::Off).await;
+    for (key, data) in [
+        ("workspaces/team/1/wr/artifacts/f.txt", &b"team's"[..]),
+        (
+            "workspaces/team/1/wr/artifacts/model/MLmodel",
+            b"team's model",
+        ),
+        (
+            "workspaces/team/1/models/m-w/artifacts/MLmodel",
+            b"team's logged model",
+        ),
+        (
+            "workspaces/team/1/own-root/artifacts/f.txt",
+            b"team's own root",
+        ),
+        ("workspaces/other/1/or/artifacts/f.txt", b"other's"),
+        (
+            "workspaces/other/1/across/artifacts/f.txt",
+            b"other's, named from team",
+        ),
+        (
+            "workspaces/team/1/dws/artifacts/f.txt",
+            b"team's, named from default",
+        ),
+        // Where an unscoped key would point: never served to a workspace.
+        ("1/wr/artifacts/f.txt", b"unscoped"),
+        ("1/own-root/artifacts/f.txt", b"unscoped"),
+        ("1/r1/artifacts/f.txt", b"default's"),
+    ] {
+        seed(&setup, key, data).await;
+    }
+    let wr = "/get-artifact?path=f.txt&run_id=wr";
+    for (target, workspace, want) in [
+        (wr, Some("team"), "team's"),
+        (wr, Some("  team "), "team's"),
+        (
+            "/get-artifact?path=f.txt&run_id=or",
+            Some("other"),
+            "other's",
+        ),
+        (
+            "/get-artifact?path=f.txt&run_id=own-root",
+            Some("team"),
+            "team's own root",
+        ),
+        (
+            "/model-versions/get-artifact?path=MLmodel&name=wreg&version=1",
+            Some("team"),
+            "team's model",
+        ),
+        (
+            "/ajax-api/2.0/mlflow/logged-models/m-w/artifacts/files?artifact_file_path=MLmodel",
+            Some("team"),
+            "team's logged model",
+        ),
+        // The default workspace keeps the root's layout.
+        ("/get-artifact?path=f.txt&run_id=r1", None, "default's"),
+        (
+            "/get-artifact?path=f.txt&run_id=r1",
+            Some("default"),
+            "default's",
+        ),
+    ] {
+        let headers: Vec<_> = workspace
+            .map(|w| ("x-mlflow-workspace", w))
+            .into_iter()
+            .collect();
+        let response = setup
+            .request(reqwest::Method::GET, target, None, &headers)
+            .await;
+        assert_eq!(response.status(), 200, "{target} in {workspace:?}");
+        assert_eq!(
+            response.text().await.unwrap(),
+            want,
+            "{target} in {workspace:?}"
+        );
+    }
+    // MLflow was asked in the workspace, never for the bytes.
+    assert_eq!(setup.registry.count("path="), 0);
+    assert_eq!(
+        setup
+            .registry
+            .count("[team] anonymous GET /api/2.0/mlflow/runs/get?run_id=wr"),
+        1
+    );
+
+    // What MLflow answers itself.
+    for (target, workspace) in [
+        // Another workspace's run, and a workspace MLflow does not resolve.
+        (wr, Some("other")),
+        (wr, Some("missing")),
+        // Locations that name another workspace than the request's (MLflow's 400).
+        ("/get-artifact?path=f.txt&run_id=across", Some("team")),
+        ("/get-artifact?path=f.txt&run_id=dws", None),
+        // A model of another workspace.
+        (
+            "/ajax-api/2.0/mlflow/logged-models/m-w/artifacts/files?artifact_file_path=MLmodel",
+            Some("other"),
+        ),
+    ] {
+        let headers: Vec<_> = workspace
+            .map(|w| ("x-mlflow-workspace", w))
+            .into_iter()
+            .collect();
+        let response = setup
+            .request(reqwest::Method::GET, target, None, &headers)
+            .await;
+        assert_eq!(
+            response.text().await.unwrap(),
+            "answered by MLflow itself",
+            "{target} in {workspace:?}"
+        );
+        let seen = setup.registry.seen.lock().unwrap().last().unwrap().clone();
+        assert!(seen.ends_with(target), "{target}: MLflow saw {seen}");
+    }
+
+    // `presigned=true`: a URL on the proxy for the workspace's key.
+    let response = setup
+        .request(
+            reqwest::Method::GET,
+            "/model-versions/get-artifact?path=MLmodel&name=wreg&version=1&presigned=true",
+            None,
+            &[("x-mlflow-workspace", "team")],
+        )
+        .await;
+    assert_eq!(response.status(), 200);
+    let answer: serde_json::Value = serde_json::from_str(&response.text().await.unwrap()).unwrap();
+    let fetched = setup
+        .http
+        .get(answer["url"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(fetched.text().await.unwrap(), "team's model");
+}
+
+/// The route's auth decision is MLflow's in the request's workspace: remembered per workspace,
+/// never reused for another.
+#[tokio::test]
+async fn decisions_are_remembered_per_workspace() {
+    let setup = Setup::start_in_workspaces(Mode::On).await;
+    seed(&setup, "workspaces/team/1/wr/artifacts/f.txt", b"team's").await;
+    let target = "/get-artifact?path=f.txt&run_id=wr";
+    let setup = &setup;
+    let get = |workspace: &'static str| async move {
+        setup
+            .request(
+                reqwest::Method::GET,
+                target,
+                Some(ALICE),
+                &[("x-mlflow-workspace", workspace)],
+            )
+            .await
+    };
+    for _ in 0..3 {
+        let response = get("team").await;
+        assert_eq!(response.text().await.unwrap(), "team's");
+    }
+    let probe = "alice GET /get-artifact?run_id=wr";
+    assert_eq!(setup.registry.count(&format!("[team] {probe}")), 1);
+    assert_eq!(
+        setup
+            .registry
+            .count("[team] alice GET /api/2.0/mlflow/runs/get?run_id=wr"),
+        1
+    );
+    // Another workspace is another question (and MLflow does not know the run there).
+    let response = get("other").await;
+    assert_eq!(response.text().await.unwrap(), "answered by MLflow itself");
+    assert_eq!(setup.registry.count(&format!("[other] {probe}")), 1);
+    assert_eq!(
+        setup
+            .registry
+            .count("[other] alice GET /api/2.0/mlflow/runs/get?run_id=wr"),
+        1
+    );
 }

@@ -47,6 +47,9 @@ class Variant:
         self.mlflow_url = f"http://127.0.0.1:{_MLFLOW_PORT}"
         self.metrics_url = f"http://127.0.0.1:{_METRICS_PORT}"
         self._work = Path(tempfile.mkdtemp(prefix=f"e2e-variant-{setting.label()}-"))
+        # MLflow's TMPDIR (where stock spools the downloads it serves) and its log (access lines).
+        self.tmp = self._work
+        self.mlflow_log = LOGS / f"variant-{setting.label()}-mlflow.log"
         self._mlflow: subprocess.Popen | None = None
         self._proxy: subprocess.Popen | None = None
 
@@ -82,7 +85,7 @@ class Variant:
             MLFLOW_AUTH_ADMIN_PASSWORD=SETTINGS["MLFLOW_AUTH_ADMIN_PASSWORD"],
             MLFLOW_AUTH_DATABASE_URI=f"sqlite:///{self._work / 'auth.db'}",
         )
-        log = open(LOGS / f"variant-{s.label()}-mlflow.log", "ab")
+        log = open(self.mlflow_log, "ab")
         self._mlflow = subprocess.Popen(
             # uvicorn restarts a worker that misses a 5 s health check; on a loaded test machine that
             # drops requests in flight, which says nothing about the proxy.

@@ -9,10 +9,13 @@
 //! on, whether the caller may use the route (a probe of the route itself, without the artifact
 //! path: MLflow judges it as the real request and its handler stops at the missing argument);
 //! the bytes then stream from S3 as the download route streams them (Range, conditional
-//! requests, parallel reads), with MLflow's labels and error shapes. What the proxy cannot answer
-//! as stock would (a missing argument, an unsafe path, a refusal, an unknown run, a location
-//! outside the proxy's store) goes to MLflow unchanged: it answers those before touching an
-//! artifact byte.
+//! requests, parallel reads), with MLflow's labels and error shapes. With workspaces on, the
+//! lookup and the probe carry the request's `X-MLFLOW-WORKSPACE` (MLflow scopes its answer to the
+//! workspace) and the key gets the workspace's part as MLflow's handlers add it
+//! (`Scope::repo_path` after `store_path`). What the proxy cannot answer as stock would (a missing
+//! argument, an unsafe path, a refusal, an unknown run, a location outside the proxy's store, a
+//! workspace MLflow does not resolve, a location that names another workspace) goes to MLflow
+//! unchanged: it answers those before touching an artifact byte.
 
 use std::sync::Arc;
 
@@ -68,14 +71,22 @@ pub async fn handle(
         return rejection;
     }
     let facts = app.security.facts(&request);
-    let (allowed, location) = tokio::join!(
+    // The three questions go at once; the lookup and the probe carry the workspace header, so
+    // MLflow answers them in the request's workspace.
+    let (scope, allowed, location) = tokio::join!(
+        super::request_scope(app, &request),
         app.auth.allows(&ask.probe, &request),
         app.locations
             .find(&app.auth, &ask.lookup, request.headers())
     );
-    let path = location
-        .filter(|_| allowed)
-        .and_then(|location| store_path(&location, &ask.relative));
+    let path = match scope {
+        Ok(Some(scope)) => location
+            .filter(|_| allowed)
+            .and_then(|location| store_path(&location, &ask.relative))
+            .and_then(|path| scope.repo_path(&path).ok()),
+        // MLflow's workspace rules refuse it, or its modes are not known: MLflow answers.
+        Ok(None) | Err(_) => None,
+    };
     let Some(path) = path else {
         return pass_through(app, request).await;
     };

@@ -594,6 +594,10 @@ impl Auth {
         let credentials = self.caller(request.headers());
         let key = credentials.digest.map(|credentials| {
             let mut digest = ring::digest::Context::new(&ring::digest::SHA256);
+            // MLflow judges the route in the request's workspace (the probe carries the header).
+            let workspace = workspace_context(request.headers());
+            digest.update(&(workspace.len() as u64).to_le_bytes());
+            digest.update(&workspace);
             digest.update(probe.method.as_str().as_bytes());
             digest.update(b" ");
             digest.update(probe.path_and_query.as_bytes());
@@ -949,9 +953,8 @@ impl Auth {
         credentials: [u8; 32],
     ) -> Option<Key> {
         let path = (op != Operation::Head).then_some(path);
-        let workspace = headers.get(crate::workspaces::HEADER);
-        let mut context = vec![u8::from(skills_by_name), u8::from(workspace.is_some())];
-        context.extend_from_slice(workspace.map_or(&b""[..], |w| w.as_bytes()));
+        let mut context = vec![u8::from(skills_by_name)];
+        context.extend(workspace_context(headers));
         Some(Key {
             credentials,
             resource: cache::resource(op.tag(), &context, path)?,
@@ -985,6 +988,15 @@ impl Auth {
     pub fn cache_policy(&self) -> (Duration, usize) {
         (self.config.cache_ttl, self.config.cache_size)
     }
+}
+
+/// The workspace header as sent (or its absence), for a cache key: MLflow's decisions differ per
+/// workspace.
+fn workspace_context(headers: &HeaderMap) -> Vec<u8> {
+    let workspace = headers.get(crate::workspaces::HEADER);
+    let mut context = vec![u8::from(workspace.is_some())];
+    context.extend_from_slice(workspace.map_or(&b""[..], |w| w.as_bytes()));
+    context
 }
 
 /// The cache slot for a listing's run-tier answer, next to the listing's own.
