@@ -12,39 +12,18 @@
 //! workspace scoping), `ask` (the proxy's own questions to MLflow).
 
 pub mod artifacts;
-pub mod ask;
 pub mod auth;
-pub mod body;
-pub mod capabilities;
+pub mod commands;
 pub mod config;
-pub mod config_reference;
-pub mod downloads;
-pub mod error;
-pub mod forwarding;
-pub mod gc;
 pub mod integrity;
-pub mod locations;
-pub mod metrics;
 pub mod mlflow;
-pub mod public_url;
-pub mod purge;
-mod quickack;
-pub mod request_line;
+pub mod ops;
 pub mod router;
-pub mod s3;
-pub mod security;
 pub mod server;
 pub mod signing;
-pub mod stale_uploads;
-pub mod state;
-pub mod sweep;
-pub mod timeouts;
-pub mod tls;
-pub mod transfers;
+pub mod store;
 pub mod upstream;
-pub mod upstream_pool;
-pub mod verify;
-pub mod workspaces;
+pub mod wire;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -54,9 +33,9 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+use crate::artifacts::state::App;
 use crate::config::ServeConfig;
-use crate::metrics::{Metrics, ReadinessProbe};
-use crate::state::App;
+use crate::ops::metrics::{Metrics, ReadinessProbe};
 
 /// A running proxy: its addresses, and the means to stop it.
 pub struct Proxy {
@@ -79,7 +58,7 @@ impl Proxy {
     /// Bind both listeners and start serving.
     pub async fn start(config: ServeConfig) -> Result<Proxy, String> {
         let metrics = Metrics::new();
-        let store = s3::Store::new(&config.store, metrics.clone(), config.timeouts.s3)?;
+        let store = store::s3::Store::new(&config.store, metrics.clone(), config.timeouts.s3)?;
         let upstream = upstream::Upstream::new(
             config.upstream.clone(),
             metrics.clone(),
@@ -88,7 +67,7 @@ impl Proxy {
             config.upstream_pool,
         );
         // The proxy's own questions to MLflow (auth, its release and modes, workspaces).
-        let asked = ask::Target::new(
+        let asked = upstream::ask::Target::new(
             config.upstream.clone(),
             &config.static_prefix,
             config.upstream_pool,
@@ -101,7 +80,7 @@ impl Proxy {
             asked.clone(),
             metrics.clone(),
         )?);
-        let capabilities = Arc::new(capabilities::Tracker::new(
+        let capabilities = Arc::new(upstream::capabilities::Tracker::new(
             config.mlflow.clone(),
             asked,
             config.auth.cache_ttl,
@@ -113,7 +92,7 @@ impl Proxy {
                 config.upload,
                 config.security.clone(),
                 metrics.clone(),
-                state::FromMlflow {
+                artifacts::state::FromMlflow {
                     auth: auth.clone(),
                     capabilities: capabilities.clone(),
                 },
@@ -134,7 +113,7 @@ impl Proxy {
         let metrics_addr = ops_listener.local_addr().map_err(|e| e.to_string())?;
 
         let draining = Arc::new(AtomicBool::new(false));
-        let operations = tokio::spawn(metrics::serve_operations(
+        let operations = tokio::spawn(ops::metrics::serve_operations(
             ops_listener,
             metrics,
             Arc::new(Readiness {
@@ -144,7 +123,7 @@ impl Proxy {
         ));
         let auth_recheck = tokio::spawn(auth.recheck_forever());
         let capabilities_recheck = tokio::spawn(capabilities.recheck_forever());
-        let sweeper = tokio::spawn(sweep::run(app.clone()));
+        let sweeper = tokio::spawn(artifacts::upload::sweep::run(app.clone()));
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(server::serve(
             listener,

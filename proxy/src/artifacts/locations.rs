@@ -17,7 +17,7 @@ use serde_json::Value;
 
 use crate::auth::{Auth, Credentials, DecisionCache, Key};
 use crate::mlflow::path::urlparse;
-use crate::s3::posix_join;
+use crate::store::s3::posix_join;
 
 /// MLflow's answers are read up to this size: a run's JSON carries its params, tags and latest
 /// metrics, which for most runs is a few KiB. A larger answer is not read (MLflow then answers

@@ -1,29 +1,30 @@
 //! The artifact routes MLflow's clients and UI use, answered from S3 directly.
 
-mod conditional;
 mod delete;
-mod download;
+pub mod download;
 mod list;
-mod multipart;
-mod presigned;
-pub mod ranged;
+pub mod locations;
 mod scope;
+pub mod security;
+pub mod signed;
+pub mod state;
 mod ui_routes;
-mod upload;
+pub mod upload;
 
 use std::sync::Arc;
 
 use http::{Request, Response, StatusCode};
 
+use crate::artifacts::signed::public_url::ClientAddr;
+use crate::artifacts::state::App;
 use crate::auth::Operation;
-use crate::body::ProxyBody;
-use crate::error::ProxyError;
-use crate::public_url::ClientAddr;
 use crate::router::Route;
-use crate::s3::StoreError;
-use crate::state::App;
-use crate::workspaces::{self, Resolution, Workspace};
+use crate::store::s3::StoreError;
+use crate::upstream::workspaces::{self, Resolution, Workspace};
+use crate::wire::body::ProxyBody;
+use crate::wire::error::ProxyError;
 use scope::Scope;
+use signed::{multipart, presigned};
 
 pub async fn handle(
     app: &Arc<App>,
@@ -149,7 +150,7 @@ async fn request_scope<B>(app: &App, request: &Request<B>) -> Result<Option<Scop
             Err(e) => {
                 tracing::warn!("cannot ask MLflow about workspace {name:?}: {e}");
                 return Err(ProxyError::mlflow(
-                    crate::error::Side::Upstream,
+                    crate::wire::error::Side::Upstream,
                     StatusCode::SERVICE_UNAVAILABLE,
                     "TEMPORARILY_UNAVAILABLE",
                     "The MLflow server could not be asked whether the workspace exists",
@@ -215,13 +216,13 @@ pub fn store_error(error: StoreError) -> ProxyError {
             "The artifact store cannot be reached",
         ),
         StoreError::TimedOut => ProxyError::timed_out(
-            crate::error::Side::Store,
+            crate::wire::error::Side::Store,
             "The artifact store did not answer in time",
         ),
         StoreError::Status { status, message } => match refused_request(*status, message) {
             // The request itself is at fault (a key S3 cannot hold...): retrying cannot help.
             Some(code) => ProxyError::mlflow(
-                crate::error::Side::Client,
+                crate::wire::error::Side::Client,
                 StatusCode::BAD_REQUEST,
                 "INVALID_PARAMETER_VALUE",
                 format!("The artifact store refused the request: {code}"),

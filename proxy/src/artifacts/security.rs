@@ -7,7 +7,7 @@ use bytes::Bytes;
 use clap::Args;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
 
-use crate::body::{ProxyBody, full};
+use crate::wire::body::{ProxyBody, full};
 
 const INVALID_HOST: &str = "Invalid Host header - possible DNS rebinding attack detected";
 const CORS_BLOCKED: &str = "Cross-origin request blocked";

@@ -6,17 +6,17 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use crate::artifacts::download::settings::{DownloadConfig, Downloads};
+use crate::artifacts::locations::Locations;
+use crate::artifacts::security::Security;
+use crate::artifacts::signed::transfers::{TransferConfig, Transfers};
 use crate::auth::Auth;
-use crate::capabilities::Tracker;
 use crate::config::UploadConfig;
-use crate::downloads::{DownloadConfig, Downloads};
 use crate::integrity::{Integrity, IntegrityConfig};
-use crate::locations::Locations;
-use crate::metrics::Metrics;
-use crate::s3::Store;
-use crate::security::Security;
-use crate::transfers::{TransferConfig, Transfers};
+use crate::ops::metrics::Metrics;
+use crate::store::s3::Store;
 use crate::upstream::Upstream;
+use crate::upstream::capabilities::Tracker;
 
 /// The budget is counted in KiB so that one part's permits fit the semaphore's `u32`.
 const BUDGET_UNIT: u64 = 1024;

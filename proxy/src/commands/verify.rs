@@ -16,7 +16,7 @@ use http_body_util::BodyExt;
 
 use crate::config::VerifyArgs;
 use crate::integrity::{Algorithm, Digest, Hasher};
-use crate::s3::{Entry, Store, user_metadata};
+use crate::store::s3::{Entry, Store, user_metadata};
 
 /// A listing page: the objects checked before the next page is asked for.
 const PAGE: usize = 1000;
@@ -87,7 +87,7 @@ pub async fn run(args: &VerifyArgs, out: Sink) -> Result<Summary, String> {
     }
     let timeout = Duration::from_secs(args.s3_timeout_secs);
     let config = args.store.build()?;
-    let store = Store::new(&config, crate::metrics::Metrics::new(), timeout)?;
+    let store = Store::new(&config, crate::ops::metrics::Metrics::new(), timeout)?;
     let prefix = store.key(&args.prefix);
     let job = Job {
         store,

@@ -1,6 +1,8 @@
 //! Configuration: flags, each backed by the environment variable that MLflow and the AWS tools
 //! already use, parsed and checked once at start-up.
 
+pub mod reference;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -185,21 +187,21 @@ pub struct ServeArgs {
     #[command(flatten)]
     pub store: StoreArgs,
     #[command(flatten)]
-    pub security: crate::security::SecurityArgs,
+    pub security: crate::artifacts::security::SecurityArgs,
     #[command(flatten)]
     pub auth: crate::auth::AuthArgs,
     #[command(flatten)]
-    pub mlflow: crate::capabilities::CapabilitiesArgs,
+    pub mlflow: crate::upstream::capabilities::CapabilitiesArgs,
     #[command(flatten)]
-    pub timeouts: crate::timeouts::TimeoutArgs,
+    pub timeouts: crate::wire::timeouts::TimeoutArgs,
     #[command(flatten)]
-    pub forwarding: crate::forwarding::ForwardingArgs,
+    pub forwarding: crate::upstream::forwarding::ForwardingArgs,
     #[command(flatten)]
-    pub download: crate::downloads::DownloadArgs,
+    pub download: crate::artifacts::download::settings::DownloadArgs,
     #[command(flatten)]
-    pub transfers: crate::transfers::TransferArgs,
+    pub transfers: crate::artifacts::signed::transfers::TransferArgs,
     #[command(flatten)]
-    pub upstream_pool: crate::upstream_pool::PoolArgs,
+    pub upstream_pool: crate::upstream::pool::PoolArgs,
     #[command(flatten)]
     pub integrity: crate::integrity::IntegrityArgs,
     /// Uploads with a Content-Length up to this size go to S3 as one streamed PutObject (no
@@ -293,18 +295,18 @@ pub struct ServeConfig {
     pub static_prefix: String,
     pub store: StoreConfig,
     pub upload: UploadConfig,
-    pub download: crate::downloads::DownloadConfig,
-    pub security: crate::security::Security,
+    pub download: crate::artifacts::download::settings::DownloadConfig,
+    pub security: crate::artifacts::security::Security,
     pub auth: crate::auth::AuthConfig,
     /// How the proxy learns MLflow's version and modes.
-    pub mlflow: crate::capabilities::CapabilitiesConfig,
-    pub transfers: crate::transfers::TransferConfig,
+    pub mlflow: crate::upstream::capabilities::CapabilitiesConfig,
+    pub transfers: crate::artifacts::signed::transfers::TransferConfig,
     pub integrity: crate::integrity::IntegrityConfig,
     pub shutdown_grace: Duration,
-    pub timeouts: crate::timeouts::Timeouts,
-    pub trusted_proxies: crate::forwarding::TrustedProxies,
+    pub timeouts: crate::wire::timeouts::Timeouts,
+    pub trusted_proxies: crate::upstream::forwarding::TrustedProxies,
     /// How long connections to MLflow are kept.
-    pub upstream_pool: crate::upstream_pool::PoolConfig,
+    pub upstream_pool: crate::upstream::pool::PoolConfig,
 }
 
 impl StoreArgs {
@@ -415,7 +417,7 @@ impl ServeArgs {
                 stale_upload_age: (self.stale_upload_age_hours > 0)
                     .then(|| Duration::from_secs(self.stale_upload_age_hours * 3600)),
             },
-            download: crate::downloads::DownloadConfig {
+            download: crate::artifacts::download::settings::DownloadConfig {
                 // One idle limit for every transfer (PROXY_BODY_IDLE_TIMEOUT_SECS).
                 idle_timeout: Duration::from_secs(self.body_idle_timeout_secs.max(1)),
                 ..self.download.build()?

@@ -16,7 +16,7 @@ use prometheus::{
 };
 use tokio::net::TcpListener;
 
-use crate::body::{ProxyBody, full};
+use crate::wire::body::{ProxyBody, full};
 
 const PREFIX: &str = "mlflow_proxy";
 
@@ -390,7 +390,7 @@ pub async fn serve_operations<P: ReadinessProbe>(
             // The same header timeout as the main port: a silent client cannot hold a task.
             let _ = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
-                .header_read_timeout(crate::timeouts::HEADER_READ_TIMEOUT)
+                .header_read_timeout(crate::wire::timeouts::HEADER_READ_TIMEOUT)
                 .serve_connection(TokioIo::new(stream), service)
                 .await;
         });

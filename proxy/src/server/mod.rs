@@ -1,6 +1,8 @@
 //! The client-facing listener: accepts connections, routes each request, records it (metrics and
 //! one access-log line, once its response body has been sent), shuts down gracefully.
 
+pub mod request_line;
+
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -21,11 +23,11 @@ use prometheus::IntCounter;
 use tokio::net::TcpListener;
 
 use crate::artifacts;
-use crate::body::{BodyError, ProxyBody};
-use crate::error::{FailedSide, ProxyError, Side};
-use crate::request_line;
+use crate::wire::body::{BodyError, ProxyBody};
+use crate::wire::error::{FailedSide, ProxyError, Side};
+
+use crate::artifacts::state::App;
 use crate::router::{Route, classify_under};
-use crate::state::App;
 
 /// What one connection's tasks share: the request lines hyper read (for their fragments), and
 /// whether a response body waits on the client to read.
@@ -96,7 +98,7 @@ pub async fn serve(
         let io = request_line::Watched::new(stream, state.seen.clone());
         let connection = hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())
-            .header_read_timeout(crate::timeouts::HEADER_READ_TIMEOUT)
+            .header_read_timeout(crate::wire::timeouts::HEADER_READ_TIMEOUT)
             .serve_connection(TokioIo::new(io), service);
         let connection = graceful.watch(connection);
         connections.spawn(async move {
@@ -144,7 +146,7 @@ async fn stalled(state: &Connection, idle: Duration) {
 
 /// uvicorn's answer to a request it cannot parse (what stock MLflow sends).
 fn invalid_request() -> Response<ProxyBody> {
-    let mut response = Response::new(crate::body::full(Bytes::from_static(
+    let mut response = Response::new(crate::wire::body::full(Bytes::from_static(
         b"Invalid HTTP request received.",
     )));
     *response.status_mut() = http::StatusCode::BAD_REQUEST;
@@ -229,13 +231,13 @@ async fn handle(
                 BodyError(Box::new(e))
             })
             .boxed();
-        crate::body::idle_timeout(counted, idle)
+        crate::wire::body::idle_timeout(counted, idle)
     });
 
     // The peer, for the handlers that trust forwarded headers only from known front proxies.
     request
         .extensions_mut()
-        .insert(crate::public_url::ClientAddr(remote));
+        .insert(crate::artifacts::signed::public_url::ClientAddr(remote));
 
     let response = match route {
         _ if refused.is_some() => refused.unwrap_or_else(invalid_request),
@@ -360,8 +362,8 @@ impl Record {
             .requests
             .with_label_values(&[
                 self.route,
-                crate::metrics::method_label(&self.method),
-                crate::metrics::status_class(status),
+                crate::ops::metrics::method_label(&self.method),
+                crate::ops::metrics::status_class(status),
             ])
             .inc();
         metrics

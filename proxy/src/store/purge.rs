@@ -3,7 +3,7 @@
 //! number of keys, and a call cut short leaves the rest for the next call (deleting is
 //! idempotent). Used by the DELETE route and by `gc`.
 
-use crate::s3::{Store, StoreError};
+use crate::store::s3::{Store, StoreError};
 
 /// DeleteObjects takes at most 1,000 keys, and a listing page holds at most as many.
 const PAGE: usize = 1000;

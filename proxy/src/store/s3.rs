@@ -24,10 +24,10 @@ use s3::error::S3Error;
 use s3::region::Region;
 use s3::serde_types::ListBucketResult;
 
-use crate::body::{ProxyBody, empty, from_frames, full};
 use crate::config::StoreConfig;
-use crate::metrics::Metrics;
-use crate::timeouts::SendError;
+use crate::ops::metrics::Metrics;
+use crate::wire::body::{ProxyBody, empty, from_frames, full};
+use crate::wire::timeouts::SendError;
 use signer::{Payload, Signer};
 
 /// Completing a multipart upload can take the store a while.
@@ -206,7 +206,7 @@ impl Store {
         request: Request<ProxyBody>,
         limit: Duration,
     ) -> Result<Response<Incoming>, StoreError> {
-        crate::timeouts::send(&self.http, request, limit)
+        crate::wire::timeouts::send(&self.http, request, limit)
             .await
             .map_err(|e| match e {
                 SendError::Http(e) if e.is_connect() => StoreError::Unreachable(e.to_string()),
@@ -678,7 +678,7 @@ pub fn http_client(
     connector.set_connect_timeout(Some(Duration::from_secs(5)));
     connector.enforce_http(false);
     let connector = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config(crate::tls::client_config(ca_bundle)?)
+        .with_tls_config(crate::store::tls::client_config(ca_bundle)?)
         .https_or_http()
         .enable_http1()
         .wrap_connector(connector);
@@ -806,7 +806,7 @@ fn summarize_error_xml(xml: &str) -> String {
 /// Create the destination bucket unless it exists, waiting up to `wait` for the endpoint.
 pub async fn ensure_bucket(config: &StoreConfig, wait: Duration) -> Result<&'static str, String> {
     // A bad AWS_CA_BUNDLE is named here, before any wait.
-    crate::tls::roots(config.ca_bundle.as_deref())?;
+    crate::store::tls::roots(config.ca_bundle.as_deref())?;
     let bucket = control_bucket(config, Duration::from_secs(10))?;
     let deadline = Instant::now() + wait;
     let mut last_error;

@@ -10,8 +10,8 @@
 
 use std::time::Duration;
 
-use crate::s3::{Store, StoreError};
 use crate::signing::now_secs;
+use crate::store::s3::{Store, StoreError};
 
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct SweepReport {

@@ -10,9 +10,9 @@ use http_body_util::{BodyExt, Limited};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 
-use crate::body::{ProxyBody, empty, full};
-use crate::quickack::QuickAckConnector;
-use crate::upstream_pool::PoolConfig;
+use crate::upstream::pool::PoolConfig;
+use crate::upstream::quickack::QuickAckConnector;
+use crate::wire::body::{ProxyBody, empty, full};
 
 /// MLflow's answers to these questions are small (a version, server-info, a short error).
 pub const ANSWER_LIMIT: usize = 64 * 1024;
@@ -67,7 +67,7 @@ impl Asker {
         connector.set_connect_timeout(Some(Duration::from_secs(5)));
         Asker {
             // The same kept-alive, retired-in-time connections as pass-through (`upstream_pool`).
-            client: crate::upstream_pool::client(connector, target.pool),
+            client: crate::upstream::pool::client(connector, target.pool),
             target,
             timeout,
         }
@@ -131,7 +131,7 @@ impl Asker {
         *request.method_mut() = method;
         *request.uri_mut() = uri;
         *request.headers_mut() = headers;
-        let retire = crate::upstream_pool::Retire::watch(&mut request, &self.target.pool);
+        let retire = crate::upstream::pool::Retire::watch(&mut request, &self.target.pool);
         let exchange = async {
             let response = self
                 .client

@@ -16,9 +16,9 @@ use std::time::{Duration, Instant};
 use clap::Args;
 use http::{HeaderMap, Method, StatusCode, header};
 
-use crate::ask::{Asker, Target};
-use crate::error::{ProxyError, Side};
-use crate::workspaces::Checker;
+use crate::upstream::ask::{Asker, Target};
+use crate::upstream::workspaces::Checker;
+use crate::wire::error::{ProxyError, Side};
 
 /// How long one question may take (server-info is slow on a busy MLflow).
 const ASK_TIMEOUT: Duration = Duration::from_secs(10);

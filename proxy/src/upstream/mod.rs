@@ -2,6 +2,13 @@
 //! bodies are handed over frame by frame, the client's Host is kept (MLflow's allowed-hosts check
 //! must see what it would see without us), hop-by-hop headers are dropped.
 
+pub mod ask;
+pub mod capabilities;
+pub mod forwarding;
+pub mod pool;
+mod quickack;
+pub mod workspaces;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -13,13 +20,13 @@ use http_body_util::{BodyExt, Limited};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 
-use crate::body::{ProxyBody, boxed, full};
-use crate::error::{ProxyError, Side};
-use crate::forwarding::TrustedProxies;
-use crate::metrics::Metrics;
-use crate::quickack::QuickAckConnector;
-use crate::timeouts::SendError;
-use crate::upstream_pool::{self, PoolConfig};
+use crate::ops::metrics::Metrics;
+use crate::upstream::forwarding::TrustedProxies;
+use crate::upstream::quickack::QuickAckConnector;
+use crate::wire::body::{ProxyBody, boxed, full};
+use crate::wire::error::{ProxyError, Side};
+use crate::wire::timeouts::SendError;
+use pool::PoolConfig;
 
 /// server-info is a small JSON document; anything larger is passed on untouched.
 const SERVER_INFO_LIMIT: usize = 1024 * 1024;
@@ -62,7 +69,7 @@ impl Upstream {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(Duration::from_secs(5)));
-        let client = upstream_pool::client(connector, pool);
+        let client = pool::client(connector, pool);
         Upstream {
             base,
             client,
@@ -107,8 +114,8 @@ impl Upstream {
         });
 
         let started = Instant::now();
-        let retire = upstream_pool::Retire::watch(&mut request, &self.pool);
-        let result = crate::timeouts::send(&self.client, request, self.timeout).await;
+        let retire = pool::Retire::watch(&mut request, &self.pool);
+        let result = crate::wire::timeouts::send(&self.client, request, self.timeout).await;
         if let Ok(response) = &result {
             retire.after(response);
         }
@@ -189,7 +196,7 @@ impl Upstream {
         let uri = Uri::from_parts(parts).map_err(|e| e.to_string())?;
         let request = Request::get(uri)
             .header(header::HOST, "localhost")
-            .body(crate::body::empty())
+            .body(crate::wire::body::empty())
             .map_err(|e| e.to_string())?;
         let response = tokio::time::timeout(Duration::from_secs(3), self.client.request(request))
             .await

@@ -36,8 +36,8 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::{CaptureConnection, HttpConnector, capture_connection};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
-use crate::body::ProxyBody;
-use crate::quickack::{OpenedAt, QuickAckConnector};
+use crate::upstream::quickack::{OpenedAt, QuickAckConnector};
+use crate::wire::body::ProxyBody;
 
 pub const MAX_IDLE: usize = 32;
 /// The default idle timeout.

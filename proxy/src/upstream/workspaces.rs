@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 
 use http::{HeaderMap, HeaderValue, Method, StatusCode};
 
-use crate::ask::Asker;
-use crate::error::{ProxyError, Side};
+use crate::upstream::ask::Asker;
+use crate::wire::error::{ProxyError, Side};
 
 /// The request header that names the workspace.
 pub const HEADER: &str = "x-mlflow-workspace";

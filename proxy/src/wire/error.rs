@@ -5,8 +5,8 @@ use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
 use serde_json::{Value, json};
 
-use crate::body::{ProxyBody, full};
 use crate::mlflow::json::{Dialect, dumps};
+use crate::wire::body::{ProxyBody, full};
 
 /// Who is to blame: decides the status class and what the access log says.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

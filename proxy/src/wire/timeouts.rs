@@ -16,7 +16,7 @@ use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::Connect;
 
-use crate::body::{BodyError, ProxyBody};
+use crate::wire::body::{BodyError, ProxyBody};
 
 #[derive(Clone, Debug, Args)]
 pub struct TimeoutArgs {

@@ -3,22 +3,26 @@
 //! (`conditional`), whatever the store makes of them; what is sent (`Answer`) is decided apart
 //! from how its body is produced (`object_body`).
 
+mod conditional;
+pub mod ranged;
+pub mod settings;
+
 use std::ops::RangeInclusive;
 use std::sync::Arc;
 
 use http::{HeaderMap, HeaderValue, Response, StatusCode, header};
 use hyper::body::Incoming;
 
-use super::conditional::{Conditions, Precondition, Selection, Validators};
 use super::scope::Scope;
 use super::store_error;
-use crate::body::{ProxyBody, boxed, empty};
-use crate::error::ProxyError;
+use crate::artifacts::state::App;
 use crate::integrity::Digest;
 use crate::mlflow::content::{basename, content_disposition_attachment, guess_mime_type};
 use crate::mlflow::path::validate_path_is_safe;
-use crate::s3::{ObjectMeta, StoreError, header_value, read_error_body, user_metadata};
-use crate::state::App;
+use crate::store::s3::{ObjectMeta, StoreError, header_value, read_error_body, user_metadata};
+use crate::wire::body::{ProxyBody, boxed, empty};
+use crate::wire::error::ProxyError;
+use conditional::{Conditions, Precondition, Selection, Validators};
 use http_body_util::BodyExt;
 
 /// Request headers that S3 evaluates as HTTP does: passed on so that a store that honours them
@@ -74,7 +78,7 @@ pub async fn download_validated(
     if key.len() > MAX_KEY_BYTES {
         // Stores answer this in their own ways (400, 500, a HEAD with no body to tell).
         return Err(ProxyError::mlflow(
-            crate::error::Side::Client,
+            crate::wire::error::Side::Client,
             StatusCode::BAD_REQUEST,
             "INVALID_PARAMETER_VALUE",
             "The artifact path is too long for the artifact store",
@@ -106,7 +110,7 @@ pub async fn download_validated(
     let Some(turn) = app.downloads.turn().await else {
         app.downloads.metrics.refused.inc();
         let mut refused = ProxyError::mlflow(
-            crate::error::Side::Internal,
+            crate::wire::error::Side::Internal,
             StatusCode::SERVICE_UNAVAILABLE,
             "TEMPORARILY_UNAVAILABLE",
             "Too many downloads in progress; try again shortly",
@@ -190,7 +194,7 @@ async fn get(
                 // a whole object checked as a whole as it goes out.
                 let check = answer.check();
                 let response = object_response(&path, answer, boxed(response.into_body()));
-                let response = super::ranged::parallelize(app, &key, response);
+                let response = ranged::parallelize(app, &key, response);
                 return Ok(checked(app, &key, size, check, response));
             }
             // The store sent other bytes than HTTP asks for (it ignored If-Range, or read a

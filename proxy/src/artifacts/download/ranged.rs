@@ -36,9 +36,9 @@ use http_body_util::BodyExt;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 
-use crate::body::{BodyError, ProxyBody};
-use crate::downloads::{Cut, DownloadConfig, DownloadMetrics, Reserved};
-use crate::state::App;
+use crate::artifacts::download::settings::{Cut, DownloadConfig, DownloadMetrics, Reserved};
+use crate::artifacts::state::App;
+use crate::wire::body::{BodyError, ProxyBody};
 
 /// Frames read ahead shorter than this are copied into blocks of this size; longer ones are kept
 /// as they arrived (hyper's read buffer is at most ~408 KiB, so a kept frame pins at most ~3×
@@ -476,7 +476,7 @@ impl Download {
         let mut headers = HeaderMap::new();
         headers.insert(
             header::RANGE,
-            crate::s3::header_value(&format!("bytes={from}-{}", to - 1)),
+            crate::store::s3::header_value(&format!("bytes={from}-{}", to - 1)),
         );
         headers.insert(header::IF_MATCH, self.plan.etag.clone());
         let response =
@@ -511,7 +511,7 @@ impl Download {
             Some((first, last, _)) if first == from && last + 1 == to => {}
             _ => return Err(Attempt::Failed("S3 answered another range".into())),
         }
-        Ok(crate::body::boxed(response.into_body()))
+        Ok(crate::wire::body::boxed(response.into_body()))
     }
 }
 

@@ -17,19 +17,19 @@ use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, header};
 use http_body_util::BodyExt;
 use serde_json::json;
 
-use super::scope::Scope;
-use super::store_error;
-use crate::body::{ProxyBody, empty, full};
-use crate::error::{ProxyError, Side};
+use crate::artifacts::scope::Scope;
+use crate::artifacts::state::{App, BudgetPermit};
+use crate::artifacts::store_error;
 use crate::integrity::{self, Algorithm, Digest, Hasher, parts};
 use crate::mlflow::content::guess_mime_type;
 use crate::mlflow::json::{Dialect, dumps};
 use crate::mlflow::mpu_body::{MAX_PARTS as MAX_PARTS_USIZE, MpuBody, Part, Parts, Scalar};
 use crate::mlflow::path::validate_path_is_safe;
 use crate::router::{MpuAction, SIGNED_PART_PATH};
-use crate::s3::StoreError;
 use crate::signing::{Claims, Grant, now_secs};
-use crate::state::{App, BudgetPermit};
+use crate::store::s3::StoreError;
+use crate::wire::body::{ProxyBody, empty, full};
+use crate::wire::error::{ProxyError, Side};
 
 /// S3's limit on parts per upload.
 const MAX_PARTS: u64 = MAX_PARTS_USIZE as u64;
@@ -106,7 +106,7 @@ pub(super) fn api_prefix(app: &App, request_path: &str) -> String {
 pub(super) fn public_base(app: &App, request: &Request<ProxyBody>) -> Result<String, ProxyError> {
     let peer = request
         .extensions()
-        .get::<crate::public_url::ClientAddr>()
+        .get::<crate::artifacts::signed::public_url::ClientAddr>()
         .map(|c| c.0);
     app.transfers
         .config
@@ -151,7 +151,7 @@ pub async fn handle(
     };
     let (body, held) = read_json(app, request, limit).await?;
     let name = file_name(&body)?;
-    scope.skill_write(&crate::s3::posix_join(&dir, &name))?;
+    scope.skill_write(&crate::store::s3::posix_join(&dir, &name))?;
     let key = app.store.upload_key(dir.trim_end_matches('/'), &name);
     match action {
         MpuAction::Create => {
@@ -438,7 +438,7 @@ fn create_answer(
                     part_number,
                     ..part.clone()
                 })
-                .map_err(|e| crate::body::BodyError(e.to_string().into()))?;
+                .map_err(|e| crate::wire::body::BodyError(e.to_string().into()))?;
             let url = format!("{url_base}/mlflow-artifacts/{SIGNED_PART_PATH}?token={token}");
             if part_number > 1 {
                 text.push(',');
@@ -493,7 +493,7 @@ async fn complete(
         .await
         .map_err(client_or_store)?;
     let content_type = guess_mime_type(key.rsplit('/').next().unwrap_or(key));
-    super::upload::record_digest(app, key, content_type, etag, digest).await;
+    crate::artifacts::upload::record_digest(app, key, content_type, etag, digest).await;
     app.transfers
         .uploads_total
         .with_label_values(&["completed"])
@@ -715,7 +715,7 @@ pub async fn upload_part(
             };
             let mut response = Response::new(empty());
             let headers = response.headers_mut();
-            headers.insert(header::ETAG, crate::s3::header_value(&etag));
+            headers.insert(header::ETAG, crate::store::s3::header_value(&etag));
             headers.insert(header::CONTENT_LENGTH, 0.into());
             Ok(response)
         }

@@ -9,17 +9,17 @@ use bytes::Bytes;
 use http::{HeaderValue, Request, Response, header};
 use serde_json::json;
 
-use super::download;
 use super::multipart::{api_prefix, public_base, verify_token};
-use super::scope::Scope;
-use super::store_error;
-use crate::body::{ProxyBody, full};
-use crate::error::ProxyError;
+use crate::artifacts::download;
+use crate::artifacts::scope::Scope;
+use crate::artifacts::state::App;
+use crate::artifacts::store_error;
 use crate::mlflow::json::{Dialect, dumps};
 use crate::mlflow::path::validate_path_is_safe;
 use crate::router::SIGNED_OBJECT_PATH;
 use crate::signing::{Claims, Grant, now_secs};
-use crate::state::App;
+use crate::wire::body::{ProxyBody, full};
+use crate::wire::error::ProxyError;
 
 /// Stock MLflow's words for a store without presigned downloads.
 pub const DOWNLOADS_OFF: &str =
@@ -45,7 +45,7 @@ pub async fn presign(
 
 /// A URL on this proxy for the object at `path` (the store path: destination-relative, through
 /// `validate_path_is_safe` and its workspace), good until it expires, and the object's size.
-pub(super) async fn signed_object_url(
+pub(in crate::artifacts) async fn signed_object_url(
     app: &Arc<App>,
     path: String,
     request: &Request<ProxyBody>,
@@ -76,7 +76,7 @@ pub(super) async fn signed_object_url(
     Ok((url, meta.size))
 }
 
-pub(super) fn json_response(text: String) -> Response<ProxyBody> {
+pub(in crate::artifacts) fn json_response(text: String) -> Response<ProxyBody> {
     let mut response = Response::new(full(Bytes::from(text)));
     response.headers_mut().insert(
         header::CONTENT_TYPE,

@@ -8,7 +8,7 @@ use clap::Args;
 use http::HeaderMap;
 use http::uri::Authority;
 
-use crate::forwarding::TrustedProxies;
+use crate::upstream::forwarding::TrustedProxies;
 
 /// The TCP peer of a request, put into its extensions by the listener.
 #[derive(Clone, Copy, Debug)]

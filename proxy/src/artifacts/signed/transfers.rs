@@ -7,7 +7,7 @@ use std::time::Duration;
 use clap::Args;
 use prometheus::{IntCounterVec, Opts, Registry};
 
-use crate::public_url::{PublicUrl, PublicUrlArgs};
+use crate::artifacts::signed::public_url::{PublicUrl, PublicUrlArgs};
 use crate::signing::{Signer, SigningArgs};
 
 /// S3 limits a part to 5 GiB.
@@ -56,7 +56,7 @@ pub struct TransferConfig {
 impl TransferArgs {
     pub fn build(
         &self,
-        trusted: &crate::forwarding::TrustedProxies,
+        trusted: &crate::upstream::forwarding::TrustedProxies,
     ) -> Result<TransferConfig, String> {
         let max_part = self.mpu_max_part_mib.saturating_mul(1024 * 1024);
         if max_part == 0 || max_part > S3_MAX_PART {

@@ -10,6 +10,8 @@
 //! multipart upload (retried later if S3 is down), so no object and no orphaned part is left
 //! behind. The answer comes only once the object is stored.
 
+pub mod sweep;
+
 use std::sync::{Arc, OnceLock};
 
 use bytes::{Bytes, BytesMut};
@@ -20,13 +22,13 @@ use tokio::task::JoinSet;
 
 use super::scope::Scope;
 use super::store_error;
-use crate::body::{ProxyBody, empty};
-use crate::error::{ProxyError, Side};
+use crate::artifacts::state::{App, BudgetPermit, MIN_PART, SMALL_BLOCK};
 use crate::integrity::{self, Digest, Hasher};
 use crate::mlflow::content::guess_mime_type;
 use crate::mlflow::path::validate_path_is_safe;
-use crate::s3::StoreError;
-use crate::state::{App, BudgetPermit, MIN_PART, SMALL_BLOCK};
+use crate::store::s3::StoreError;
+use crate::wire::body::{ProxyBody, empty};
+use crate::wire::error::{ProxyError, Side};
 
 /// A part that fails is sent again this many times (its frames are cheap to clone). Streamed
 /// parts cannot be sent again: their bytes are gone, as with the single PutObject.
@@ -282,7 +284,7 @@ async fn stream_parts(
         while sent < len {
             let this = part_size.min(len - sent);
             wait_for_room(app, &mut upload).await?;
-            let (tx, part_body) = crate::body::channel(STREAM_QUEUE);
+            let (tx, part_body) = crate::wire::body::channel(STREAM_QUEUE);
             let part_number = upload.next_part;
             upload.next_part += 1;
             let (task_app, task_key, upload_id) =
@@ -586,7 +588,7 @@ async fn fill_parts(
         // It all fitted in one part: one PutObject from the frames we hold.
         (Ok(()), None) => {
             let (frames, len, _permit) = part.close();
-            let body = crate::body::from_frames(frames);
+            let body = crate::wire::body::from_frames(frames);
             app.store
                 .put_object(key, content_type, len as u64, body)
                 .await

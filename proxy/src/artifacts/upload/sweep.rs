@@ -6,8 +6,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::s3::StoreError;
-use crate::state::App;
+use crate::artifacts::state::App;
+use crate::store::s3::StoreError;
 
 /// How often due abort retries are looked at.
 const TICK: Duration = Duration::from_secs(1);
@@ -54,7 +54,7 @@ fn unsupported(error: &StoreError) -> bool {
 /// proxy is not writing (`stale_uploads`, the one sweeper); returns how many were aborted.
 pub async fn sweep(app: &App, age: Duration) -> Result<usize, StoreError> {
     let report =
-        crate::stale_uploads::sweep(&app.store, age, |id| app.is_active_upload(id)).await?;
+        crate::store::stale_uploads::sweep(&app.store, age, |id| app.is_active_upload(id)).await?;
     app.metrics
         .multipart_uploads
         .with_label_values(&["swept"])

@@ -14,8 +14,8 @@ use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
 use serde_json::Value;
 
 use super::layout::{Kind, ids_in};
-use crate::body::{ProxyBody, empty};
-use crate::s3::{Connector, http_client};
+use crate::store::s3::{Connector, http_client};
+use crate::wire::body::{ProxyBody, empty};
 
 /// A page of model versions, with their tags, stays far below this.
 const BODY_LIMIT: usize = 16 * 1024 * 1024;
@@ -191,7 +191,7 @@ impl Mlflow {
                 .headers_mut()
                 .insert(header::AUTHORIZATION, authorization.clone());
         }
-        let response = crate::timeouts::send(&self.http, request, self.timeout)
+        let response = crate::wire::timeouts::send(&self.http, request, self.timeout)
             .await
             .map_err(|e| e.to_string())?;
         let status = response.status();

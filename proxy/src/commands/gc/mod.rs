@@ -32,10 +32,10 @@ pub use self::report::Summary;
 use self::resume::Resume;
 use self::walk::{Tops, Walk};
 use crate::config::{GcArgs, StoreConfig};
-use crate::purge::Freed;
-use crate::s3::Store;
 use crate::signing::now_secs;
-use crate::stale_uploads::parse_timestamp;
+use crate::store::purge::Freed;
+use crate::store::s3::Store;
+use crate::store::stale_uploads::parse_timestamp;
 
 /// The settings, checked.
 #[derive(Clone, Debug)]
@@ -215,7 +215,7 @@ pub async fn run(config: GcConfig, hook: Option<Hook>, out: Sink) -> Result<Summ
     let started = Instant::now();
     let store = Store::new(
         &config.store,
-        crate::metrics::Metrics::new(),
+        crate::ops::metrics::Metrics::new(),
         config.s3_timeout,
     )?;
     let mlflow = Mlflow::new(
@@ -368,7 +368,7 @@ async fn process(context: &Context<'_>, candidate: &Candidate) -> Result<Outcome
     if mlflow.exists(candidate.kind, &candidate.id).await? {
         return Ok(Outcome::Revived { usage });
     }
-    match crate::purge::delete_under(context.store, &dir).await {
+    match crate::store::purge::delete_under(context.store, &dir).await {
         Ok(freed) => Ok(Outcome::Deleted { usage, freed }),
         Err(e) => Ok(Outcome::Failed {
             usage,
@@ -378,7 +378,7 @@ async fn process(context: &Context<'_>, candidate: &Candidate) -> Result<Outcome
 }
 
 /// Objects, bytes and the most recent write under `dir`, a page at a time.
-async fn usage(store: &Store, dir: &str) -> Result<Usage, crate::s3::StoreError> {
+async fn usage(store: &Store, dir: &str) -> Result<Usage, crate::store::s3::StoreError> {
     let mut usage = Usage {
         newest: Some(0),
         ..Usage::default()

@@ -7,7 +7,7 @@ use std::path::Path;
 use prometheus::{Encoder, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
 
 use super::layout::Kind;
-use crate::purge::Freed;
+use crate::store::purge::Freed;
 
 /// Objects and bytes per kind.
 #[derive(Clone, Copy, Debug, Default)]

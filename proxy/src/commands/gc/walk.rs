@@ -6,7 +6,7 @@
 use std::collections::VecDeque;
 
 use super::layout::{self, Candidate, Child, Kind};
-use crate::s3::{Store, StoreError};
+use crate::store::s3::{Store, StoreError};
 
 const PAGE: usize = 1000;
 
