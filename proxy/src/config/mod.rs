@@ -9,6 +9,9 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+pub use crate::artifacts::upload::settings::UploadConfig;
+pub use crate::store::StoreConfig;
+
 const MIB: u64 = 1024 * 1024;
 
 #[derive(Debug, Parser)]
@@ -257,33 +260,6 @@ pub struct HealthcheckArgs {
 pub enum LogFormat {
     Text,
     Json,
-}
-
-/// Where and how to reach the artifact store.
-#[derive(Clone, Debug)]
-pub struct StoreConfig {
-    pub endpoint: url::Url,
-    pub bucket: String,
-    /// Key prefix inside the bucket, as MLflow's `parse_s3_compliant_uri` gives it.
-    pub prefix: String,
-    pub access_key: String,
-    pub secret_key: String,
-    pub region: String,
-    /// AWS_CA_BUNDLE (`tls`).
-    pub ca_bundle: Option<std::path::PathBuf>,
-}
-
-/// How uploads are cut into parts.
-#[derive(Clone, Copy, Debug)]
-pub struct UploadConfig {
-    pub single_put_max: u64,
-    pub part_size: usize,
-    pub parts_in_flight: usize,
-    pub budget: u64,
-    /// How long a transfer's client may send (or read) nothing before the transfer is ended.
-    pub body_idle_timeout: Duration,
-    /// Open multipart uploads older than this are swept (aborted); None: no sweep.
-    pub stale_upload_age: Option<Duration>,
 }
 
 #[derive(Clone, Debug)]

@@ -24,8 +24,8 @@ use s3::error::S3Error;
 use s3::region::Region;
 use s3::serde_types::ListBucketResult;
 
-use crate::config::StoreConfig;
 use crate::ops::metrics::Metrics;
+use crate::store::StoreConfig;
 use crate::wire::body::{ProxyBody, empty, from_frames, full};
 use crate::wire::timeouts::SendError;
 use signer::{Payload, Signer};

@@ -10,6 +10,7 @@
 //! multipart upload (retried later if S3 is down), so no object and no orphaned part is left
 //! behind. The answer comes only once the object is stored.
 
+pub mod settings;
 pub mod sweep;
 
 use std::sync::{Arc, OnceLock};

@@ -18,7 +18,7 @@ use aws_sigv4::sign::v4;
 use http::{HeaderMap, HeaderValue, Method, Request, header};
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 
-use crate::config::StoreConfig;
+use crate::store::StoreConfig;
 
 /// S3's `UriEncode` for query names and values: all but `A-Z a-z 0-9 - . _ ~` is encoded.
 const QUERY_SET: &AsciiSet = &NON_ALPHANUMERIC
