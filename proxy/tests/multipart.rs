@@ -473,7 +473,7 @@ async fn presigned_download_serves_the_object_with_and_without_range() {
 async fn public_url_and_trusted_proxies_shape_the_urls() {
     let mut transfers = test_transfers();
     transfers.public_url =
-        mlflow_artifact_proxy::artifacts::signed::public_url::PublicUrlArgs { public_url: None }
+        mlflow_artifact_proxy::artifacts::state::public_url::PublicUrlArgs { public_url: None }
             .build("127.0.0.1".parse().unwrap())
             .unwrap();
     let h = Harness::start_with_transfers(upload_config(), "", transfers).await;
@@ -500,7 +500,7 @@ async fn public_url_and_trusted_proxies_shape_the_urls() {
 async fn replica(h: &Harness, key: &[u8]) -> mlflow_artifact_proxy::Proxy {
     let mut config = serve_config(&h.s3, &format!("http://{}", h.mlflow.addr));
     config.transfers =
-        mlflow_artifact_proxy::artifacts::signed::transfers::TransferConfig::with_key(key);
+        mlflow_artifact_proxy::artifacts::state::transfers::TransferConfig::with_key(key);
     config.shutdown_grace = Duration::from_secs(1);
 
     mlflow_artifact_proxy::Proxy::start(config).await.unwrap()

@@ -8,9 +8,9 @@ use std::sync::Arc;
 use http::{HeaderValue, Response, header};
 
 use super::scope::Scope;
-use super::store_error;
 use crate::artifacts::state::App;
 use crate::mlflow::path::validate_path_is_safe;
+use crate::store::answer::store_error;
 use crate::store::s3::{header_value, posix_join};
 use crate::wire::body::{ProxyBody, full};
 use crate::wire::error::ProxyError;

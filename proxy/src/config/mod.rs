@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-pub use crate::artifacts::upload::settings::UploadConfig;
+pub use crate::artifacts::state::upload_memory::UploadConfig;
 pub use crate::store::StoreConfig;
 
 const MIB: u64 = 1024 * 1024;
@@ -200,9 +200,9 @@ pub struct ServeArgs {
     #[command(flatten)]
     pub forwarding: crate::upstream::forwarding::ForwardingArgs,
     #[command(flatten)]
-    pub download: crate::artifacts::download::settings::DownloadArgs,
+    pub download: crate::artifacts::state::download_memory::DownloadArgs,
     #[command(flatten)]
-    pub transfers: crate::artifacts::signed::transfers::TransferArgs,
+    pub transfers: crate::artifacts::state::transfers::TransferArgs,
     #[command(flatten)]
     pub upstream_pool: crate::upstream::pool::PoolArgs,
     #[command(flatten)]
@@ -271,12 +271,12 @@ pub struct ServeConfig {
     pub static_prefix: String,
     pub store: StoreConfig,
     pub upload: UploadConfig,
-    pub download: crate::artifacts::download::settings::DownloadConfig,
+    pub download: crate::artifacts::state::download_memory::DownloadConfig,
     pub security: crate::artifacts::security::Security,
     pub auth: crate::auth::AuthConfig,
     /// How the proxy learns MLflow's version and modes.
     pub mlflow: crate::upstream::capabilities::CapabilitiesConfig,
-    pub transfers: crate::artifacts::signed::transfers::TransferConfig,
+    pub transfers: crate::artifacts::state::transfers::TransferConfig,
     pub integrity: crate::integrity::IntegrityConfig,
     pub shutdown_grace: Duration,
     pub timeouts: crate::wire::timeouts::Timeouts,
@@ -393,7 +393,7 @@ impl ServeArgs {
                 stale_upload_age: (self.stale_upload_age_hours > 0)
                     .then(|| Duration::from_secs(self.stale_upload_age_hours * 3600)),
             },
-            download: crate::artifacts::download::settings::DownloadConfig {
+            download: crate::artifacts::state::download_memory::DownloadConfig {
                 // One idle limit for every transfer (PROXY_BODY_IDLE_TIMEOUT_SECS).
                 idle_timeout: Duration::from_secs(self.body_idle_timeout_secs.max(1)),
                 ..self.download.build()?

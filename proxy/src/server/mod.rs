@@ -237,7 +237,7 @@ async fn handle(
     // The peer, for the handlers that trust forwarded headers only from known front proxies.
     request
         .extensions_mut()
-        .insert(crate::artifacts::signed::public_url::ClientAddr(remote));
+        .insert(crate::artifacts::state::public_url::ClientAddr(remote));
 
     let response = match route {
         _ if refused.is_some() => refused.unwrap_or_else(invalid_request),

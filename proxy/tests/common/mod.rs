@@ -18,7 +18,7 @@ use hyper::body::{Frame, Incoming};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use mlflow_artifact_proxy::Proxy;
-use mlflow_artifact_proxy::artifacts::download::settings::DownloadConfig;
+use mlflow_artifact_proxy::artifacts::state::download_memory::DownloadConfig;
 use mlflow_artifact_proxy::config::{ServeConfig, StoreConfig, UploadConfig};
 use sha2::{Digest, Sha256};
 use tokio::net::TcpListener;
@@ -670,8 +670,8 @@ pub fn serve_config(s3: &S3Server, upstream: &str) -> ServeConfig {
 }
 
 /// Multipart uploads and presigned downloads on, signed with a fixed test key.
-pub fn test_transfers() -> mlflow_artifact_proxy::artifacts::signed::transfers::TransferConfig {
-    mlflow_artifact_proxy::artifacts::signed::transfers::TransferConfig::with_key(TEST_SIGNING_KEY)
+pub fn test_transfers() -> mlflow_artifact_proxy::artifacts::state::transfers::TransferConfig {
+    mlflow_artifact_proxy::artifacts::state::transfers::TransferConfig::with_key(TEST_SIGNING_KEY)
 }
 
 pub const TEST_SIGNING_KEY: &[u8] = &[7; 32];
@@ -702,7 +702,7 @@ impl Harness {
     pub async fn start_with_transfers(
         upload: UploadConfig,
         prefix: &str,
-        transfers: mlflow_artifact_proxy::artifacts::signed::transfers::TransferConfig,
+        transfers: mlflow_artifact_proxy::artifacts::state::transfers::TransferConfig,
     ) -> Harness {
         Self::start_configured(|config| {
             config.upload = upload;

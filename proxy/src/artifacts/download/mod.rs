@@ -5,7 +5,6 @@
 
 mod conditional;
 pub mod ranged;
-pub mod settings;
 
 use std::ops::RangeInclusive;
 use std::sync::Arc;
@@ -14,11 +13,11 @@ use http::{HeaderMap, HeaderValue, Response, StatusCode, header};
 use hyper::body::Incoming;
 
 use super::scope::Scope;
-use super::store_error;
 use crate::artifacts::state::App;
 use crate::integrity::Digest;
 use crate::mlflow::content::{basename, content_disposition_attachment, guess_mime_type};
 use crate::mlflow::path::validate_path_is_safe;
+use crate::store::answer::store_error;
 use crate::store::s3::{ObjectMeta, StoreError, header_value, read_error_body, user_metadata};
 use crate::wire::body::{ProxyBody, boxed, empty};
 use crate::wire::error::ProxyError;

@@ -36,8 +36,8 @@ use http_body_util::BodyExt;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 
-use crate::artifacts::download::settings::{Cut, DownloadConfig, DownloadMetrics, Reserved};
 use crate::artifacts::state::App;
+use crate::artifacts::state::download_memory::{Cut, DownloadConfig, DownloadMetrics, Reserved};
 use crate::wire::body::{BodyError, ProxyBody};
 
 /// Frames read ahead shorter than this are copied into blocks of this size; longer ones are kept

@@ -18,8 +18,8 @@ use http_body_util::BodyExt;
 use serde_json::json;
 
 use crate::artifacts::scope::Scope;
-use crate::artifacts::state::{App, BudgetPermit};
-use crate::artifacts::store_error;
+use crate::artifacts::state::App;
+use crate::artifacts::state::upload_memory::BudgetPermit;
 use crate::integrity::{self, Algorithm, Digest, Hasher, parts};
 use crate::mlflow::content::guess_mime_type;
 use crate::mlflow::json::{Dialect, dumps};
@@ -27,6 +27,7 @@ use crate::mlflow::mpu_body::{MAX_PARTS as MAX_PARTS_USIZE, MpuBody, Part, Parts
 use crate::mlflow::path::validate_path_is_safe;
 use crate::router::{MpuAction, SIGNED_PART_PATH};
 use crate::signing::{Claims, Grant, now_secs};
+use crate::store::answer::store_error;
 use crate::store::s3::StoreError;
 use crate::wire::body::{ProxyBody, empty, full};
 use crate::wire::error::{ProxyError, Side};
@@ -106,7 +107,7 @@ pub(super) fn api_prefix(app: &App, request_path: &str) -> String {
 pub(super) fn public_base(app: &App, request: &Request<ProxyBody>) -> Result<String, ProxyError> {
     let peer = request
         .extensions()
-        .get::<crate::artifacts::signed::public_url::ClientAddr>()
+        .get::<crate::artifacts::state::public_url::ClientAddr>()
         .map(|c| c.0);
     app.transfers
         .config

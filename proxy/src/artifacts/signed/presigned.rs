@@ -13,11 +13,11 @@ use super::multipart::{api_prefix, public_base, verify_token};
 use crate::artifacts::download;
 use crate::artifacts::scope::Scope;
 use crate::artifacts::state::App;
-use crate::artifacts::store_error;
 use crate::mlflow::json::{Dialect, dumps};
 use crate::mlflow::path::validate_path_is_safe;
 use crate::router::SIGNED_OBJECT_PATH;
 use crate::signing::{Claims, Grant, now_secs};
+use crate::store::answer::store_error;
 use crate::wire::body::{ProxyBody, full};
 use crate::wire::error::ProxyError;
 

@@ -10,7 +10,6 @@
 //! multipart upload (retried later if S3 is down), so no object and no orphaned part is left
 //! behind. The answer comes only once the object is stored.
 
-pub mod settings;
 pub mod sweep;
 
 use std::sync::{Arc, OnceLock};
@@ -22,11 +21,12 @@ use tokio::sync::OwnedSemaphorePermit;
 use tokio::task::JoinSet;
 
 use super::scope::Scope;
-use super::store_error;
-use crate::artifacts::state::{App, BudgetPermit, MIN_PART, SMALL_BLOCK};
+use crate::artifacts::state::App;
+use crate::artifacts::state::upload_memory::{BudgetPermit, MIN_PART, SMALL_BLOCK};
 use crate::integrity::{self, Digest, Hasher};
 use crate::mlflow::content::guess_mime_type;
 use crate::mlflow::path::validate_path_is_safe;
+use crate::store::answer::store_error;
 use crate::store::s3::StoreError;
 use crate::wire::body::{ProxyBody, empty};
 use crate::wire::error::{ProxyError, Side};

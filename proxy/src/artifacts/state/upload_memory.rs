@@ -1,25 +1,15 @@
-//! What every handler shares: the store, the upstream, the upload budget, the metrics.
+//! The upload memory: the budget every upload's parts are held in, the part slots and the trickle
+//! pool of chunked bodies, the multipart uploads in progress and the aborts to try again.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::OwnedSemaphorePermit;
 
-use crate::artifacts::download::settings::{DownloadConfig, Downloads};
-use crate::artifacts::locations::Locations;
-use crate::artifacts::security::Security;
-use crate::artifacts::signed::transfers::{TransferConfig, Transfers};
-use crate::artifacts::upload::settings::UploadConfig;
-use crate::auth::Auth;
-use crate::integrity::{Integrity, IntegrityConfig};
+use super::App;
 use crate::ops::metrics::Metrics;
-use crate::store::s3::Store;
-use crate::upstream::Upstream;
-use crate::upstream::capabilities::Tracker;
 
 /// The budget is counted in KiB so that one part's permits fit the semaphore's `u32`.
-const BUDGET_UNIT: u64 = 1024;
+pub(super) const BUDGET_UNIT: u64 = 1024;
 
 /// S3's smallest part (all but the last). A part being filled can always be sent once it
 /// holds this much, so the budget only has to guarantee this much to each part being filled.
@@ -39,45 +29,20 @@ pub const TRICKLE_POOL: usize = 4 * 1024 * 1024;
 const ABORT_RETRY_FIRST: Duration = Duration::from_secs(1);
 const ABORT_RETRY_MAX: Duration = Duration::from_secs(300);
 
-/// What the proxy asks MLflow: its auth decisions, and which version runs in which modes.
-pub struct FromMlflow {
-    pub auth: Arc<Auth>,
-    pub capabilities: Arc<Tracker>,
+/// How uploads are cut into parts.
+#[derive(Clone, Copy, Debug)]
+pub struct UploadConfig {
+    pub single_put_max: u64,
+    pub part_size: usize,
+    pub parts_in_flight: usize,
+    pub budget: u64,
+    /// How long a transfer's client may send (or read) nothing before the transfer is ended.
+    pub body_idle_timeout: Duration,
+    /// Open multipart uploads older than this are swept (aborted); None: no sweep.
+    pub stale_upload_age: Option<Duration>,
 }
 
-pub struct App {
-    pub store: Store,
-    pub upstream: Upstream,
-    pub upload: UploadConfig,
-    pub security: Security,
-    pub metrics: Metrics,
-    /// MLflow's authentication and permissions on the artifact routes.
-    pub auth: Arc<Auth>,
-    /// Which MLflow runs behind the proxy, and in which modes.
-    pub capabilities: Arc<Tracker>,
-    /// The download budget and settings of large (parallel) downloads.
-    pub downloads: Downloads,
-    /// Client-driven multipart uploads and presigned downloads (see `App::with_transfers`).
-    pub transfers: Transfers,
-    /// Artifact digests: recorded on upload, checked on download (see `App::with_integrity`).
-    pub integrity: Integrity,
-    /// Where MLflow keeps what the UI's downloads name, as it tells each caller.
-    pub locations: Locations,
-    /// MLflow's `--static-prefix` ("" for none; see `App::with_static_prefix`).
-    pub static_prefix: String,
-    budget: Arc<Semaphore>,
-    /// Parts being filled from a chunked body, at most budget / `PART_SLOT_COST`: each can reach
-    /// S3's minimum part size within the budget, so waiting for budget never deadlocks.
-    part_slots: Arc<Semaphore>,
-    /// First blocks of parts without a slot (`SMALL_BLOCK`, `TRICKLE_POOL`).
-    small_blocks: Arc<Semaphore>,
-    /// Multipart uploads in progress (upload id → key), aborted if shutdown cuts them off.
-    active_uploads: Mutex<HashMap<String, String>>,
-    /// Aborts that failed (upload id → retry state), tried again by the sweeper.
-    pending_aborts: Mutex<HashMap<String, PendingAbort>>,
-}
-
-struct PendingAbort {
+pub(super) struct PendingAbort {
     key: String,
     next: Instant,
     wait: Duration,
@@ -114,66 +79,6 @@ impl Drop for BudgetPermit {
 }
 
 impl App {
-    pub fn new(
-        store: Store,
-        upstream: Upstream,
-        upload: UploadConfig,
-        security: Security,
-        metrics: Metrics,
-        from_mlflow: FromMlflow,
-        download: DownloadConfig,
-    ) -> Self {
-        let FromMlflow { auth, capabilities } = from_mlflow;
-        let units = usize::try_from(upload.budget / BUDGET_UNIT).unwrap_or(usize::MAX);
-        metrics
-            .upload_budget_capacity
-            .set(i64::try_from(upload.budget).unwrap_or(i64::MAX));
-        let (lookup_ttl, lookup_capacity) = auth.cache_policy();
-        let registry = metrics.registry.clone();
-        App {
-            store,
-            upstream,
-            upload,
-            security,
-            downloads: Downloads::new(download, &metrics.registry),
-            metrics,
-            auth,
-            capabilities,
-            transfers: Transfers::disabled(),
-            integrity: Integrity::new(IntegrityConfig::default(), Some(&registry)),
-            locations: Locations::new(lookup_ttl, lookup_capacity),
-            static_prefix: String::new(),
-            budget: Arc::new(Semaphore::new(units)),
-            part_slots: Arc::new(Semaphore::new(
-                usize::try_from((upload.budget / PART_SLOT_COST).max(1)).unwrap_or(usize::MAX),
-            )),
-            small_blocks: Arc::new(Semaphore::new(TRICKLE_POOL / SMALL_BLOCK)),
-            active_uploads: Mutex::new(HashMap::new()),
-            pending_aborts: Mutex::new(HashMap::new()),
-        }
-    }
-
-    /// Offer the client-driven transfers, their counters in the proxy's registry.
-    #[must_use]
-    pub fn with_transfers(mut self, config: TransferConfig) -> Self {
-        self.transfers = Transfers::new(config, Some(&self.metrics.registry));
-        self
-    }
-
-    /// Record and check artifact digests as `config` says.
-    #[must_use]
-    pub fn with_integrity(mut self, config: IntegrityConfig) -> Self {
-        self.integrity.config = config;
-        self
-    }
-
-    /// Serve MLflow's routes under its `--static-prefix`.
-    #[must_use]
-    pub fn with_static_prefix(mut self, prefix: &str) -> Self {
-        prefix.clone_into(&mut self.static_prefix);
-        self
-    }
-
     /// Wait until `bytes` of the budget are free. While a handler waits here it does not read
     /// its client's socket, which is the backpressure.
     pub async fn reserve(&self, bytes: usize) -> BudgetPermit {

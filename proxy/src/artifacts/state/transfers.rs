@@ -7,7 +7,7 @@ use std::time::Duration;
 use clap::Args;
 use prometheus::{IntCounterVec, Opts, Registry};
 
-use crate::artifacts::signed::public_url::{PublicUrl, PublicUrlArgs};
+use crate::artifacts::state::public_url::{PublicUrl, PublicUrlArgs};
 use crate::signing::{Signer, SigningArgs};
 
 /// S3 limits a part to 5 GiB.
