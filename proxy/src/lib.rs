@@ -1,15 +1,25 @@
 //! mlflow-artifact-proxy: port 5000 of an MLflow stack. MLflow's artifact routes are answered
 //! straight from S3 in bounded memory; every other request streams through to MLflow.
 //!
-//! One module per job: `config` (flags and environment), `config_reference` (their reference,
-//! docs/configuration.md), `server` (listener, access log),
-//! `router` (which requests are ours), `artifacts` (the artifact handlers), `locations` (where
-//! MLflow keeps what the UI's downloads name), `s3` (the store),
-//! `upstream` (pass-through to MLflow), `upstream_pool` (its kept-alive connections), `metrics` (Prometheus, health), `error` (one error type),
-//! `mlflow` (the stock server's observable rules), `state` (what handlers share), `purge`
-//! (deleting a prefix a page at a time), `gc` (the artifacts MLflow no longer knows),
-//! `capabilities` (which MLflow release and modes run behind the proxy), `workspaces` (MLflow's
-//! workspace scoping), `ask` (the proxy's own questions to MLflow).
+//! One folder (or file) per concern; a request goes server → router → artifacts (or upstream),
+//! and every concern calls down, never back up:
+//! - `server/`: the client-facing listener: accept, the request line, access log, drain.
+//! - `router`: which requests the proxy answers itself and which go to MLflow.
+//! - `artifacts/`: the artifact routes: one checkpoint (security, auth), then `download/`,
+//!   `upload/`, `signed/` (multipart and presigned), list, delete, the UI's routes; `state/`
+//!   holds what they share (settings, memory budgets, uploads in progress, the public address).
+//! - `auth/`: MLflow's authentication and permissions, asked of MLflow for every artifact route.
+//! - `upstream/`: MLflow behind the proxy: pass-through, its connections, forwarding headers,
+//!   and the proxy's own questions to it (its release and modes, workspaces).
+//! - `store/`: the artifact store: the S3 client, deleting a prefix, the one sweeper of
+//!   abandoned uploads, how store failures are answered.
+//! - `integrity/`: a digest of every artifact, recorded on upload, checked on download.
+//! - `signing`: the HMAC key behind the URLs the proxy signs and the tags of part digests.
+//! - `mlflow/`: what the stock MLflow server does that clients can observe, reproduced.
+//! - `wire/`: the body type, the one error type (MLflow's JSON shape), timeouts.
+//! - `ops/`: Prometheus metrics and the operations listener (/metrics, /healthz, /readyz).
+//! - `config/`: every flag and its environment variable, and their generated reference.
+//! - `commands/`: the one-off subcommands that walk the destination (`gc`, `verify`).
 
 pub mod artifacts;
 pub mod auth;

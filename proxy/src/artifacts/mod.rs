@@ -1,4 +1,5 @@
-//! The artifact routes MLflow's clients and UI use, answered from S3 directly.
+//! The artifact routes MLflow's clients and UI use, answered from S3 directly: one checkpoint
+//! (`handle`: security → auth → handler → decorate), then one handler per route.
 
 mod delete;
 pub mod download;

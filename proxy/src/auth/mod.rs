@@ -310,7 +310,7 @@ enum Outcome {
 
 impl Auth {
     pub fn new(config: AuthConfig, target: Target, metrics: Metrics) -> Result<Self, String> {
-        // The same kept-alive, retired-in-time connections as pass-through (`upstream_pool`): a
+        // The same kept-alive, retired-in-time connections as pass-through (`pool`): a
         // fresh connection per check left a socket in TIME_WAIT per check.
         let asker = Asker::new(target, config.timeout);
         let rng = ring::rand::SystemRandom::new();

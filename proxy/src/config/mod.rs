@@ -1,5 +1,5 @@
 //! Configuration: flags, each backed by the environment variable that MLflow and the AWS tools
-//! already use, parsed and checked once at start-up.
+//! already use, parsed and checked once at start-up; `reference` renders docs/configuration.md.
 
 pub mod reference;
 

@@ -1,5 +1,5 @@
 //! The artifact store: the S3 client (its signer, its TLS roots), deleting a prefix a page at a
-//! time, and the one sweeper of abandoned multipart uploads.
+//! time, the one sweeper of abandoned multipart uploads, and how a store failure is answered.
 
 pub mod answer;
 pub mod purge;

@@ -1,7 +1,7 @@
 //! Abandoned multipart uploads (created, never completed or aborted: the client died) keep their
 //! parts in the store, billed and invisible. This is the one sweeper: the one-shot `sweep-uploads`
-//! subcommand (for a cron job) and the running proxy's periodic sweep (`sweep`, which also retries
-//! failed aborts) both call [`sweep`], so both read the same uploads and the same dates.
+//! subcommand (for a cron job) and the running proxy's periodic sweep (`artifacts::upload::sweep`,
+//! which also retries failed aborts) both call [`sweep`], so both read the same uploads and dates.
 //!
 //! Safe from every replica at once and from a cron job: it reads its work from S3
 //! (ListMultipartUploads) and aborting an upload twice is harmless. It never touches an upload

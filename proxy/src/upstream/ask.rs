@@ -35,7 +35,7 @@ pub struct Target {
     pub host: HeaderValue,
     /// MLflow's `--static-prefix` ("" for none): every route of MLflow's is under it.
     pub static_prefix: String,
-    /// The lifetimes of pooled connections (`upstream_pool`).
+    /// The lifetimes of pooled connections (`pool`).
     pub pool: PoolConfig,
 }
 
@@ -66,7 +66,7 @@ impl Asker {
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(Duration::from_secs(5)));
         Asker {
-            // The same kept-alive, retired-in-time connections as pass-through (`upstream_pool`).
+            // The same kept-alive, retired-in-time connections as pass-through (`pool`).
             client: crate::upstream::pool::client(connector, target.pool),
             target,
             timeout,
@@ -116,7 +116,6 @@ impl Asker {
                 .map_err(|e| format!("request URI: {e}"))?,
         );
         let uri = Uri::from_parts(parts).map_err(|e| format!("request URI: {e}"))?;
-        headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
         let body = match json_body {
             Some(bytes) => {
                 headers.insert(

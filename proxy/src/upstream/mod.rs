@@ -1,3 +1,6 @@
+//! MLflow behind the proxy: the pass-through (here), its connections (`pool`, `quickack`), the
+//! forwarding headers it trusts, and the proxy's own questions (`ask`, `capabilities`, `workspaces`).
+//!
 //! Everything that is not an artifact route streams through to the MLflow server unchanged:
 //! bodies are handed over frame by frame, the client's Host is kept (MLflow's allowed-hosts check
 //! must see what it would see without us), hop-by-hop headers are dropped.

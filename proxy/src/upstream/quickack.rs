@@ -24,7 +24,7 @@ use tokio::net::TcpStream;
 #[derive(Clone)]
 pub struct QuickAckConnector(pub HttpConnector);
 
-/// The stream, and when it was opened (for `upstream_pool`'s lifetime bound).
+/// The stream, and when it was opened (for `pool`'s lifetime bound).
 pub struct QuickAckStream(TokioIo<TcpStream>, OpenedAt);
 
 impl QuickAckStream {
@@ -112,7 +112,7 @@ impl Connection for QuickAckStream {
 }
 
 /// When a connection was opened, and a random draw made then; the connector puts both on every
-/// response the connection carries. The draw lets `upstream_pool` give connections opened in
+/// response the connection carries. The draw lets `pool` give connections opened in
 /// the same instant different lifetimes.
 #[derive(Clone, Copy, Debug)]
 pub struct OpenedAt {

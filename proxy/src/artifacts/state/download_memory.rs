@@ -1,5 +1,5 @@
 //! The settings and the memory budget of large (parallel) downloads: what `config` parses and
-//! `state` holds, apart from the handler that uses them (`artifacts::ranged`).
+//! `state` holds, apart from the handler that uses them (`artifacts::download::ranged`).
 
 use std::sync::Arc;
 use std::time::Duration;
