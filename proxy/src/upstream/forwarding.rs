@@ -88,17 +88,17 @@ impl TrustedProxies {
     }
 
     /// The scheme and host a client used to reach us: from a trusted front proxy's forwarding
-    /// headers, else `http` and the request's own Host.
+    /// headers, else `http` and the request's own Host (also when the peer is unknown).
     pub fn external_origin(
         &self,
         headers: &HeaderMap,
-        peer: SocketAddr,
+        peer: Option<SocketAddr>,
     ) -> (String, Option<String>) {
         let own_host = headers
             .get(header::HOST)
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
-        if !self.trusts(peer.ip()) {
+        if !peer.is_some_and(|peer| self.trusts(peer.ip())) {
             return ("http".to_owned(), own_host);
         }
         let scheme = forwarded_proto(headers).unwrap_or("http").to_owned();
@@ -178,7 +178,10 @@ mod tests {
         ]);
         let peer: SocketAddr = "127.0.0.1:4000".parse().unwrap();
         let none = TrustedProxies::default();
-        assert_eq!(none.external_origin(&h, peer), ("http".to_owned(), None));
+        assert_eq!(
+            none.external_origin(&h, Some(peer)),
+            ("http".to_owned(), None)
+        );
         none.apply(&mut h, peer);
         assert_eq!(h["x-forwarded-for"], "127.0.0.1");
         assert_eq!(h["x-forwarded-proto"], "http");
@@ -196,7 +199,7 @@ mod tests {
         let peer: SocketAddr = "10.1.1.1:4000".parse().unwrap();
         let trusted: TrustedProxies = "10.0.0.0/8".parse().unwrap();
         assert_eq!(
-            trusted.external_origin(&h, peer),
+            trusted.external_origin(&h, Some(peer)),
             ("https".to_owned(), Some("mlflow.example.com".to_owned()))
         );
         trusted.apply(&mut h, peer);

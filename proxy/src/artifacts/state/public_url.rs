@@ -52,18 +52,6 @@ impl PublicUrlArgs {
     }
 }
 
-/// The first value of a possibly comma-separated forwarded header.
-fn first_forwarded<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    headers
-        .get(name)?
-        .to_str()
-        .ok()?
-        .split(',')
-        .next()
-        .map(str::trim)
-        .filter(|v| !v.is_empty())
-}
-
 impl PublicUrl {
     /// Configured base URL (tests, benches).
     pub fn fixed(url: &str) -> PublicUrl {
@@ -73,26 +61,15 @@ impl PublicUrl {
         }
     }
 
-    /// Whether the peer is a configured front proxy.
-    pub fn is_trusted(&self, peer: Option<SocketAddr>) -> bool {
-        peer.is_some_and(|peer| self.trusted.trusts(peer.ip()))
-    }
-
     /// `scheme://authority[/prefix]` for a request, or None when it names no usable host.
     pub fn base(&self, headers: &HeaderMap, peer: Option<SocketAddr>) -> Option<String> {
         if let Some(fixed) = &self.fixed {
             return Some(fixed.clone());
         }
-        let trusted = self.is_trusted(peer);
-        let forwarded = |name| trusted.then(|| first_forwarded(headers, name)).flatten();
-        let scheme = match forwarded("x-forwarded-proto") {
-            Some(proto) if proto.eq_ignore_ascii_case("https") => "https",
-            _ => "http",
-        };
-        let host = forwarded("x-forwarded-host")
-            .or_else(|| headers.get(http::header::HOST)?.to_str().ok())?;
+        // Forwarding headers count only from a trusted front proxy: `forwarding`'s one rule.
+        let (scheme, host) = self.trusted.external_origin(headers, peer);
         // Only a plain host[:port] goes into a URL: no user info, path or spaces.
-        let authority = Authority::from_str(host.trim()).ok()?;
+        let authority = Authority::from_str(host?.trim()).ok()?;
         if authority.as_str().contains('@') {
             return None;
         }
