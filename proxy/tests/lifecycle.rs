@@ -351,10 +351,13 @@ async fn the_proxys_own_questions_reuse_pooled_connections() {
             (200, &b"ok"[..])
         );
     }
-    // One connection carries them (two at most: see the note above the pass-through tests).
+    // A connection carries many of them. Not always one: hyper-util hands a connection back to
+    // the pool from a task of its own, and on a loaded machine the next question may come first
+    // (see the note above the pass-through tests; here other tests run beside this one). The
+    // bound allows that one question in ten, and fails by far without reuse (one per question).
     let opened = seen.lock().unwrap().len();
     assert!(
-        opened <= 2,
+        opened <= 10,
         "100 questions one after the other opened {opened} connections"
     );
     assert_eq!(
