@@ -10,7 +10,7 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use bytes::Bytes;
 use common::*;
-use mlflow_artifact_proxy::downloads::DownloadConfig;
+use mlflow_artifact_proxy::artifacts::state::download_memory::DownloadConfig;
 use mlflow_artifact_proxy::integrity::{Algorithm, IntegrityConfig};
 
 fn crc64nvme(data: &[u8]) -> String {

@@ -7,12 +7,14 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use mlflow_artifact_proxy::metrics::Metrics;
-use mlflow_artifact_proxy::s3::Store;
-use mlflow_artifact_proxy::{Proxy, stale_uploads, sweep};
+use mlflow_artifact_proxy::Proxy;
+use mlflow_artifact_proxy::artifacts::upload::sweep;
+use mlflow_artifact_proxy::ops::metrics::Metrics;
+use mlflow_artifact_proxy::store::s3::Store;
+use mlflow_artifact_proxy::store::stale_uploads;
 
 /// S3s-fs cannot list multipart uploads (501): there both sweepers say so and abort nothing.
-fn unsupported(error: &mlflow_artifact_proxy::s3::StoreError) -> bool {
+fn unsupported(error: &mlflow_artifact_proxy::store::s3::StoreError) -> bool {
     error.to_string().contains("501")
 }
 

@@ -23,7 +23,7 @@ use clap::{Args, ValueEnum};
 use http_body_util::BodyExt;
 use prometheus::{IntCounterVec, Opts, Registry};
 
-use crate::body::ProxyBody;
+use crate::wire::body::ProxyBody;
 
 pub use check::verified;
 pub use digest::{Algorithm, Digest, Hasher};
