@@ -368,6 +368,10 @@ async fn a_scripted_session_moves_exactly_these_counters() {
                 0.0
             ),
             (r#"mlflow_proxy_upstream_requests_total{outcome="ok"}"#, 1.0),
+            (
+                r#"mlflow_proxy_upstream_requests_total{outcome="retried"}"#,
+                0.0
+            ),
         ]),
         "{text}"
     );

@@ -160,7 +160,7 @@ impl Metrics {
         let upstream_requests = IntCounterVec::new(
             opts(
                 "upstream_requests_total",
-                "Requests passed to MLflow, by outcome (ok = any HTTP answer, error = no answer).",
+                "Requests passed to MLflow, by outcome (ok = any HTTP answer, error = no answer; retried = a safe, bodiless request sent again once because its kept-alive connection broke before the answer).",
             ),
             &["outcome"],
         )
@@ -257,7 +257,7 @@ impl Metrics {
         for event in ["started", "completed", "aborted", "swept"] {
             multipart_uploads.with_label_values(&[event]);
         }
-        for outcome in ["ok", "error"] {
+        for outcome in ["ok", "error", "retried"] {
             upstream_requests.with_label_values(&[outcome]);
         }
 

@@ -26,7 +26,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use crate::ops::metrics::Metrics;
 use crate::upstream::forwarding::TrustedProxies;
 use crate::upstream::quickack::QuickAckConnector;
-use crate::wire::body::{ProxyBody, boxed, full};
+use crate::wire::body::{ProxyBody, boxed, empty, full};
 use crate::wire::error::{ProxyError, Side};
 use crate::wire::timeouts::SendError;
 use pool::PoolConfig;
@@ -50,6 +50,61 @@ const HOP_BY_HOP: &[&str] = &[
 /// Headers a client's `Connection` list may not remove: MLflow's Host and Origin checks must see
 /// them, and the body's framing must stay as sent.
 const NEVER_HOP_BY_HOP: &[HeaderName] = &[header::HOST, header::ORIGIN, header::CONTENT_LENGTH];
+
+/// What it takes to send a request again: only a GET, HEAD or OPTIONS without a body, which
+/// RFC 9110 §9.2.2 lets a client repeat when its connection fails before the answer.
+struct Replay {
+    method: http::Method,
+    uri: Uri,
+    version: http::Version,
+    headers: HeaderMap,
+}
+
+impl Replay {
+    fn of(request: &Request<ProxyBody>) -> Option<Replay> {
+        let safe = matches!(
+            *request.method(),
+            http::Method::GET | http::Method::HEAD | http::Method::OPTIONS
+        );
+        (safe && http_body::Body::is_end_stream(request.body())).then(|| Replay {
+            method: request.method().clone(),
+            uri: request.uri().clone(),
+            version: request.version(),
+            headers: request.headers().clone(),
+        })
+    }
+
+    fn request(self) -> Request<ProxyBody> {
+        let mut request = Request::new(empty());
+        *request.method_mut() = self.method;
+        *request.uri_mut() = self.uri;
+        *request.version_mut() = self.version;
+        *request.headers_mut() = self.headers;
+        request
+    }
+}
+
+/// Whether the connection broke before MLflow began an answer (closed, reset, or cancelled as
+/// hyper picked it): not a refused connect, not a malformed answer, not a timeout.
+fn dropped_before_answer(e: &hyper_util::client::legacy::Error) -> bool {
+    if e.is_connect() {
+        return false;
+    }
+    let mut source = std::error::Error::source(e);
+    while let Some(err) = source {
+        if let Some(h) = err.downcast_ref::<hyper::Error>()
+            && (h.is_incomplete_message() || h.is_canceled())
+        {
+            return true;
+        }
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            use std::io::ErrorKind::*;
+            return matches!(io.kind(), ConnectionReset | ConnectionAborted | BrokenPipe);
+        }
+        source = err.source();
+    }
+    false
+}
 
 pub struct Upstream {
     base: Uri,
@@ -117,10 +172,32 @@ impl Upstream {
         });
 
         let started = Instant::now();
+        let replay = Replay::of(&request);
         let retire = pool::Retire::watch(&mut request, &self.pool);
-        let result = crate::wire::timeouts::send(&self.client, request, self.timeout).await;
+        let mut result = crate::wire::timeouts::send(&self.client, request, self.timeout).await;
         if let Ok(response) = &result {
             retire.after(response);
+        }
+        // A kept-alive connection MLflow closed as we picked it (uvicorn closes one after an
+        // unhandled exception, for instance): a browser talking to stock would send a safe,
+        // bodiless request again on a new connection, so the proxy does too, once.
+        if let (Err(SendError::Http(e)), Some(replay)) = (&result, replay)
+            && dropped_before_answer(e)
+        {
+            tracing::info!(
+                "MLflow upstream {}: {e}; sending the request again",
+                self.base
+            );
+            self.metrics
+                .upstream_requests
+                .with_label_values(&["retried"])
+                .inc();
+            let mut again = replay.request();
+            let retire = pool::Retire::watch(&mut again, &self.pool);
+            result = crate::wire::timeouts::send(&self.client, again, self.timeout).await;
+            if let Ok(response) = &result {
+                retire.after(response);
+            }
         }
         if client_idle.load(Ordering::Relaxed) {
             self.metrics
