@@ -7,6 +7,7 @@
 //! (the keys travel in its body), ListMultipartUploads of the configured root, and creating the
 //! bucket. Knows nothing of HTTP routing or MLflow.
 
+mod checksums;
 mod signer;
 
 use std::time::{Duration, Instant};
@@ -26,8 +27,10 @@ use s3::serde_types::ListBucketResult;
 
 use crate::body::{ProxyBody, empty, from_frames, full};
 use crate::config::StoreConfig;
+use crate::integrity::{Algorithm, chunked};
 use crate::metrics::Metrics;
 use crate::timeouts::SendError;
+pub use checksums::Native;
 use signer::{Payload, Signer};
 
 /// Completing a multipart upload can take the store a while.
@@ -134,6 +137,8 @@ pub struct Store {
     prefix: String,
     http: Client<Connector, ProxyBody>,
     metrics: Metrics,
+    /// Which S3 checksums the store verifies, found out at first need (`checksums`).
+    native: tokio::sync::OnceCell<Native>,
 }
 
 impl Store {
@@ -148,6 +153,7 @@ impl Store {
             prefix: config.prefix.clone(),
             http,
             metrics,
+            native: tokio::sync::OnceCell::new(),
         })
     }
 
@@ -228,6 +234,43 @@ impl Store {
         let request = self
             .signer
             .request(method, key, query, headers, Payload::Unsigned, body)
+            .map_err(StoreError::Other)?;
+        self.send(request, self.timeout).await
+    }
+
+    /// `send_keyed` of a body of `len` bytes: as it is, or (`trailer`) already framed by
+    /// `integrity::with_trailer` with that checksum, for the store to verify.
+    async fn send_sized(
+        &self,
+        key: &str,
+        query: &[(&str, Option<&str>)],
+        mut headers: HeaderMap,
+        len: u64,
+        trailer: Option<Algorithm>,
+        body: ProxyBody,
+    ) -> Result<Response<Incoming>, StoreError> {
+        let Some(algorithm) = trailer else {
+            headers.insert(header::CONTENT_LENGTH, len.into());
+            return self
+                .send_keyed(Method::PUT, key, query, headers, body)
+                .await;
+        };
+        headers.insert(
+            header::CONTENT_LENGTH,
+            chunked::encoded_len(len, algorithm).into(),
+        );
+        headers.insert(
+            header::CONTENT_ENCODING,
+            HeaderValue::from_static("aws-chunked"),
+        );
+        headers.insert("x-amz-decoded-content-length", len.into());
+        headers.insert(
+            "x-amz-trailer",
+            HeaderValue::from_static(chunked::trailer_name(algorithm)),
+        );
+        let request = self
+            .signer
+            .request(Method::PUT, key, query, headers, Payload::Trailer, body)
             .map_err(StoreError::Other)?;
         self.send(request, self.timeout).await
     }
@@ -331,20 +374,21 @@ impl Store {
         .await
     }
 
-    /// One streamed PutObject of exactly `len` bytes; returns the new object's ETag.
+    /// One streamed PutObject of exactly `len` bytes (framed with its checksum as `trailer` says,
+    /// see `send_sized`); returns the new object's ETag.
     pub async fn put_object(
         &self,
         key: &str,
         content_type: &str,
         len: u64,
+        trailer: Option<Algorithm>,
         body: ProxyBody,
     ) -> Result<Option<String>, StoreError> {
         self.timed("put_object", async {
             let mut headers = HeaderMap::new();
-            headers.insert(header::CONTENT_LENGTH, len.into());
             headers.insert(header::CONTENT_TYPE, header_value(content_type));
             let response = self
-                .send_keyed(Method::PUT, key, &[], headers, body)
+                .send_sized(key, &[], headers, len, trailer, body)
                 .await?;
             let headers = expect_success(response).await?;
             Ok(headers
@@ -438,20 +482,26 @@ impl Store {
         part_number: u32,
         frames: Vec<Bytes>,
         len: usize,
+        trailer: Option<Algorithm>,
     ) -> Result<String, StoreError> {
-        let body = from_frames(frames);
-        self.upload_part_body(key, upload_id, part_number, len as u64, body)
+        let mut body = from_frames(frames);
+        if let Some(algorithm) = trailer {
+            body = crate::integrity::with_trailer(body, len as u64, algorithm).0;
+        }
+        self.upload_part_body(key, upload_id, part_number, len as u64, trailer, body)
             .await
     }
 
-    /// Upload one part streamed from a client's body of exactly `len` bytes; returns its ETag.
-    /// Nothing is held here: hyper hands the frames on as S3 takes them.
+    /// Upload one part streamed from a client's body of exactly `len` bytes (framed with its
+    /// checksum as `trailer` says, see `send_sized`); returns its ETag. Nothing is held here:
+    /// hyper hands the frames on as S3 takes them.
     pub async fn upload_part_body(
         &self,
         key: &str,
         upload_id: &str,
         part_number: u32,
         len: u64,
+        trailer: Option<Algorithm>,
         body: ProxyBody,
     ) -> Result<String, StoreError> {
         self.timed("upload_part", async {
@@ -460,10 +510,8 @@ impl Store {
                 ("partNumber", Some(number.as_str())),
                 ("uploadId", Some(upload_id)),
             ];
-            let mut headers = HeaderMap::new();
-            headers.insert(header::CONTENT_LENGTH, len.into());
             let response = self
-                .send_keyed(Method::PUT, key, &query, headers, body)
+                .send_sized(key, &query, HeaderMap::new(), len, trailer, body)
                 .await?;
             let headers = expect_success(response).await?;
             headers

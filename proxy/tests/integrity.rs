@@ -546,3 +546,149 @@ async fn a_part_etag_the_proxy_did_not_seal_is_refused() {
     assert_eq!((status, clean), (200, true));
     assert!(body == data);
 }
+
+/// A relay to `upstream` that flips one bit of the `at`th byte of the body of every PUT whose
+/// body is longer than that: a transfer corrupted on its way into the store (a fault at byte N,
+/// which no real part makes on demand). Requests are read one after the other on each
+/// connection, by their Content-Length (the proxy sends no other kind to S3).
+async fn corrupting_relay(upstream: std::net::SocketAddr, at: u64) -> std::net::SocketAddr {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let Ok(server) = tokio::net::TcpStream::connect(upstream).await else {
+                    return;
+                };
+                let (client_read, mut client_write) = client.into_split();
+                let (mut server_read, mut server_write) = server.into_split();
+                tokio::spawn(async move {
+                    let _ = tokio::io::copy(&mut server_read, &mut client_write).await;
+                    let _ = client_write.shutdown().await;
+                });
+                let mut reader = BufReader::new(client_read);
+                loop {
+                    let mut head = Vec::new();
+                    loop {
+                        let before = head.len();
+                        match reader.read_until(b'\n', &mut head).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(_) if &head[before..] == b"\r\n" => break,
+                            Ok(_) => {}
+                        }
+                    }
+                    let text = String::from_utf8_lossy(&head).to_ascii_lowercase();
+                    let len: u64 = text
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .and_then(|v| v.trim().parse().ok())
+                        .unwrap_or(0);
+                    let flip = text.starts_with("put ") && len > at;
+                    if server_write.write_all(&head).await.is_err() {
+                        return;
+                    }
+                    let mut sent = 0u64;
+                    let mut buf = vec![0u8; 64 * 1024];
+                    while sent < len {
+                        let want = usize::try_from(len - sent)
+                            .unwrap_or(usize::MAX)
+                            .min(buf.len());
+                        let Ok(n) = reader.read(&mut buf[..want]).await else {
+                            return;
+                        };
+                        if n == 0 {
+                            return;
+                        }
+                        if flip && (sent..sent + n as u64).contains(&at) {
+                            buf[(at - sent) as usize] ^= 0x01;
+                        }
+                        if server_write.write_all(&buf[..n]).await.is_err() {
+                            return;
+                        }
+                        sent += n as u64;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// With the store's own checksums: a transfer corrupted between the proxy and the store is
+/// refused by a store that verifies them (Garage: PutObject and parts; s3s-fs: PutObject only),
+/// the upload fails (502, retryable) and Garage keeps nothing; where the store does not verify
+/// (s3s-fs's parts), the upload stores the corrupt bytes with the digest of the client's bytes,
+/// and their download is cut.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transfer_corrupted_on_its_way_into_the_store_is_refused() {
+    let h = harness(Some(Algorithm::Crc64Nvme)).await;
+    let relay = corrupting_relay(h.s3.addr, 100_000).await;
+    let mut config = serve_config(&h.s3, &format!("http://{}", h.mlflow.addr));
+    config.store.endpoint = url::Url::parse(&format!("http://{relay}")).unwrap();
+    let corrupting = mlflow_artifact_proxy::Proxy::start(config).await.unwrap();
+    // Garage verifies the parts' checksums too; s3s-fs does not.
+    let parts_verified = h.s3.store != "s3s-fs";
+    let objects = [
+        ("t/single.bin", random_bytes(300_000), false, true),
+        (
+            "t/streamed.bin",
+            random_bytes(12 * MIB + 1),
+            false,
+            parts_verified,
+        ),
+        (
+            "t/chunked.bin",
+            random_bytes(11 * MIB),
+            true,
+            parts_verified,
+        ),
+    ];
+    for (path, data, chunked, refused) in &objects {
+        let url = format!(
+            "http://{}/api/2.0/mlflow-artifacts/artifacts/{path}",
+            corrupting.addr
+        );
+        let request = h.http.put(url);
+        let request = if *chunked {
+            let frames: Vec<Result<Bytes, std::io::Error>> = data
+                .chunks(65_536)
+                .map(|c| Ok(Bytes::copy_from_slice(c)))
+                .collect();
+            request.body(reqwest::Body::wrap_stream(futures_util::stream::iter(
+                frames,
+            )))
+        } else {
+            request.body(data.clone())
+        };
+        let response = request.send().await.unwrap();
+        if *refused {
+            assert_eq!(response.status(), 502, "{path}: the store took it");
+            let stored = h.s3.object(path);
+            if h.s3.store == "s3s-fs" {
+                // s3s-fs writes the body before it compares (and keeps it): no digest with it.
+                assert!(
+                    !stored_metadata(&h, path)
+                        .await
+                        .contains_key("mlflow-proxy-crc64nvme")
+                );
+            } else {
+                assert!(stored.is_none(), "{path}: stored although refused");
+            }
+        } else {
+            assert_eq!(response.status(), 200, "{path}");
+            // Stored as the store received it, recorded with the client's digest: cut.
+            let (status, _, body, clean) = fetch(&h, path).await;
+            assert!(status == 200 || status == 0, "{path}: {status}");
+            assert!(!clean && body.len() < data.len(), "{path}: delivered whole");
+        }
+    }
+    assert!(h.s3.multipart_leftovers().is_empty());
+    // The same uploads without the fault are stored whole (the checksums sent are right).
+    for (path, data, _, _) in &objects[..2] {
+        assert_eq!(h.put(path, data.clone()).await.status(), 200, "{path}");
+        let (status, _, body, clean) = fetch(&h, path).await;
+        assert_eq!((status, clean), (200, true), "{path}");
+        assert!(body == *data, "{path}");
+    }
+}

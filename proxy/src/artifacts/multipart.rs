@@ -688,7 +688,15 @@ pub async fn upload_part(
         .config
         .algorithm
         .map(|_| Hasher::new(Algorithm::Crc64Nvme));
-    let (body, tally) = integrity::tally(body, hasher);
+    // Sent with its CRC for the store to verify, where it does (`s3::Native`).
+    let trailer = match hasher {
+        Some(_) if app.store.native().await.parts => Some(Algorithm::Crc64Nvme),
+        _ => None,
+    };
+    let (body, tally) = match trailer {
+        Some(algorithm) => integrity::with_trailer(body, len, algorithm),
+        None => integrity::tally(body, hasher),
+    };
     let stored = app
         .store
         .upload_part_body(
@@ -696,6 +704,7 @@ pub async fn upload_part(
             &claims.upload_id,
             claims.part_number,
             len,
+            trailer,
             body,
         )
         .await;

@@ -22,7 +22,7 @@ use super::scope::Scope;
 use super::store_error;
 use crate::body::{ProxyBody, empty};
 use crate::error::{ProxyError, Side};
-use crate::integrity::{self, Digest, Hasher};
+use crate::integrity::{self, Algorithm, Digest, Hasher};
 use crate::mlflow::content::guess_mime_type;
 use crate::mlflow::path::validate_path_is_safe;
 use crate::s3::StoreError;
@@ -189,10 +189,14 @@ async fn store_body(
         // hyper ends the body with an error if the client sends fewer bytes than it declared,
         // and S3 then discards the partial object.
         Some(len) if len <= app.upload.single_put_max => {
-            let (body, tally) = integrity::tally(body, hasher.take());
+            let trailer = put_trailer(app, &hasher).await;
+            let (body, tally) = match trailer {
+                Some(algorithm) => integrity::with_trailer(body, len, algorithm),
+                None => integrity::tally(body, hasher.take()),
+            };
             let etag = app
                 .store
-                .put_object(key, content_type, len, body)
+                .put_object(key, content_type, len, trailer, body)
                 .await
                 .map_err(store_error)?;
             hasher = tally.take();
@@ -204,6 +208,28 @@ async fn store_body(
     let digest = hasher.map(Hasher::finish);
     record_digest(app, key, content_type, etag, digest).await;
     Ok(())
+}
+
+/// The checksum a PutObject carries for the store to verify: the digest's algorithm, on a store
+/// that verifies it (`s3::Native`).
+async fn put_trailer(app: &App, hasher: &Option<Hasher>) -> Option<Algorithm> {
+    let algorithm = app
+        .integrity
+        .config
+        .algorithm
+        .filter(|_| hasher.is_some())?;
+    app.store.native().await.put.then_some(algorithm)
+}
+
+/// The checksum each part carries for the store to verify, on a store that verifies them: a
+/// CRC64NVME (it guards the transfer only; the object's digest is recorded apart).
+async fn part_trailer(app: &App) -> Option<Algorithm> {
+    app.integrity.config.algorithm?;
+    app.store
+        .native()
+        .await
+        .parts
+        .then_some(Algorithm::Crc64Nvme)
 }
 
 /// Keep `digest` (of the bytes just stored at `key`, version `etag`) with the object in
@@ -275,6 +301,7 @@ async fn stream_parts(
     hasher: &mut Option<Hasher>,
 ) -> Result<Option<String>, ProxyError> {
     let part_size = part_size_for(app.upload.part_size, Some(len)) as u64;
+    let trailer = part_trailer(app).await;
     let mut upload = start_multipart(app, key, content_type).await?;
     let streamed: Result<(), ProxyError> = async {
         let mut sent: u64 = 0;
@@ -287,10 +314,14 @@ async fn stream_parts(
             upload.next_part += 1;
             let (task_app, task_key, upload_id) =
                 (app.clone(), key.to_owned(), upload.upload_id.clone());
+            let part_body = match trailer {
+                Some(algorithm) => integrity::with_trailer(part_body, this, algorithm).0,
+                None => part_body,
+            };
             upload.in_flight.spawn(async move {
                 task_app
                     .store
-                    .upload_part_body(&task_key, &upload_id, part_number, this, part_body)
+                    .upload_part_body(&task_key, &upload_id, part_number, this, trailer, part_body)
                     .await
                     .map(|etag| (part_number, etag))
             });
@@ -586,9 +617,13 @@ async fn fill_parts(
         // It all fitted in one part: one PutObject from the frames we hold.
         (Ok(()), None) => {
             let (frames, len, _permit) = part.close();
-            let body = crate::body::from_frames(frames);
+            let mut body = crate::body::from_frames(frames);
+            let trailer = put_trailer(app, hasher).await;
+            if let Some(algorithm) = trailer {
+                body = integrity::with_trailer(body, len as u64, algorithm).0;
+            }
             app.store
-                .put_object(key, content_type, len as u64, body)
+                .put_object(key, content_type, len as u64, trailer, body)
                 .await
                 .map_err(store_error)
         }
@@ -661,13 +696,14 @@ async fn send_part(
     wait_for_room(app, upload).await?;
     let part_number = upload.next_part;
     upload.next_part += 1;
+    let trailer = part_trailer(app).await;
     let (app, key, upload_id) = (app.clone(), key.to_owned(), upload.upload_id.clone());
     upload.in_flight.spawn(async move {
         let mut attempt = 0;
         let result = loop {
             match app
                 .store
-                .upload_part(&key, &upload_id, part_number, frames.clone(), len)
+                .upload_part(&key, &upload_id, part_number, frames.clone(), len, trailer)
                 .await
             {
                 Ok(etag) => break Ok((part_number, etag)),
