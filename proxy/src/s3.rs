@@ -27,7 +27,7 @@ use s3::serde_types::ListBucketResult;
 
 use crate::body::{ProxyBody, empty, from_frames, full};
 use crate::config::StoreConfig;
-use crate::integrity::{Algorithm, chunked};
+use crate::integrity::{Algorithm, Digest, chunked};
 use crate::metrics::Metrics;
 use crate::timeouts::SendError;
 pub use checksums::Native;
@@ -322,8 +322,9 @@ impl Store {
     pub async fn get_object(
         &self,
         key: &str,
-        headers: HeaderMap,
+        mut headers: HeaderMap,
     ) -> Result<Response<Incoming>, StoreError> {
+        headers.insert(CHECKSUM_MODE, HeaderValue::from_static("ENABLED"));
         self.timed("get_object", async {
             // 404 and the like are answers, not failures of the call.
             self.send_keyed(Method::GET, key, &[], headers, empty())
@@ -335,8 +336,10 @@ impl Store {
     pub async fn head_object(&self, key: &str) -> Result<Option<ObjectMeta>, StoreError> {
         self.timed("head_object", async {
             let exchange = async {
+                let mut headers = HeaderMap::new();
+                headers.insert(CHECKSUM_MODE, HeaderValue::from_static("ENABLED"));
                 let response = self
-                    .send_keyed(Method::HEAD, key, &[], HeaderMap::new(), empty())
+                    .send_keyed(Method::HEAD, key, &[], headers, empty())
                     .await?;
                 let status = response.status();
                 let (parts, body) = response.into_parts();
@@ -412,7 +415,12 @@ impl Store {
         metadata: HeaderMap,
     ) -> Result<bool, StoreError> {
         self.timed("copy_object", async {
-            let mut headers = metadata;
+            // The user metadata only (not the store's checksums `user_metadata` also keeps).
+            let mut headers: HeaderMap = metadata
+                .into_iter()
+                .filter_map(|(name, value)| Some((name?, value)))
+                .filter(|(name, _)| name.as_str().starts_with("x-amz-meta-"))
+                .collect();
             headers.insert(
                 "x-amz-copy-source",
                 header_value(&self.signer.copy_source(key)),
@@ -444,34 +452,59 @@ impl Store {
         .await
     }
 
+    /// Start a multipart upload; `full_object`: of one whose parts all carry their CRC64NVME and
+    /// whose completion gives the whole object's (`complete_multipart`), which the store verifies
+    /// and keeps as the object's checksum (S3's `FULL_OBJECT` type).
     pub async fn create_multipart(
         &self,
         key: &str,
         content_type: &str,
+        full_object: bool,
     ) -> Result<String, StoreError> {
-        self.timed("create_multipart_upload", async {
-            let mut headers = HeaderMap::new();
-            headers.insert(header::CONTENT_TYPE, header_value(content_type));
-            let answer = self
-                .call(
-                    Method::POST,
-                    key,
-                    &[("uploads", None)],
-                    headers,
-                    Bytes::new(),
-                    self.timeout,
-                )
-                .await?;
-            #[derive(serde::Deserialize)]
-            struct Initiated {
-                #[serde(rename = "UploadId")]
-                upload_id: String,
-            }
-            quick_xml::de::from_reader::<_, Initiated>(answer.as_ref())
-                .map(|initiated| initiated.upload_id)
-                .map_err(|e| StoreError::Other(format!("CreateMultipartUpload answer: {e}")))
-        })
+        self.timed(
+            "create_multipart_upload",
+            self.initiate(key, content_type, full_object),
+        )
         .await
+    }
+
+    /// CreateMultipartUpload, not counted in the metrics (the probe's, `checksums`).
+    async fn initiate(
+        &self,
+        key: &str,
+        content_type: &str,
+        full_object: bool,
+    ) -> Result<String, StoreError> {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::CONTENT_TYPE, header_value(content_type));
+        if full_object {
+            headers.insert(
+                "x-amz-checksum-algorithm",
+                HeaderValue::from_static("CRC64NVME"),
+            );
+            headers.insert(
+                "x-amz-checksum-type",
+                HeaderValue::from_static("FULL_OBJECT"),
+            );
+        }
+        let answer = self
+            .call(
+                Method::POST,
+                key,
+                &[("uploads", None)],
+                headers,
+                Bytes::new(),
+                self.timeout,
+            )
+            .await?;
+        #[derive(serde::Deserialize)]
+        struct Initiated {
+            #[serde(rename = "UploadId")]
+            upload_id: String,
+        }
+        quick_xml::de::from_reader::<_, Initiated>(answer.as_ref())
+            .map(|initiated| initiated.upload_id)
+            .map_err(|e| StoreError::Other(format!("CreateMultipartUpload answer: {e}")))
     }
 
     /// Upload one part from the `Bytes` frames it is made of; returns its ETag.
@@ -548,22 +581,35 @@ impl Store {
             .collect())
     }
 
-    /// Complete the upload; returns the new object's ETag.
+    /// Complete the upload (with `whole`, the whole object's CRC64NVME, for an upload started
+    /// `full_object`); returns the new object's ETag.
     pub async fn complete_multipart(
         &self,
         key: &str,
         upload_id: &str,
         mut parts: Vec<(u32, String)>,
+        whole: Option<Digest>,
     ) -> Result<Option<String>, StoreError> {
         parts.sort_by_key(|(n, _)| *n);
         let xml = complete_multipart_xml(&parts);
+        let mut headers = HeaderMap::new();
+        if let Some(whole) = whole {
+            headers.insert(
+                chunked::trailer_name(whole.algorithm()),
+                header_value(&whole.to_base64()),
+            );
+            headers.insert(
+                "x-amz-checksum-type",
+                HeaderValue::from_static("FULL_OBJECT"),
+            );
+        }
         self.timed("complete_multipart_upload", async {
             let answer = self
                 .call(
                     Method::POST,
                     key,
                     &[("uploadId", Some(upload_id))],
-                    HeaderMap::new(),
+                    headers,
                     Bytes::from(xml),
                     // S3 may take minutes to assemble a large object.
                     self.timeout.max(COMPLETE_TIMEOUT),
@@ -803,14 +849,28 @@ fn root_element(xml: &[u8]) -> Option<String> {
     }
 }
 
-/// The `x-amz-meta-*` headers of an answer.
+/// The `x-amz-meta-*` headers of an answer, and the store's own whole-object checksums
+/// (`x-amz-checksum-crc64nvme`, `-sha256`, `-type`: where `FULL_OBJECT` multipart uploads keep
+/// their digest, see `integrity::Digest::from_metadata`).
 pub fn user_metadata(headers: &HeaderMap) -> HeaderMap {
     headers
         .iter()
-        .filter(|(name, _)| name.as_str().starts_with("x-amz-meta-"))
+        .filter(|(name, _)| {
+            let name = name.as_str();
+            name.starts_with("x-amz-meta-") || STORE_CHECKSUMS.contains(&name)
+        })
         .map(|(name, value)| (name.clone(), value.clone()))
         .collect()
 }
+
+/// The store's checksum headers the integrity checks read.
+const STORE_CHECKSUMS: &[&str] = &[
+    "x-amz-checksum-crc64nvme",
+    "x-amz-checksum-sha256",
+    "x-amz-checksum-type",
+];
+/// Asks the store for an object's checksums with GET and HEAD (Garage sends them only then).
+const CHECKSUM_MODE: &str = "x-amz-checksum-mode";
 
 /// Turn a non-2xx store response into an error carrying S3's own code and message.
 async fn expect_success(response: Response<Incoming>) -> Result<HeaderMap, StoreError> {

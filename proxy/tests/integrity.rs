@@ -11,7 +11,8 @@ use base64::engine::general_purpose::STANDARD;
 use bytes::Bytes;
 use common::*;
 use mlflow_artifact_proxy::downloads::DownloadConfig;
-use mlflow_artifact_proxy::integrity::{Algorithm, IntegrityConfig};
+use mlflow_artifact_proxy::integrity::{Algorithm, Digest, IntegrityConfig};
+use mlflow_artifact_proxy::s3::{Native, Store};
 
 fn crc64nvme(data: &[u8]) -> String {
     let crc = crc_fast::checksum(crc_fast::CrcAlgorithm::Crc64Nvme, data);
@@ -58,6 +59,25 @@ async fn stored_metadata(h: &Harness, key: &str) -> std::collections::HashMap<St
     let (head, status) = h.s3.client().head_object(key).await.unwrap();
     assert_eq!(status, 200, "HEAD {key}");
     head.metadata.unwrap_or_default()
+}
+
+/// The proxy's own client of the harness's store (signed HEADs that ask for checksums).
+fn store(h: &Harness) -> Store {
+    Store::new(
+        &h.s3.store_config(""),
+        mlflow_artifact_proxy::metrics::Metrics::new(),
+        std::time::Duration::from_secs(60),
+    )
+    .unwrap()
+}
+
+/// The `algorithm` digest kept with the object (base64), as the store answers HEAD: the proxy's
+/// metadata or, for a FULL_OBJECT multipart upload, the store's own checksum.
+async fn kept_digest(h: &Harness, key: &str, algorithm: Algorithm) -> Option<String> {
+    let meta = store(h).head_object(key).await.unwrap().unwrap();
+    Digest::from_metadata(&meta.metadata, algorithm)
+        .filter(|d| d.algorithm() == algorithm)
+        .map(|d| d.to_base64())
 }
 
 /// Upload through each path the proxy has for a PUT: one streamed PutObject, a streamed
@@ -145,11 +165,18 @@ async fn curl(h: &Harness, path: &str) -> i32 {
 
 /// Replace a stored object's bytes with `corrupt`, its digest metadata left as it was: on
 /// s3s-fs by writing its file on disk (rot under the store), elsewhere by a PUT straight to the
-/// store with the old metadata (a writer behind the proxy's back).
+/// store with the old metadata (a writer behind the proxy's back). An object whose digest is the
+/// store's own checksum (FULL_OBJECT) loses it to the PUT: the writer keeps it as metadata.
 async fn corrupt(h: &Harness, key: &str, corrupt: &[u8]) {
     if h.s3.is_external() {
+        let mut metadata = stored_metadata(h, key).await;
+        if !metadata.keys().any(|k| k.starts_with("mlflow-proxy-"))
+            && let Some(crc) = kept_digest(h, key, Algorithm::Crc64Nvme).await
+        {
+            metadata.insert("mlflow-proxy-crc64nvme".into(), crc);
+        }
         let mut headers = http::HeaderMap::new();
-        for (name, value) in stored_metadata(h, key).await {
+        for (name, value) in metadata {
             headers.insert(
                 http::HeaderName::from_bytes(format!("x-amz-meta-{name}").as_bytes()).unwrap(),
                 value.parse().unwrap(),
@@ -168,13 +195,22 @@ async fn corrupt(h: &Harness, key: &str, corrupt: &[u8]) {
 async fn every_upload_path_records_the_digest_and_downloads_carry_it() {
     let h = harness(Some(Algorithm::Crc64Nvme)).await;
     let objects = upload_every_way(&h).await;
+    // Multipart uploads are of S3's FULL_OBJECT type where the store verifies that (Garage):
+    // the store keeps their digest as its own checksum; elsewhere, metadata.
+    let native = store(&h).native().await;
     for (path, data) in &objects {
         // Kept with the object, where MLflow's listings never show it.
         assert_eq!(
+            kept_digest(&h, path, Algorithm::Crc64Nvme).await,
+            Some(crc64nvme(data)),
+            "{path}"
+        );
+        let multipart = data.len() > 8 * MIB;
+        assert_eq!(
             stored_metadata(&h, path)
                 .await
-                .get("mlflow-proxy-crc64nvme"),
-            Some(&crc64nvme(data)),
+                .contains_key("mlflow-proxy-crc64nvme"),
+            !(multipart && native.full_object),
             "{path}"
         );
         let (status, headers, body, clean) = fetch(&h, path).await;
@@ -501,7 +537,11 @@ async fn the_clients_multipart_flow_gets_the_single_put_digest() {
             "{algorithm:?}"
         );
         if algorithm == Algorithm::Crc64Nvme {
-            assert_eq!(stored_metadata(&h, "mpu/single.bin").await, parts);
+            // The single PUT's (a FULL_OBJECT upload on Garage: the store's own checksum).
+            assert_eq!(
+                kept_digest(&h, "mpu/single.bin", Algorithm::Crc64Nvme).await,
+                Some(crc64nvme(&data))
+            );
         }
         let (status, headers, body, clean) = fetch(&h, "mpu/parts.bin").await;
         assert_eq!((status, clean), (200, true));
@@ -690,5 +730,68 @@ async fn a_transfer_corrupted_on_its_way_into_the_store_is_refused() {
         let (status, _, body, clean) = fetch(&h, path).await;
         assert_eq!((status, clean), (200, true), "{path}");
         assert!(body == *data, "{path}");
+    }
+}
+
+/// What each store verifies, as the proxy's probe finds it (by the answers, not the name), and
+/// a FULL_OBJECT completion with a wrong whole-object CRC: refused where the store checks it
+/// (nothing stored), taken where it does not (then the proxy keeps its own digest in metadata).
+#[tokio::test]
+async fn the_store_verifies_what_the_probe_says() {
+    let h = harness(Some(Algorithm::Crc64Nvme)).await;
+    let store = store(&h);
+    let native = store.native().await;
+    let expected = match h.s3.store.as_str() {
+        "s3s-fs" => Some(Native {
+            put: true,
+            parts: false,
+            full_object: false,
+        }),
+        "garage" => Some(Native {
+            put: true,
+            parts: true,
+            full_object: true,
+        }),
+        _ => None,
+    };
+    if let Some(expected) = expected {
+        assert_eq!(native, expected, "{}", h.s3.store);
+    }
+    // The probe leaves nothing behind.
+    assert!(h.s3.keys().is_empty(), "{:?}", h.s3.keys());
+    assert!(h.s3.multipart_leftovers().is_empty());
+
+    let data = random_bytes(6 * MIB + 5);
+    let key = "w/whole.bin";
+    let id = store
+        .create_multipart(key, "application/octet-stream", native.full_object)
+        .await
+        .unwrap();
+    let mut etags = Vec::new();
+    for (i, part) in data.chunks(5 * MIB).enumerate() {
+        let trailer = native.parts.then_some(Algorithm::Crc64Nvme);
+        let frames = vec![Bytes::copy_from_slice(part)];
+        let number = i as u32 + 1;
+        let etag = store
+            .upload_part(key, &id, number, frames, part.len(), trailer)
+            .await
+            .unwrap();
+        etags.push((number, etag));
+    }
+    let wrong = Digest::Crc64Nvme(crc_fast::checksum(
+        crc_fast::CrcAlgorithm::Crc64Nvme,
+        &data[1..],
+    ));
+    let completed = store
+        .complete_multipart(key, &id, etags, native.full_object.then_some(wrong))
+        .await;
+    if native.full_object {
+        let error = completed.unwrap_err().to_string();
+        assert!(error.contains("400"), "{error}");
+        assert!(h.s3.object(key).is_none());
+        store.abort_multipart(key, &id).await.unwrap();
+    } else {
+        completed.unwrap();
+        assert!(h.s3.object(key).unwrap() == data);
     }
 }

@@ -38,6 +38,7 @@ async fn both_sweepers_stay_inside_the_destination_prefix() {
             .create_multipart(
                 &other.key(&format!("1/{round}.bin")),
                 "application/octet-stream",
+                false,
             )
             .await
             .unwrap();
@@ -45,6 +46,7 @@ async fn both_sweepers_stay_inside_the_destination_prefix() {
             .create_multipart(
                 &mine.key(&format!("1/{round}.bin")),
                 "application/octet-stream",
+                false,
             )
             .await
             .unwrap();

@@ -374,7 +374,7 @@ async fn create(
     }
     let upload_id = app
         .store
-        .create_multipart(key, guess_mime_type(name))
+        .create_multipart(key, guess_mime_type(name), false)
         .await
         .map_err(store_error)?;
     if upload_id.len() > MAX_UPLOAD_ID {
@@ -489,7 +489,7 @@ async fn complete(
     let (list, digest) = open_parts(app, key, upload_id, list).await?;
     let etag = app
         .store
-        .complete_multipart(key, upload_id, list)
+        .complete_multipart(key, upload_id, list, None)
         .await
         .map_err(client_or_store)?;
     let content_type = guess_mime_type(key.rsplit('/').next().unwrap_or(key));

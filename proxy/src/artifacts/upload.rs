@@ -200,11 +200,17 @@ async fn store_body(
                 .await
                 .map_err(store_error)?;
             hasher = tally.take();
-            etag
+            (etag, false)
         }
         Some(len) => stream_parts(app, key, content_type, len, body, &mut hasher).await?,
         None => fill_parts(app, key, content_type, body, &mut hasher).await?,
     };
+    let (etag, kept_by_store) = etag;
+    if kept_by_store {
+        // A FULL_OBJECT upload: the store verified the digest and keeps it as its checksum.
+        app.integrity.uploads.with_label_values(&["recorded"]).inc();
+        return Ok(());
+    }
     let digest = hasher.map(Hasher::finish);
     record_digest(app, key, content_type, etag, digest).await;
     Ok(())
@@ -222,8 +228,11 @@ async fn put_trailer(app: &App, hasher: &Option<Hasher>) -> Option<Algorithm> {
 }
 
 /// The checksum each part carries for the store to verify, on a store that verifies them: a
-/// CRC64NVME (it guards the transfer only; the object's digest is recorded apart).
-async fn part_trailer(app: &App) -> Option<Algorithm> {
+/// CRC64NVME (the one FULL_OBJECT uploads need; elsewhere it guards the transfer only).
+async fn part_trailer(app: &App, upload: &Multipart) -> Option<Algorithm> {
+    if upload.full_object {
+        return Some(Algorithm::Crc64Nvme);
+    }
     app.integrity.config.algorithm?;
     app.store
         .native()
@@ -286,6 +295,8 @@ fn client_gone(detail: &str) -> ProxyError {
 /// A multipart upload once it has more than one part.
 struct Multipart {
     upload_id: String,
+    /// Of S3's FULL_OBJECT type: each part carries its CRC64NVME, the completion the whole's.
+    full_object: bool,
     next_part: u32,
     in_flight: JoinSet<Result<(u32, String), StoreError>>,
     done: Vec<(u32, String)>,
@@ -299,10 +310,10 @@ async fn stream_parts(
     len: u64,
     mut body: ProxyBody,
     hasher: &mut Option<Hasher>,
-) -> Result<Option<String>, ProxyError> {
+) -> Result<(Option<String>, bool), ProxyError> {
     let part_size = part_size_for(app.upload.part_size, Some(len)) as u64;
-    let trailer = part_trailer(app).await;
     let mut upload = start_multipart(app, key, content_type).await?;
+    let trailer = part_trailer(app, &upload).await;
     let streamed: Result<(), ProxyError> = async {
         let mut sent: u64 = 0;
         let mut carry: Option<Bytes> = None;
@@ -365,7 +376,7 @@ async fn stream_parts(
         Ok(())
     }
     .await;
-    finish(app, key, upload, streamed).await
+    finish(app, key, upload, streamed, hasher).await
 }
 
 /// Wait until fewer than `parts_in_flight` parts of this upload are in flight.
@@ -402,7 +413,13 @@ async fn finish(
     key: &str,
     mut upload: Multipart,
     read: Result<(), ProxyError>,
-) -> Result<Option<String>, ProxyError> {
+    hasher: &Option<Hasher>,
+) -> Result<(Option<String>, bool), ProxyError> {
+    // The whole object's CRC, which a FULL_OBJECT upload gives the store to verify and keep.
+    let whole = hasher
+        .clone()
+        .filter(|_| upload.full_object)
+        .map(Hasher::finish);
     let finished = match read {
         Err(e) => Err(e),
         Ok(()) => {
@@ -410,8 +427,9 @@ async fn finish(
                 while let Some(joined) = upload.in_flight.join_next().await {
                     upload.done.push(part_result(joined)?);
                 }
+                let done = std::mem::take(&mut upload.done);
                 app.store
-                    .complete_multipart(key, &upload.upload_id, std::mem::take(&mut upload.done))
+                    .complete_multipart(key, &upload.upload_id, done, whole)
                     .await
                     .map_err(store_error)
             }
@@ -425,7 +443,7 @@ async fn finish(
                 .multipart_uploads
                 .with_label_values(&["completed"])
                 .inc();
-            Ok(etag)
+            Ok((etag, whole.is_some()))
         }
         Err(e) => {
             abort(app, key, upload).await;
@@ -554,7 +572,7 @@ async fn fill_parts(
     content_type: &'static str,
     mut body: ProxyBody,
     hasher: &mut Option<Hasher>,
-) -> Result<Option<String>, ProxyError> {
+) -> Result<(Option<String>, bool), ProxyError> {
     let part_size = app.upload.part_size;
     let mut part = PartBuffer::new();
     let mut multipart: Option<Multipart> = None;
@@ -625,6 +643,7 @@ async fn fill_parts(
             app.store
                 .put_object(key, content_type, len as u64, trailer, body)
                 .await
+                .map(|etag| (etag, false))
                 .map_err(store_error)
         }
         (read, Some(mut upload)) => {
@@ -632,7 +651,7 @@ async fn fill_parts(
                 Ok(()) if part.len > 0 => send_part(app, key, &mut upload, part).await,
                 other => other,
             };
-            finish(app, key, upload, read).await
+            finish(app, key, upload, read, hasher).await
         }
         (Err(e), None) => Err(e),
     }
@@ -666,9 +685,13 @@ async fn start_multipart(
     key: &str,
     content_type: &str,
 ) -> Result<Multipart, ProxyError> {
+    // FULL_OBJECT where the store verifies it, for a CRC64NVME digest (S3 has no full-object
+    // SHA-256 of a multipart upload).
+    let full_object = app.integrity.config.algorithm == Some(Algorithm::Crc64Nvme)
+        && app.store.native().await.full_object;
     let upload_id = app
         .store
-        .create_multipart(key, content_type)
+        .create_multipart(key, content_type, full_object)
         .await
         .map_err(store_error)?;
     app.track_upload(&upload_id, key);
@@ -678,6 +701,7 @@ async fn start_multipart(
         .inc();
     Ok(Multipart {
         upload_id,
+        full_object,
         next_part: 1,
         in_flight: JoinSet::new(),
         done: Vec::new(),
@@ -696,7 +720,7 @@ async fn send_part(
     wait_for_room(app, upload).await?;
     let part_number = upload.next_part;
     upload.next_part += 1;
-    let trailer = part_trailer(app).await;
+    let trailer = part_trailer(app, upload).await;
     let (app, key, upload_id) = (app.clone(), key.to_owned(), upload.upload_id.clone());
     upload.in_flight.spawn(async move {
         let mut attempt = 0;
