@@ -112,6 +112,12 @@ impl Proxy {
             .with_integrity(config.integrity)
             .with_static_prefix(&config.static_prefix),
         );
+        // Which S3 checksums the store verifies (`s3::Native`), asked before the first upload
+        // (a store that does not answer in time is asked again at the first upload).
+        if config.integrity.algorithm.is_some() {
+            let _ =
+                tokio::time::timeout(std::time::Duration::from_secs(10), app.store.native()).await;
+        }
 
         let listener = TcpListener::bind(config.listen)
             .await

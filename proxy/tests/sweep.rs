@@ -40,6 +40,7 @@ async fn both_sweepers_stay_inside_the_destination_prefix() {
             .create_multipart(
                 &other.key(&format!("1/{round}.bin")),
                 "application/octet-stream",
+                false,
             )
             .await
             .unwrap();
@@ -47,6 +48,7 @@ async fn both_sweepers_stay_inside_the_destination_prefix() {
             .create_multipart(
                 &mine.key(&format!("1/{round}.bin")),
                 "application/octet-stream",
+                false,
             )
             .await
             .unwrap();

@@ -7,6 +7,7 @@
 //! (the keys travel in its body), ListMultipartUploads of the configured root, and creating the
 //! bucket. Knows nothing of HTTP routing or MLflow.
 
+mod checksums;
 mod signer;
 
 use std::time::{Duration, Instant};
@@ -24,10 +25,12 @@ use s3::error::S3Error;
 use s3::region::Region;
 use s3::serde_types::ListBucketResult;
 
+use crate::integrity::{Algorithm, Digest, chunked};
 use crate::ops::metrics::Metrics;
 use crate::store::StoreConfig;
 use crate::wire::body::{ProxyBody, empty, from_frames, full};
 use crate::wire::timeouts::SendError;
+pub use checksums::Native;
 use signer::{Payload, Signer};
 
 /// Completing a multipart upload can take the store a while.
@@ -134,6 +137,8 @@ pub struct Store {
     prefix: String,
     http: Client<Connector, ProxyBody>,
     metrics: Metrics,
+    /// Which S3 checksums the store verifies, found out at first need (`checksums`).
+    native: tokio::sync::OnceCell<Native>,
 }
 
 impl Store {
@@ -148,6 +153,7 @@ impl Store {
             prefix: config.prefix.clone(),
             http,
             metrics,
+            native: tokio::sync::OnceCell::new(),
         })
     }
 
@@ -232,6 +238,43 @@ impl Store {
         self.send(request, self.timeout).await
     }
 
+    /// `send_keyed` of a body of `len` bytes: as it is, or (`trailer`) already framed by
+    /// `integrity::with_trailer` with that checksum, for the store to verify.
+    async fn send_sized(
+        &self,
+        key: &str,
+        query: &[(&str, Option<&str>)],
+        mut headers: HeaderMap,
+        len: u64,
+        trailer: Option<Algorithm>,
+        body: ProxyBody,
+    ) -> Result<Response<Incoming>, StoreError> {
+        let Some(algorithm) = trailer else {
+            headers.insert(header::CONTENT_LENGTH, len.into());
+            return self
+                .send_keyed(Method::PUT, key, query, headers, body)
+                .await;
+        };
+        headers.insert(
+            header::CONTENT_LENGTH,
+            chunked::encoded_len(len, algorithm).into(),
+        );
+        headers.insert(
+            header::CONTENT_ENCODING,
+            HeaderValue::from_static("aws-chunked"),
+        );
+        headers.insert("x-amz-decoded-content-length", len.into());
+        headers.insert(
+            "x-amz-trailer",
+            HeaderValue::from_static(chunked::trailer_name(algorithm)),
+        );
+        let request = self
+            .signer
+            .request(Method::PUT, key, query, headers, Payload::Trailer, body)
+            .map_err(StoreError::Other)?;
+        self.send(request, self.timeout).await
+    }
+
     /// A control call (small request, small answer): sent, answered with success and its body
     /// read in full (at most `ANSWER_LIMIT`), all within `deadline`; S3's error otherwise.
     async fn call(
@@ -279,8 +322,9 @@ impl Store {
     pub async fn get_object(
         &self,
         key: &str,
-        headers: HeaderMap,
+        mut headers: HeaderMap,
     ) -> Result<Response<Incoming>, StoreError> {
+        headers.insert(CHECKSUM_MODE, HeaderValue::from_static("ENABLED"));
         self.timed("get_object", async {
             // 404 and the like are answers, not failures of the call.
             self.send_keyed(Method::GET, key, &[], headers, empty())
@@ -292,8 +336,10 @@ impl Store {
     pub async fn head_object(&self, key: &str) -> Result<Option<ObjectMeta>, StoreError> {
         self.timed("head_object", async {
             let exchange = async {
+                let mut headers = HeaderMap::new();
+                headers.insert(CHECKSUM_MODE, HeaderValue::from_static("ENABLED"));
                 let response = self
-                    .send_keyed(Method::HEAD, key, &[], HeaderMap::new(), empty())
+                    .send_keyed(Method::HEAD, key, &[], headers, empty())
                     .await?;
                 let status = response.status();
                 let (parts, body) = response.into_parts();
@@ -331,20 +377,21 @@ impl Store {
         .await
     }
 
-    /// One streamed PutObject of exactly `len` bytes; returns the new object's ETag.
+    /// One streamed PutObject of exactly `len` bytes (framed with its checksum as `trailer` says,
+    /// see `send_sized`); returns the new object's ETag.
     pub async fn put_object(
         &self,
         key: &str,
         content_type: &str,
         len: u64,
+        trailer: Option<Algorithm>,
         body: ProxyBody,
     ) -> Result<Option<String>, StoreError> {
         self.timed("put_object", async {
             let mut headers = HeaderMap::new();
-            headers.insert(header::CONTENT_LENGTH, len.into());
             headers.insert(header::CONTENT_TYPE, header_value(content_type));
             let response = self
-                .send_keyed(Method::PUT, key, &[], headers, body)
+                .send_sized(key, &[], headers, len, trailer, body)
                 .await?;
             let headers = expect_success(response).await?;
             Ok(headers
@@ -368,7 +415,12 @@ impl Store {
         metadata: HeaderMap,
     ) -> Result<bool, StoreError> {
         self.timed("copy_object", async {
-            let mut headers = metadata;
+            // The user metadata only (not the store's checksums `user_metadata` also keeps).
+            let mut headers: HeaderMap = metadata
+                .into_iter()
+                .filter_map(|(name, value)| Some((name?, value)))
+                .filter(|(name, _)| name.as_str().starts_with("x-amz-meta-"))
+                .collect();
             headers.insert(
                 "x-amz-copy-source",
                 header_value(&self.signer.copy_source(key)),
@@ -400,34 +452,59 @@ impl Store {
         .await
     }
 
+    /// Start a multipart upload; `full_object`: of one whose parts all carry their CRC64NVME and
+    /// whose completion gives the whole object's (`complete_multipart`), which the store verifies
+    /// and keeps as the object's checksum (S3's `FULL_OBJECT` type).
     pub async fn create_multipart(
         &self,
         key: &str,
         content_type: &str,
+        full_object: bool,
     ) -> Result<String, StoreError> {
-        self.timed("create_multipart_upload", async {
-            let mut headers = HeaderMap::new();
-            headers.insert(header::CONTENT_TYPE, header_value(content_type));
-            let answer = self
-                .call(
-                    Method::POST,
-                    key,
-                    &[("uploads", None)],
-                    headers,
-                    Bytes::new(),
-                    self.timeout,
-                )
-                .await?;
-            #[derive(serde::Deserialize)]
-            struct Initiated {
-                #[serde(rename = "UploadId")]
-                upload_id: String,
-            }
-            quick_xml::de::from_reader::<_, Initiated>(answer.as_ref())
-                .map(|initiated| initiated.upload_id)
-                .map_err(|e| StoreError::Other(format!("CreateMultipartUpload answer: {e}")))
-        })
+        self.timed(
+            "create_multipart_upload",
+            self.initiate(key, content_type, full_object),
+        )
         .await
+    }
+
+    /// CreateMultipartUpload, not counted in the metrics (the probe's, `checksums`).
+    async fn initiate(
+        &self,
+        key: &str,
+        content_type: &str,
+        full_object: bool,
+    ) -> Result<String, StoreError> {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::CONTENT_TYPE, header_value(content_type));
+        if full_object {
+            headers.insert(
+                "x-amz-checksum-algorithm",
+                HeaderValue::from_static("CRC64NVME"),
+            );
+            headers.insert(
+                "x-amz-checksum-type",
+                HeaderValue::from_static("FULL_OBJECT"),
+            );
+        }
+        let answer = self
+            .call(
+                Method::POST,
+                key,
+                &[("uploads", None)],
+                headers,
+                Bytes::new(),
+                self.timeout,
+            )
+            .await?;
+        #[derive(serde::Deserialize)]
+        struct Initiated {
+            #[serde(rename = "UploadId")]
+            upload_id: String,
+        }
+        quick_xml::de::from_reader::<_, Initiated>(answer.as_ref())
+            .map(|initiated| initiated.upload_id)
+            .map_err(|e| StoreError::Other(format!("CreateMultipartUpload answer: {e}")))
     }
 
     /// Upload one part from the `Bytes` frames it is made of; returns its ETag.
@@ -438,20 +515,26 @@ impl Store {
         part_number: u32,
         frames: Vec<Bytes>,
         len: usize,
+        trailer: Option<Algorithm>,
     ) -> Result<String, StoreError> {
-        let body = from_frames(frames);
-        self.upload_part_body(key, upload_id, part_number, len as u64, body)
+        let mut body = from_frames(frames);
+        if let Some(algorithm) = trailer {
+            body = crate::integrity::with_trailer(body, len as u64, algorithm).0;
+        }
+        self.upload_part_body(key, upload_id, part_number, len as u64, trailer, body)
             .await
     }
 
-    /// Upload one part streamed from a client's body of exactly `len` bytes; returns its ETag.
-    /// Nothing is held here: hyper hands the frames on as S3 takes them.
+    /// Upload one part streamed from a client's body of exactly `len` bytes (framed with its
+    /// checksum as `trailer` says, see `send_sized`); returns its ETag. Nothing is held here:
+    /// hyper hands the frames on as S3 takes them.
     pub async fn upload_part_body(
         &self,
         key: &str,
         upload_id: &str,
         part_number: u32,
         len: u64,
+        trailer: Option<Algorithm>,
         body: ProxyBody,
     ) -> Result<String, StoreError> {
         self.timed("upload_part", async {
@@ -460,10 +543,8 @@ impl Store {
                 ("partNumber", Some(number.as_str())),
                 ("uploadId", Some(upload_id)),
             ];
-            let mut headers = HeaderMap::new();
-            headers.insert(header::CONTENT_LENGTH, len.into());
             let response = self
-                .send_keyed(Method::PUT, key, &query, headers, body)
+                .send_sized(key, &query, HeaderMap::new(), len, trailer, body)
                 .await?;
             let headers = expect_success(response).await?;
             headers
@@ -500,22 +581,35 @@ impl Store {
             .collect())
     }
 
-    /// Complete the upload; returns the new object's ETag.
+    /// Complete the upload (with `whole`, the whole object's CRC64NVME, for an upload started
+    /// `full_object`); returns the new object's ETag.
     pub async fn complete_multipart(
         &self,
         key: &str,
         upload_id: &str,
         mut parts: Vec<(u32, String)>,
+        whole: Option<Digest>,
     ) -> Result<Option<String>, StoreError> {
         parts.sort_by_key(|(n, _)| *n);
         let xml = complete_multipart_xml(&parts);
+        let mut headers = HeaderMap::new();
+        if let Some(whole) = whole {
+            headers.insert(
+                chunked::trailer_name(whole.algorithm()),
+                header_value(&whole.to_base64()),
+            );
+            headers.insert(
+                "x-amz-checksum-type",
+                HeaderValue::from_static("FULL_OBJECT"),
+            );
+        }
         self.timed("complete_multipart_upload", async {
             let answer = self
                 .call(
                     Method::POST,
                     key,
                     &[("uploadId", Some(upload_id))],
-                    HeaderMap::new(),
+                    headers,
                     Bytes::from(xml),
                     // S3 may take minutes to assemble a large object.
                     self.timeout.max(COMPLETE_TIMEOUT),
@@ -755,14 +849,28 @@ fn root_element(xml: &[u8]) -> Option<String> {
     }
 }
 
-/// The `x-amz-meta-*` headers of an answer.
+/// The `x-amz-meta-*` headers of an answer, and the store's own whole-object checksums
+/// (`x-amz-checksum-crc64nvme`, `-sha256`, `-type`: where `FULL_OBJECT` multipart uploads keep
+/// their digest, see `integrity::Digest::from_metadata`).
 pub fn user_metadata(headers: &HeaderMap) -> HeaderMap {
     headers
         .iter()
-        .filter(|(name, _)| name.as_str().starts_with("x-amz-meta-"))
+        .filter(|(name, _)| {
+            let name = name.as_str();
+            name.starts_with("x-amz-meta-") || STORE_CHECKSUMS.contains(&name)
+        })
         .map(|(name, value)| (name.clone(), value.clone()))
         .collect()
 }
+
+/// The store's checksum headers the integrity checks read.
+const STORE_CHECKSUMS: &[&str] = &[
+    "x-amz-checksum-crc64nvme",
+    "x-amz-checksum-sha256",
+    "x-amz-checksum-type",
+];
+/// Asks the store for an object's checksums with GET and HEAD (Garage sends them only then).
+const CHECKSUM_MODE: &str = "x-amz-checksum-mode";
 
 /// Turn a non-2xx store response into an error carrying S3's own code and message.
 async fn expect_success(response: Response<Incoming>) -> Result<HeaderMap, StoreError> {

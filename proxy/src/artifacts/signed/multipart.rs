@@ -375,7 +375,7 @@ async fn create(
     }
     let upload_id = app
         .store
-        .create_multipart(key, guess_mime_type(name))
+        .create_multipart(key, guess_mime_type(name), false)
         .await
         .map_err(store_error)?;
     if upload_id.len() > MAX_UPLOAD_ID {
@@ -490,7 +490,7 @@ async fn complete(
     let (list, digest) = open_parts(app, key, upload_id, list).await?;
     let etag = app
         .store
-        .complete_multipart(key, upload_id, list)
+        .complete_multipart(key, upload_id, list, None)
         .await
         .map_err(client_or_store)?;
     let content_type = guess_mime_type(key.rsplit('/').next().unwrap_or(key));
@@ -689,7 +689,15 @@ pub async fn upload_part(
         .config
         .algorithm
         .map(|_| Hasher::new(Algorithm::Crc64Nvme));
-    let (body, tally) = integrity::tally(body, hasher);
+    // Sent with its CRC for the store to verify, where it does (`s3::Native`).
+    let trailer = match hasher {
+        Some(_) if app.store.native().await.parts => Some(Algorithm::Crc64Nvme),
+        _ => None,
+    };
+    let (body, tally) = match trailer {
+        Some(algorithm) => integrity::with_trailer(body, len, algorithm),
+        None => integrity::tally(body, hasher),
+    };
     let stored = app
         .store
         .upload_part_body(
@@ -697,6 +705,7 @@ pub async fn upload_part(
             &claims.upload_id,
             claims.part_number,
             len,
+            trailer,
             body,
         )
         .await;

@@ -23,7 +23,7 @@ use tokio::task::JoinSet;
 use super::scope::Scope;
 use crate::artifacts::state::App;
 use crate::artifacts::state::upload_memory::{BudgetPermit, MIN_PART, SMALL_BLOCK};
-use crate::integrity::{self, Digest, Hasher};
+use crate::integrity::{self, Algorithm, Digest, Hasher};
 use crate::mlflow::content::guess_mime_type;
 use crate::mlflow::path::validate_path_is_safe;
 use crate::store::answer::store_error;
@@ -192,21 +192,56 @@ async fn store_body(
         // hyper ends the body with an error if the client sends fewer bytes than it declared,
         // and S3 then discards the partial object.
         Some(len) if len <= app.upload.single_put_max => {
-            let (body, tally) = integrity::tally(body, hasher.take());
+            let trailer = put_trailer(app, &hasher).await;
+            let (body, tally) = match trailer {
+                Some(algorithm) => integrity::with_trailer(body, len, algorithm),
+                None => integrity::tally(body, hasher.take()),
+            };
             let etag = app
                 .store
-                .put_object(key, content_type, len, body)
+                .put_object(key, content_type, len, trailer, body)
                 .await
                 .map_err(store_error)?;
             hasher = tally.take();
-            etag
+            (etag, false)
         }
         Some(len) => stream_parts(app, key, content_type, len, body, &mut hasher).await?,
         None => fill_parts(app, key, content_type, body, &mut hasher).await?,
     };
+    let (etag, kept_by_store) = etag;
+    if kept_by_store {
+        // A FULL_OBJECT upload: the store verified the digest and keeps it as its checksum.
+        app.integrity.uploads.with_label_values(&["recorded"]).inc();
+        return Ok(());
+    }
     let digest = hasher.map(Hasher::finish);
     record_digest(app, key, content_type, etag, digest).await;
     Ok(())
+}
+
+/// The checksum a PutObject carries for the store to verify: the digest's algorithm, on a store
+/// that verifies it (`s3::Native`).
+async fn put_trailer(app: &App, hasher: &Option<Hasher>) -> Option<Algorithm> {
+    let algorithm = app
+        .integrity
+        .config
+        .algorithm
+        .filter(|_| hasher.is_some())?;
+    app.store.native().await.put.then_some(algorithm)
+}
+
+/// The checksum each part carries for the store to verify, on a store that verifies them: a
+/// CRC64NVME (the one FULL_OBJECT uploads need; elsewhere it guards the transfer only).
+async fn part_trailer(app: &App, upload: &Multipart) -> Option<Algorithm> {
+    if upload.full_object {
+        return Some(Algorithm::Crc64Nvme);
+    }
+    app.integrity.config.algorithm?;
+    app.store
+        .native()
+        .await
+        .parts
+        .then_some(Algorithm::Crc64Nvme)
 }
 
 /// Keep `digest` (of the bytes just stored at `key`, version `etag`) with the object in
@@ -263,6 +298,8 @@ fn client_gone(detail: &str) -> ProxyError {
 /// A multipart upload once it has more than one part.
 struct Multipart {
     upload_id: String,
+    /// Of S3's FULL_OBJECT type: each part carries its CRC64NVME, the completion the whole's.
+    full_object: bool,
     next_part: u32,
     in_flight: JoinSet<Result<(u32, String), StoreError>>,
     done: Vec<(u32, String)>,
@@ -276,9 +313,10 @@ async fn stream_parts(
     len: u64,
     mut body: ProxyBody,
     hasher: &mut Option<Hasher>,
-) -> Result<Option<String>, ProxyError> {
+) -> Result<(Option<String>, bool), ProxyError> {
     let part_size = part_size_for(app.upload.part_size, Some(len)) as u64;
     let mut upload = start_multipart(app, key, content_type).await?;
+    let trailer = part_trailer(app, &upload).await;
     let streamed: Result<(), ProxyError> = async {
         let mut sent: u64 = 0;
         let mut carry: Option<Bytes> = None;
@@ -290,10 +328,14 @@ async fn stream_parts(
             upload.next_part += 1;
             let (task_app, task_key, upload_id) =
                 (app.clone(), key.to_owned(), upload.upload_id.clone());
+            let part_body = match trailer {
+                Some(algorithm) => integrity::with_trailer(part_body, this, algorithm).0,
+                None => part_body,
+            };
             upload.in_flight.spawn(async move {
                 task_app
                     .store
-                    .upload_part_body(&task_key, &upload_id, part_number, this, part_body)
+                    .upload_part_body(&task_key, &upload_id, part_number, this, trailer, part_body)
                     .await
                     .map(|etag| (part_number, etag))
             });
@@ -337,7 +379,7 @@ async fn stream_parts(
         Ok(())
     }
     .await;
-    finish(app, key, upload, streamed).await
+    finish(app, key, upload, streamed, hasher).await
 }
 
 /// Wait until fewer than `parts_in_flight` parts of this upload are in flight.
@@ -374,7 +416,13 @@ async fn finish(
     key: &str,
     mut upload: Multipart,
     read: Result<(), ProxyError>,
-) -> Result<Option<String>, ProxyError> {
+    hasher: &Option<Hasher>,
+) -> Result<(Option<String>, bool), ProxyError> {
+    // The whole object's CRC, which a FULL_OBJECT upload gives the store to verify and keep.
+    let whole = hasher
+        .clone()
+        .filter(|_| upload.full_object)
+        .map(Hasher::finish);
     let finished = match read {
         Err(e) => Err(e),
         Ok(()) => {
@@ -382,8 +430,9 @@ async fn finish(
                 while let Some(joined) = upload.in_flight.join_next().await {
                     upload.done.push(part_result(joined)?);
                 }
+                let done = std::mem::take(&mut upload.done);
                 app.store
-                    .complete_multipart(key, &upload.upload_id, std::mem::take(&mut upload.done))
+                    .complete_multipart(key, &upload.upload_id, done, whole)
                     .await
                     .map_err(store_error)
             }
@@ -397,7 +446,7 @@ async fn finish(
                 .multipart_uploads
                 .with_label_values(&["completed"])
                 .inc();
-            Ok(etag)
+            Ok((etag, whole.is_some()))
         }
         Err(e) => {
             abort(app, key, upload).await;
@@ -526,7 +575,7 @@ async fn fill_parts(
     content_type: &'static str,
     mut body: ProxyBody,
     hasher: &mut Option<Hasher>,
-) -> Result<Option<String>, ProxyError> {
+) -> Result<(Option<String>, bool), ProxyError> {
     let part_size = app.upload.part_size;
     let mut part = PartBuffer::new();
     let mut multipart: Option<Multipart> = None;
@@ -589,10 +638,15 @@ async fn fill_parts(
         // It all fitted in one part: one PutObject from the frames we hold.
         (Ok(()), None) => {
             let (frames, len, _permit) = part.close();
-            let body = crate::wire::body::from_frames(frames);
+            let mut body = crate::wire::body::from_frames(frames);
+            let trailer = put_trailer(app, hasher).await;
+            if let Some(algorithm) = trailer {
+                body = integrity::with_trailer(body, len as u64, algorithm).0;
+            }
             app.store
-                .put_object(key, content_type, len as u64, body)
+                .put_object(key, content_type, len as u64, trailer, body)
                 .await
+                .map(|etag| (etag, false))
                 .map_err(store_error)
         }
         (read, Some(mut upload)) => {
@@ -600,7 +654,7 @@ async fn fill_parts(
                 Ok(()) if part.len > 0 => send_part(app, key, &mut upload, part).await,
                 other => other,
             };
-            finish(app, key, upload, read).await
+            finish(app, key, upload, read, hasher).await
         }
         (Err(e), None) => Err(e),
     }
@@ -634,9 +688,13 @@ async fn start_multipart(
     key: &str,
     content_type: &str,
 ) -> Result<Multipart, ProxyError> {
+    // FULL_OBJECT where the store verifies it, for a CRC64NVME digest (S3 has no full-object
+    // SHA-256 of a multipart upload).
+    let full_object = app.integrity.config.algorithm == Some(Algorithm::Crc64Nvme)
+        && app.store.native().await.full_object;
     let upload_id = app
         .store
-        .create_multipart(key, content_type)
+        .create_multipart(key, content_type, full_object)
         .await
         .map_err(store_error)?;
     app.track_upload(&upload_id, key);
@@ -646,6 +704,7 @@ async fn start_multipart(
         .inc();
     Ok(Multipart {
         upload_id,
+        full_object,
         next_part: 1,
         in_flight: JoinSet::new(),
         done: Vec::new(),
@@ -664,13 +723,14 @@ async fn send_part(
     wait_for_room(app, upload).await?;
     let part_number = upload.next_part;
     upload.next_part += 1;
+    let trailer = part_trailer(app, upload).await;
     let (app, key, upload_id) = (app.clone(), key.to_owned(), upload.upload_id.clone());
     upload.in_flight.spawn(async move {
         let mut attempt = 0;
         let result = loop {
             match app
                 .store
-                .upload_part(&key, &upload_id, part_number, frames.clone(), len)
+                .upload_part(&key, &upload_id, part_number, frames.clone(), len, trailer)
                 .await
             {
                 Ok(etag) => break Ok((part_number, etag)),

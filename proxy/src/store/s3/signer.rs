@@ -35,6 +35,9 @@ pub enum Payload<'a> {
     Unsigned,
     /// A small body we hold (the CompleteMultipartUpload XML), hashed into the signature.
     Bytes(&'a [u8]),
+    /// `STREAMING-UNSIGNED-PAYLOAD-TRAILER`: a streamed aws-chunked body whose checksum comes
+    /// as its trailer (`integrity::with_trailer`), for the store to verify.
+    Trailer,
 }
 
 pub struct Signer {
@@ -100,6 +103,7 @@ impl Signer {
         let signable_body = match payload {
             Payload::Unsigned => SignableBody::UnsignedPayload,
             Payload::Bytes(bytes) => SignableBody::Bytes(bytes),
+            Payload::Trailer => SignableBody::StreamingUnsignedPayloadTrailer,
         };
         let amz = headers.iter().filter_map(|(name, value)| {
             let name = name.as_str();
