@@ -19,7 +19,7 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use mlflow_artifact_proxy::Proxy;
 use mlflow_artifact_proxy::auth::{AuthConfig, Mode};
-use mlflow_artifact_proxy::capabilities::{Capabilities, CapabilitiesConfig, Version};
+use mlflow_artifact_proxy::upstream::capabilities::{Capabilities, CapabilitiesConfig, Version};
 
 /// `alice:pw`: may use every route and read every location.
 const ALICE: &str = "Basic YWxpY2U6cHc=";
