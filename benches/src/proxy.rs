@@ -8,6 +8,7 @@ use std::time::Duration;
 use crate::client;
 use crate::procs::{self, Managed};
 use crate::setup::{ACCESS_KEY, BUCKET, SECRET_KEY};
+use testkit::proxy::Store;
 
 /// One proxy process and its addresses.
 pub struct ProxyProc {
@@ -39,13 +40,15 @@ pub fn start_proxy(
         .arg("serve")
         .env("PROXY_LISTEN", format!("127.0.0.1:{port}"))
         .env("PROXY_METRICS_LISTEN", format!("127.0.0.1:{metrics_port}"))
-        .env("PROXY_UPSTREAM", upstream)
-        .env("MLFLOW_ARTIFACTS_DESTINATION", format!("s3://{BUCKET}/"))
-        .env("MLFLOW_S3_ENDPOINT_URL", store_url)
-        .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
-        .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
-        .env("AWS_DEFAULT_REGION", region)
         .env_remove("RUST_LOG");
+    let store = Store {
+        endpoint: store_url,
+        bucket: BUCKET,
+        access_key: ACCESS_KEY,
+        secret_key: SECRET_KEY,
+        region,
+    };
+    testkit::proxy::store_and_upstream(&mut command, &store, upstream);
     for (name, value) in env {
         command.env(name, value);
     }
