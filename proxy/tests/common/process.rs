@@ -83,11 +83,7 @@ impl Drop for ProxyProcess {
 }
 
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    testkit::proxy::free_port().unwrap()
 }
 
 /// Wait until `addr` accepts connections (at most 20 s).
