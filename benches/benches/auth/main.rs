@@ -49,9 +49,8 @@ use std::time::{Duration, Instant};
 
 use benches::client::{self, Target};
 use benches::procs;
-use benches::servers;
-use benches::setup::{self, ACCESS_KEY, BUCKET, SECRET_KEY, Scratch};
-use benches::stack::{self, MlflowApi, MlflowAuth, S3Access};
+use benches::setup::{self, Scratch};
+use benches::stack::{self, MlflowApi, MlflowAuth};
 use bytes::Bytes;
 use http::{Method, StatusCode};
 
@@ -120,18 +119,8 @@ fn run() -> Result<(), String> {
     let work = Scratch::create("mlflow-proxy-bench-auth")?;
     let work = work.path();
 
-    let store =
-        servers::start_s3_store("s3s-fs", &setup::tools_dir(), work, ACCESS_KEY, SECRET_KEY)?;
-    // s3s-fs keeps a bucket as a folder under its root.
-    std::fs::create_dir_all(work.join("s3s-fs").join(BUCKET)).map_err(|e| e.to_string())?;
+    let (store, s3) = stack::start_s3s_fs_bucket(work)?;
     println!("  S3 store: {} at {}", store.kind, store.url);
-    let s3 = S3Access {
-        url: store.url.clone(),
-        bucket: BUCKET.to_owned(),
-        access_key: ACCESS_KEY.to_owned(),
-        secret_key: SECRET_KEY.to_owned(),
-        region: store.region.to_owned(),
-    };
     let auth = MlflowAuth {
         admin_username: ADMIN.to_owned(),
         admin_password: ADMIN_PASSWORD.to_owned(),

@@ -7,14 +7,8 @@ use crate::transfers::{mpu_direct, mpu_via_proxy, presigned_via_proxy, ranges};
 use crate::{Bench, Cpu, RANGE, Row, medians, row};
 
 pub async fn run(bench: &Bench, size: u64) -> Result<(), String> {
-    let Bench {
-        proxy_url,
-        pids,
-        bucket,
-        chunk,
-        rounds,
-    } = bench;
-    let (pids, rounds) = (*pids, *rounds);
+    let (proxy_url, bucket, chunk) = (&bench.proxy_url, &bench.bucket, &bench.chunk);
+    let (pids, rounds) = (bench.pids, bench.rounds);
     println!(
         "\n1. on loopback ({} MiB), median of {rounds} rounds",
         size / MIB

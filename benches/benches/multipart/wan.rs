@@ -9,14 +9,8 @@ use crate::transfers::{mpu_via_proxy, presigned_via_proxy_chunked};
 use crate::{Bench, Cpu, medians, row};
 
 pub async fn run(bench: &Bench, wan_rate: u64, wan_size: u64) -> Result<(), String> {
-    let Bench {
-        proxy_url,
-        pids,
-        bucket,
-        chunk,
-        rounds,
-    } = bench;
-    let (pids, rounds) = (*pids, *rounds);
+    let (proxy_url, bucket, chunk) = (&bench.proxy_url, &bench.bucket, &bench.chunk);
+    let (pids, rounds) = (bench.pids, bench.rounds);
     println!(
         "\n2. WAN-like link: {} MiB/s per connection each way (a relay in this process), {} MiB, median of {rounds}",
         wan_rate / MIB,
