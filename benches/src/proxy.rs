@@ -33,14 +33,10 @@ pub fn start_proxy(
     upstream: &str,
     env: &[(&str, String)],
 ) -> Result<ProxyProc, String> {
-    let port = procs::free_port().map_err(|e| e.to_string())?;
-    let metrics_port = procs::free_port().map_err(|e| e.to_string())?;
     let mut command = Command::new(bin);
-    command
-        .arg("serve")
-        .env("PROXY_LISTEN", format!("127.0.0.1:{port}"))
-        .env("PROXY_METRICS_LISTEN", format!("127.0.0.1:{metrics_port}"))
-        .env_remove("RUST_LOG");
+    command.arg("serve").env_remove("RUST_LOG");
+    let (addr, metrics) =
+        testkit::proxy::listen_on_free_ports(&mut command).map_err(|e| e.to_string())?;
     let store = Store {
         endpoint: store_url,
         bucket: BUCKET,
@@ -55,8 +51,8 @@ pub fn start_proxy(
     let process = Managed::spawn(label, &mut command, None)?;
     Ok(ProxyProc {
         process,
-        url: format!("http://127.0.0.1:{port}"),
-        metrics: format!("http://127.0.0.1:{metrics_port}"),
+        url: format!("http://{addr}"),
+        metrics: format!("http://{metrics}"),
         label: label.to_owned(),
     })
 }

@@ -1,6 +1,7 @@
 //! The proxy binary as a process of its own, in front of an S3 store and an MLflow (or a
 //! stand-in): the settings that say where they are, and free loopback ports for it to listen on.
 
+use std::net::SocketAddr;
 use std::process::Command;
 
 /// An S3 store and bucket the proxy stores into, and the key it signs with.
@@ -31,6 +32,17 @@ pub fn store_and_upstream<'c>(
         .env("AWS_SECRET_ACCESS_KEY", store.secret_key)
         .env("AWS_DEFAULT_REGION", store.region)
         .env("PROXY_UPSTREAM", upstream)
+}
+
+/// Let the proxy listen on free loopback ports: (its artifact and pass-through address, its
+/// operations address for `/readyz` and `/metrics`).
+pub fn listen_on_free_ports(command: &mut Command) -> std::io::Result<(SocketAddr, SocketAddr)> {
+    let addr = SocketAddr::from(([127, 0, 0, 1], free_port()?));
+    let metrics = SocketAddr::from(([127, 0, 0, 1], free_port()?));
+    command
+        .env("PROXY_LISTEN", addr.to_string())
+        .env("PROXY_METRICS_LISTEN", metrics.to_string());
+    Ok((addr, metrics))
 }
 
 /// A free loopback port (bound, then released; the proxy binds it a moment later).
