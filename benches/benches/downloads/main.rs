@@ -88,9 +88,6 @@ pub struct Bench {
     /// The load client: one thread.
     pub runtime: tokio::runtime::Runtime,
     pub proxy_bin: PathBuf,
-    pub work: Scratch,
-    /// Where boto3 writes its files: RAM (tmpfs) when there is one, so no disk is in its figures.
-    pub boto_dest: Scratch,
     pub s3: S3Store,
     pub s3_bucket: Box<Bucket>,
     pub servers: LocalServers,
@@ -106,6 +103,11 @@ pub struct Bench {
     /// A Python with boto3, for the boto3 reference.
     pub python: Option<PathBuf>,
     pub stock: Option<StockMlflow>,
+    // Last, so that they are removed after every process above has stopped (fields drop in
+    // this order).
+    pub work: Scratch,
+    /// Where boto3 writes its files: RAM (tmpfs) when there is one, so no disk is in its figures.
+    pub boto_dest: Scratch,
 }
 
 impl Bench {
