@@ -48,6 +48,27 @@ pub const MIB: usize = 1024 * 1024;
 /// never depend on how much of it was used.
 pub const PATIENCE: Duration = Duration::from_secs(60);
 
+/// The external store named by the environment, if any (`S3Server` says what each variable
+/// does). Read here: the config reference (`proxy/src/config_reference.rs`) finds them in this file.
+pub fn external_store() -> Option<(String, String, String, String, String)> {
+    let endpoint = std::env::var("PROXY_TEST_S3_ENDPOINT")
+        .ok()
+        .filter(|e| !e.is_empty())?;
+    let var = |name: &str, default: &str| std::env::var(name).unwrap_or_else(|_| default.into());
+    Some((
+        endpoint,
+        var("PROXY_TEST_S3_ACCESS_KEY", ""),
+        var("PROXY_TEST_S3_SECRET_KEY", ""),
+        var("PROXY_TEST_S3_REGION", "us-east-1"),
+        var("PROXY_TEST_S3_STORE", "external"),
+    ))
+}
+
+/// The name of the store the tests run against.
+pub fn store_name() -> String {
+    external_store().map_or_else(|| "s3s-fs".to_owned(), |(.., name)| name)
+}
+
 pub fn sha256(data: &[u8]) -> String {
     Sha256::digest(data)
         .iter()

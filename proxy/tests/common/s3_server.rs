@@ -11,7 +11,7 @@ use hyper::body::Incoming;
 use mlflow_artifact_proxy::config::StoreConfig;
 use tokio::net::TcpListener;
 
-use super::{ACCESS_KEY, BUCKET, PATIENCE, SECRET_KEY};
+use super::{ACCESS_KEY, BUCKET, PATIENCE, SECRET_KEY, external_store};
 
 /// Which S3 server the tests run against. By default a real S3 server in this process (s3s +
 /// s3s-fs, SigV4 checked). With `PROXY_TEST_S3_ENDPOINT` set, an external store instead (the
@@ -48,26 +48,6 @@ pub struct S3Server {
 struct External {
     upstream: String,
     bucket: Box<s3::Bucket>,
-}
-
-/// The external store named by the environment, if any.
-pub fn external_store() -> Option<(String, String, String, String, String)> {
-    let endpoint = std::env::var("PROXY_TEST_S3_ENDPOINT")
-        .ok()
-        .filter(|e| !e.is_empty())?;
-    let var = |name: &str, default: &str| std::env::var(name).unwrap_or_else(|_| default.into());
-    Some((
-        endpoint,
-        var("PROXY_TEST_S3_ACCESS_KEY", ""),
-        var("PROXY_TEST_S3_SECRET_KEY", ""),
-        var("PROXY_TEST_S3_REGION", "us-east-1"),
-        var("PROXY_TEST_S3_STORE", "external"),
-    ))
-}
-
-/// The name of the store the tests run against.
-pub fn store_name() -> String {
-    external_store().map_or_else(|| "s3s-fs".to_owned(), |(.., name)| name)
 }
 
 fn s3_bucket(endpoint: &str, name: &str, key: &str, secret: &str, region: &str) -> Box<s3::Bucket> {
