@@ -57,6 +57,10 @@ pub fn upstream_stand_in() -> Handler {
             drain(request.into_body()).await;
             if path == "/health" {
                 respond(StatusCode::OK, "text/plain; charset=utf-8", "OK")
+            } else if path == "/version" {
+                // The proxy asks which release runs (capabilities) before it serves artifacts:
+                // an answer it cannot read makes it refuse them (503).
+                respond(StatusCode::OK, "text/plain; charset=utf-8", "3.17.2")
             } else if path.ends_with("/mlflow/users/current") {
                 // As MLflow without its auth app: the proxy's `auto` mode then checks nothing.
                 respond(
