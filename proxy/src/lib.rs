@@ -1,50 +1,39 @@
 //! mlflow-artifact-proxy: port 5000 of an MLflow stack. MLflow's artifact routes are answered
 //! straight from S3 in bounded memory; every other request streams through to MLflow.
 //!
-//! One module per job: `config` (flags and environment), `config_reference` (their reference,
-//! docs/configuration.md), `server` (listener, access log),
-//! `router` (which requests are ours), `artifacts` (the artifact handlers), `locations` (where
-//! MLflow keeps what the UI's downloads name), `s3` (the store),
-//! `upstream` (pass-through to MLflow), `upstream_pool` (its kept-alive connections), `metrics` (Prometheus, health), `error` (one error type),
-//! `mlflow` (the stock server's observable rules), `state` (what handlers share), `purge`
-//! (deleting a prefix a page at a time), `gc` (the artifacts MLflow no longer knows),
-//! `capabilities` (which MLflow release and modes run behind the proxy), `workspaces` (MLflow's
-//! workspace scoping), `ask` (the proxy's own questions to MLflow).
+//! One folder (or file) per concern; a request goes server → router → artifacts (or upstream),
+//! and every concern calls down, never back up:
+//! - `server/`: the client-facing listener: accept, the request line, access log, drain.
+//! - `router`: which requests the proxy answers itself and which go to MLflow.
+//! - `artifacts/`: the artifact routes: one checkpoint (security, auth), then `download/`,
+//!   `upload/`, `signed/` (multipart and presigned), list, delete, the UI's routes; `state/`
+//!   holds what they share (settings, memory budgets, uploads in progress, the public address).
+//! - `auth/`: MLflow's authentication and permissions, asked of MLflow for every artifact route.
+//! - `upstream/`: MLflow behind the proxy: pass-through, its connections, forwarding headers,
+//!   and the proxy's own questions to it (its release and modes, workspaces).
+//! - `store/`: the artifact store: the S3 client, deleting a prefix, the one sweeper of
+//!   abandoned uploads, how store failures are answered.
+//! - `integrity/`: a digest of every artifact, recorded on upload, checked on download.
+//! - `signing`: the HMAC key behind the URLs the proxy signs and the tags of part digests.
+//! - `mlflow/`: what the stock MLflow server does that clients can observe, reproduced.
+//! - `wire/`: the body type, the one error type (MLflow's JSON shape), timeouts.
+//! - `ops/`: Prometheus metrics and the operations listener (/metrics, /healthz, /readyz).
+//! - `config/`: every flag and its environment variable, and their generated reference.
+//! - `commands/`: the one-off subcommands that walk the destination (`gc`, `verify`).
 
 pub mod artifacts;
-pub mod ask;
 pub mod auth;
-pub mod body;
-pub mod capabilities;
+pub mod commands;
 pub mod config;
-pub mod config_reference;
-pub mod downloads;
-pub mod error;
-pub mod forwarding;
-pub mod gc;
 pub mod integrity;
-pub mod locations;
-pub mod metrics;
 pub mod mlflow;
-pub mod public_url;
-pub mod purge;
-mod quickack;
-pub mod request_line;
+pub mod ops;
 pub mod router;
-pub mod s3;
-pub mod security;
 pub mod server;
 pub mod signing;
-pub mod stale_uploads;
-pub mod state;
-pub mod sweep;
-pub mod timeouts;
-pub mod tls;
-pub mod transfers;
+pub mod store;
 pub mod upstream;
-pub mod upstream_pool;
-pub mod verify;
-pub mod workspaces;
+pub mod wire;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -54,9 +43,9 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+use crate::artifacts::state::App;
 use crate::config::ServeConfig;
-use crate::metrics::{Metrics, ReadinessProbe};
-use crate::state::App;
+use crate::ops::metrics::{Metrics, ReadinessProbe};
 
 /// A running proxy: its addresses, and the means to stop it.
 pub struct Proxy {
@@ -79,7 +68,7 @@ impl Proxy {
     /// Bind both listeners and start serving.
     pub async fn start(config: ServeConfig) -> Result<Proxy, String> {
         let metrics = Metrics::new();
-        let store = s3::Store::new(&config.store, metrics.clone(), config.timeouts.s3)?;
+        let store = store::s3::Store::new(&config.store, metrics.clone(), config.timeouts.s3)?;
         let upstream = upstream::Upstream::new(
             config.upstream.clone(),
             metrics.clone(),
@@ -88,7 +77,7 @@ impl Proxy {
             config.upstream_pool,
         );
         // The proxy's own questions to MLflow (auth, its release and modes, workspaces).
-        let asked = ask::Target::new(
+        let asked = upstream::ask::Target::new(
             config.upstream.clone(),
             &config.static_prefix,
             config.upstream_pool,
@@ -101,7 +90,7 @@ impl Proxy {
             asked.clone(),
             metrics.clone(),
         )?);
-        let capabilities = Arc::new(capabilities::Tracker::new(
+        let capabilities = Arc::new(upstream::capabilities::Tracker::new(
             config.mlflow.clone(),
             asked,
             config.auth.cache_ttl,
@@ -113,7 +102,7 @@ impl Proxy {
                 config.upload,
                 config.security.clone(),
                 metrics.clone(),
-                state::FromMlflow {
+                artifacts::state::FromMlflow {
                     auth: auth.clone(),
                     capabilities: capabilities.clone(),
                 },
@@ -123,6 +112,12 @@ impl Proxy {
             .with_integrity(config.integrity)
             .with_static_prefix(&config.static_prefix),
         );
+        // Which S3 checksums the store verifies (`s3::Native`), asked before the first upload
+        // (a store that does not answer in time is asked again at the first upload).
+        if config.integrity.algorithm.is_some() {
+            let _ =
+                tokio::time::timeout(std::time::Duration::from_secs(10), app.store.native()).await;
+        }
 
         let listener = TcpListener::bind(config.listen)
             .await
@@ -134,7 +129,7 @@ impl Proxy {
         let metrics_addr = ops_listener.local_addr().map_err(|e| e.to_string())?;
 
         let draining = Arc::new(AtomicBool::new(false));
-        let operations = tokio::spawn(metrics::serve_operations(
+        let operations = tokio::spawn(ops::metrics::serve_operations(
             ops_listener,
             metrics,
             Arc::new(Readiness {
@@ -144,7 +139,7 @@ impl Proxy {
         ));
         let auth_recheck = tokio::spawn(auth.recheck_forever());
         let capabilities_recheck = tokio::spawn(capabilities.recheck_forever());
-        let sweeper = tokio::spawn(sweep::run(app.clone()));
+        let sweeper = tokio::spawn(artifacts::upload::sweep::run(app.clone()));
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(server::serve(
             listener,

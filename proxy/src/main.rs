@@ -5,14 +5,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
+use mlflow_artifact_proxy::Proxy;
 use mlflow_artifact_proxy::config::{Cli, Command, LogFormat};
-use mlflow_artifact_proxy::{Proxy, s3};
+use mlflow_artifact_proxy::store::s3;
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
     // Before anything else runs (one thread): so that rust-s3's client trusts AWS_CA_BUNDLE too
     // (`tls`), start again with SSL_CERT_FILE set to it; `exec` returns only on failure.
-    if let Some(mut command) = mlflow_artifact_proxy::tls::ca_bundle_as_ssl_cert_file() {
+    if let Some(mut command) = mlflow_artifact_proxy::store::tls::ca_bundle_as_ssl_cert_file() {
         use std::os::unix::process::CommandExt;
         let error = command.exec();
         eprintln!(
@@ -49,20 +50,21 @@ fn main() -> ExitCode {
             }
             Command::Healthcheck(args) => healthcheck(&args.url).await,
             Command::ConfigReference => {
-                print!("{}", mlflow_artifact_proxy::config_reference::render());
+                print!("{}", mlflow_artifact_proxy::config::reference::render());
                 Ok(())
             }
             Command::SweepUploads(args) => {
                 let config = args.store.build()?;
                 let store = s3::Store::new(
                     &config,
-                    mlflow_artifact_proxy::metrics::Metrics::new(),
-                    mlflow_artifact_proxy::timeouts::Timeouts::default().s3,
+                    mlflow_artifact_proxy::ops::metrics::Metrics::new(),
+                    mlflow_artifact_proxy::wire::timeouts::Timeouts::default().s3,
                 )?;
                 let age = Duration::from_secs(args.older_than_hours.saturating_mul(3600));
-                let report = mlflow_artifact_proxy::stale_uploads::sweep(&store, age, |_| false)
-                    .await
-                    .map_err(|e| format!("sweep failed: {e}"))?;
+                let report =
+                    mlflow_artifact_proxy::store::stale_uploads::sweep(&store, age, |_| false)
+                        .await
+                        .map_err(|e| format!("sweep failed: {e}"))?;
                 println!(
                     "open uploads: {}, aborted: {}, failed: {}",
                     report.open, report.aborted, report.failed
@@ -73,9 +75,10 @@ fn main() -> ExitCode {
                 Ok(())
             }
             Command::Gc(args) => {
-                let out: mlflow_artifact_proxy::gc::Sink = Arc::new(|line| println!("{line}"));
-                mlflow_artifact_proxy::gc::run(
-                    mlflow_artifact_proxy::gc::GcConfig::from_args(&args)?,
+                let out: mlflow_artifact_proxy::commands::gc::Sink =
+                    Arc::new(|line| println!("{line}"));
+                mlflow_artifact_proxy::commands::gc::run(
+                    mlflow_artifact_proxy::commands::gc::GcConfig::from_args(&args)?,
                     None,
                     out,
                 )
@@ -83,15 +86,18 @@ fn main() -> ExitCode {
                 .map(drop)
             }
             Command::Verify(args) => {
-                let out: mlflow_artifact_proxy::verify::Sink = Arc::new(|line| println!("{line}"));
+                let out: mlflow_artifact_proxy::commands::verify::Sink =
+                    Arc::new(|line| println!("{line}"));
                 // Exit 2 when it could not run at all: 1 means a mismatch.
-                return Ok(match mlflow_artifact_proxy::verify::run(&args, out).await {
-                    Ok(summary) => ExitCode::from(summary.exit_code()),
-                    Err(message) => {
-                        eprintln!("mlflow-artifact-proxy: verify: {message}");
-                        ExitCode::from(2)
-                    }
-                });
+                return Ok(
+                    match mlflow_artifact_proxy::commands::verify::run(&args, out).await {
+                        Ok(summary) => ExitCode::from(summary.exit_code()),
+                        Err(message) => {
+                            eprintln!("mlflow-artifact-proxy: verify: {message}");
+                            ExitCode::from(2)
+                        }
+                    },
+                );
             }
         }
         .map(|()| ExitCode::SUCCESS)

@@ -319,7 +319,7 @@ async fn get_as(addr: SocketAddr, host: &str, path: &str, auth: Option<&str>) ->
 /// public name and MLflow's Service address (`localhost` is not in it).
 async fn chart_like_proxy(s3: &S3Server, mlflow: SocketAddr, mode: Mode) -> Proxy {
     let mut config = serve_config(s3, &format!("http://{mlflow}"));
-    config.security = mlflow_artifact_proxy::security::SecurityArgs {
+    config.security = mlflow_artifact_proxy::artifacts::security::SecurityArgs {
         allowed_hosts: Some(format!("mlflow.example.com,{mlflow}")),
         cors_allowed_origins: None,
         x_frame_options: "SAMEORIGIN".into(),

@@ -18,7 +18,9 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use mlflow_artifact_proxy::gc::{self, Candidate, Credentials, GcConfig, Hook, Sink, parse_age};
+use mlflow_artifact_proxy::commands::gc::{
+    self, Candidate, Credentials, GcConfig, Hook, Sink, parse_age,
+};
 use tokio::net::TcpListener;
 
 const LIVE_RUN: &str = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa1";

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use common::process::*;
 use common::*;
-use mlflow_artifact_proxy::downloads::DownloadConfig;
+use mlflow_artifact_proxy::artifacts::state::download_memory::DownloadConfig;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpSocket, TcpStream};
 

@@ -10,8 +10,9 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use bytes::Bytes;
 use common::*;
-use mlflow_artifact_proxy::downloads::DownloadConfig;
-use mlflow_artifact_proxy::integrity::{Algorithm, IntegrityConfig};
+use mlflow_artifact_proxy::artifacts::state::download_memory::DownloadConfig;
+use mlflow_artifact_proxy::integrity::{Algorithm, Digest, IntegrityConfig};
+use mlflow_artifact_proxy::store::s3::{Native, Store};
 
 fn crc64nvme(data: &[u8]) -> String {
     let crc = crc_fast::checksum(crc_fast::CrcAlgorithm::Crc64Nvme, data);
@@ -58,6 +59,25 @@ async fn stored_metadata(h: &Harness, key: &str) -> std::collections::HashMap<St
     let (head, status) = h.s3.client().head_object(key).await.unwrap();
     assert_eq!(status, 200, "HEAD {key}");
     head.metadata.unwrap_or_default()
+}
+
+/// The proxy's own client of the harness's store (signed HEADs that ask for checksums).
+fn store(h: &Harness) -> Store {
+    Store::new(
+        &h.s3.store_config(""),
+        mlflow_artifact_proxy::ops::metrics::Metrics::new(),
+        std::time::Duration::from_secs(60),
+    )
+    .unwrap()
+}
+
+/// The `algorithm` digest kept with the object (base64), as the store answers HEAD: the proxy's
+/// metadata or, for a FULL_OBJECT multipart upload, the store's own checksum.
+async fn kept_digest(h: &Harness, key: &str, algorithm: Algorithm) -> Option<String> {
+    let meta = store(h).head_object(key).await.unwrap().unwrap();
+    Digest::from_metadata(&meta.metadata, algorithm)
+        .filter(|d| d.algorithm() == algorithm)
+        .map(|d| d.to_base64())
 }
 
 /// Upload through each path the proxy has for a PUT: one streamed PutObject, a streamed
@@ -145,11 +165,18 @@ async fn curl(h: &Harness, path: &str) -> i32 {
 
 /// Replace a stored object's bytes with `corrupt`, its digest metadata left as it was: on
 /// s3s-fs by writing its file on disk (rot under the store), elsewhere by a PUT straight to the
-/// store with the old metadata (a writer behind the proxy's back).
+/// store with the old metadata (a writer behind the proxy's back). An object whose digest is the
+/// store's own checksum (FULL_OBJECT) loses it to the PUT: the writer keeps it as metadata.
 async fn corrupt(h: &Harness, key: &str, corrupt: &[u8]) {
     if h.s3.is_external() {
+        let mut metadata = stored_metadata(h, key).await;
+        if !metadata.keys().any(|k| k.starts_with("mlflow-proxy-"))
+            && let Some(crc) = kept_digest(h, key, Algorithm::Crc64Nvme).await
+        {
+            metadata.insert("mlflow-proxy-crc64nvme".into(), crc);
+        }
         let mut headers = http::HeaderMap::new();
-        for (name, value) in stored_metadata(h, key).await {
+        for (name, value) in metadata {
             headers.insert(
                 http::HeaderName::from_bytes(format!("x-amz-meta-{name}").as_bytes()).unwrap(),
                 value.parse().unwrap(),
@@ -168,13 +195,22 @@ async fn corrupt(h: &Harness, key: &str, corrupt: &[u8]) {
 async fn every_upload_path_records_the_digest_and_downloads_carry_it() {
     let h = harness(Some(Algorithm::Crc64Nvme)).await;
     let objects = upload_every_way(&h).await;
+    // Multipart uploads are of S3's FULL_OBJECT type where the store verifies that (Garage):
+    // the store keeps their digest as its own checksum; elsewhere, metadata.
+    let native = store(&h).native().await;
     for (path, data) in &objects {
         // Kept with the object, where MLflow's listings never show it.
         assert_eq!(
+            kept_digest(&h, path, Algorithm::Crc64Nvme).await,
+            Some(crc64nvme(data)),
+            "{path}"
+        );
+        let multipart = data.len() > 8 * MIB;
+        assert_eq!(
             stored_metadata(&h, path)
                 .await
-                .get("mlflow-proxy-crc64nvme"),
-            Some(&crc64nvme(data)),
+                .contains_key("mlflow-proxy-crc64nvme"),
+            !(multipart && native.full_object),
             "{path}"
         );
         let (status, headers, body, clean) = fetch(&h, path).await;
@@ -501,7 +537,11 @@ async fn the_clients_multipart_flow_gets_the_single_put_digest() {
             "{algorithm:?}"
         );
         if algorithm == Algorithm::Crc64Nvme {
-            assert_eq!(stored_metadata(&h, "mpu/single.bin").await, parts);
+            // The single PUT's (a FULL_OBJECT upload on Garage: the store's own checksum).
+            assert_eq!(
+                kept_digest(&h, "mpu/single.bin", Algorithm::Crc64Nvme).await,
+                Some(crc64nvme(&data))
+            );
         }
         let (status, headers, body, clean) = fetch(&h, "mpu/parts.bin").await;
         assert_eq!((status, clean), (200, true));
@@ -545,4 +585,213 @@ async fn a_part_etag_the_proxy_did_not_seal_is_refused() {
     let (status, _, body, clean) = fetch(&h, "mpu/bare.bin").await;
     assert_eq!((status, clean), (200, true));
     assert!(body == data);
+}
+
+/// A relay to `upstream` that flips one bit of the `at`th byte of the body of every PUT whose
+/// body is longer than that: a transfer corrupted on its way into the store (a fault at byte N,
+/// which no real part makes on demand). Requests are read one after the other on each
+/// connection, by their Content-Length (the proxy sends no other kind to S3).
+async fn corrupting_relay(upstream: std::net::SocketAddr, at: u64) -> std::net::SocketAddr {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let Ok(server) = tokio::net::TcpStream::connect(upstream).await else {
+                    return;
+                };
+                let (client_read, mut client_write) = client.into_split();
+                let (mut server_read, mut server_write) = server.into_split();
+                tokio::spawn(async move {
+                    let _ = tokio::io::copy(&mut server_read, &mut client_write).await;
+                    let _ = client_write.shutdown().await;
+                });
+                let mut reader = BufReader::new(client_read);
+                loop {
+                    let mut head = Vec::new();
+                    loop {
+                        let before = head.len();
+                        match reader.read_until(b'\n', &mut head).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(_) if &head[before..] == b"\r\n" => break,
+                            Ok(_) => {}
+                        }
+                    }
+                    let text = String::from_utf8_lossy(&head).to_ascii_lowercase();
+                    let len: u64 = text
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .and_then(|v| v.trim().parse().ok())
+                        .unwrap_or(0);
+                    let flip = text.starts_with("put ") && len > at;
+                    if server_write.write_all(&head).await.is_err() {
+                        return;
+                    }
+                    let mut sent = 0u64;
+                    let mut buf = vec![0u8; 64 * 1024];
+                    while sent < len {
+                        let want = usize::try_from(len - sent)
+                            .unwrap_or(usize::MAX)
+                            .min(buf.len());
+                        let Ok(n) = reader.read(&mut buf[..want]).await else {
+                            return;
+                        };
+                        if n == 0 {
+                            return;
+                        }
+                        if flip && (sent..sent + n as u64).contains(&at) {
+                            buf[(at - sent) as usize] ^= 0x01;
+                        }
+                        if server_write.write_all(&buf[..n]).await.is_err() {
+                            return;
+                        }
+                        sent += n as u64;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// With the store's own checksums: a transfer corrupted between the proxy and the store is
+/// refused by a store that verifies them (Garage: PutObject and parts; s3s-fs: PutObject only),
+/// the upload fails (502, retryable) and Garage keeps nothing; where the store does not verify
+/// (s3s-fs's parts), the upload stores the corrupt bytes with the digest of the client's bytes,
+/// and their download is cut.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transfer_corrupted_on_its_way_into_the_store_is_refused() {
+    let h = harness(Some(Algorithm::Crc64Nvme)).await;
+    let relay = corrupting_relay(h.s3.addr, 100_000).await;
+    let mut config = serve_config(&h.s3, &format!("http://{}", h.mlflow.addr));
+    config.store.endpoint = url::Url::parse(&format!("http://{relay}")).unwrap();
+    let corrupting = mlflow_artifact_proxy::Proxy::start(config).await.unwrap();
+    // Garage verifies the parts' checksums too; s3s-fs does not.
+    let parts_verified = h.s3.store != "s3s-fs";
+    let objects = [
+        ("t/single.bin", random_bytes(300_000), false, true),
+        (
+            "t/streamed.bin",
+            random_bytes(12 * MIB + 1),
+            false,
+            parts_verified,
+        ),
+        (
+            "t/chunked.bin",
+            random_bytes(11 * MIB),
+            true,
+            parts_verified,
+        ),
+    ];
+    for (path, data, chunked, refused) in &objects {
+        let url = format!(
+            "http://{}/api/2.0/mlflow-artifacts/artifacts/{path}",
+            corrupting.addr
+        );
+        let request = h.http.put(url);
+        let request = if *chunked {
+            let frames: Vec<Result<Bytes, std::io::Error>> = data
+                .chunks(65_536)
+                .map(|c| Ok(Bytes::copy_from_slice(c)))
+                .collect();
+            request.body(reqwest::Body::wrap_stream(futures_util::stream::iter(
+                frames,
+            )))
+        } else {
+            request.body(data.clone())
+        };
+        let response = request.send().await.unwrap();
+        if *refused {
+            assert_eq!(response.status(), 502, "{path}: the store took it");
+            let stored = h.s3.object(path);
+            if h.s3.store == "s3s-fs" {
+                // s3s-fs writes the body before it compares (and keeps it): no digest with it.
+                assert!(
+                    !stored_metadata(&h, path)
+                        .await
+                        .contains_key("mlflow-proxy-crc64nvme")
+                );
+            } else {
+                assert!(stored.is_none(), "{path}: stored although refused");
+            }
+        } else {
+            assert_eq!(response.status(), 200, "{path}");
+            // Stored as the store received it, recorded with the client's digest: cut.
+            let (status, _, body, clean) = fetch(&h, path).await;
+            assert!(status == 200 || status == 0, "{path}: {status}");
+            assert!(!clean && body.len() < data.len(), "{path}: delivered whole");
+        }
+    }
+    assert!(h.s3.multipart_leftovers().is_empty());
+    // The same uploads without the fault are stored whole (the checksums sent are right).
+    for (path, data, _, _) in &objects[..2] {
+        assert_eq!(h.put(path, data.clone()).await.status(), 200, "{path}");
+        let (status, _, body, clean) = fetch(&h, path).await;
+        assert_eq!((status, clean), (200, true), "{path}");
+        assert!(body == *data, "{path}");
+    }
+}
+
+/// What each store verifies, as the proxy's probe finds it (by the answers, not the name), and
+/// a FULL_OBJECT completion with a wrong whole-object CRC: refused where the store checks it
+/// (nothing stored), taken where it does not (then the proxy keeps its own digest in metadata).
+#[tokio::test]
+async fn the_store_verifies_what_the_probe_says() {
+    let h = harness(Some(Algorithm::Crc64Nvme)).await;
+    let store = store(&h);
+    let native = store.native().await;
+    let expected = match h.s3.store.as_str() {
+        "s3s-fs" => Some(Native {
+            put: true,
+            parts: false,
+            full_object: false,
+        }),
+        "garage" => Some(Native {
+            put: true,
+            parts: true,
+            full_object: true,
+        }),
+        _ => None,
+    };
+    if let Some(expected) = expected {
+        assert_eq!(native, expected, "{}", h.s3.store);
+    }
+    // The probe leaves nothing behind.
+    assert!(h.s3.keys().is_empty(), "{:?}", h.s3.keys());
+    assert!(h.s3.multipart_leftovers().is_empty());
+
+    let data = random_bytes(6 * MIB + 5);
+    let key = "w/whole.bin";
+    let id = store
+        .create_multipart(key, "application/octet-stream", native.full_object)
+        .await
+        .unwrap();
+    let mut etags = Vec::new();
+    for (i, part) in data.chunks(5 * MIB).enumerate() {
+        let trailer = native.parts.then_some(Algorithm::Crc64Nvme);
+        let frames = vec![Bytes::copy_from_slice(part)];
+        let number = i as u32 + 1;
+        let etag = store
+            .upload_part(key, &id, number, frames, part.len(), trailer)
+            .await
+            .unwrap();
+        etags.push((number, etag));
+    }
+    let wrong = Digest::Crc64Nvme(crc_fast::checksum(
+        crc_fast::CrcAlgorithm::Crc64Nvme,
+        &data[1..],
+    ));
+    let completed = store
+        .complete_multipart(key, &id, etags, native.full_object.then_some(wrong))
+        .await;
+    if native.full_object {
+        let error = completed.unwrap_err().to_string();
+        assert!(error.contains("400"), "{error}");
+        assert!(h.s3.object(key).is_none());
+        store.abort_multipart(key, &id).await.unwrap();
+    } else {
+        completed.unwrap();
+        assert!(h.s3.object(key).unwrap() == data);
+    }
 }

@@ -19,7 +19,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use mlflow_artifact_proxy::Proxy;
 use mlflow_artifact_proxy::auth::{AuthConfig, Mode};
-use mlflow_artifact_proxy::capabilities::CapabilitiesConfig;
+use mlflow_artifact_proxy::upstream::capabilities::CapabilitiesConfig;
 use pretty_assertions::assert_eq;
 
 const INFO_3_17: &str = r#"{"store_type": "SqlStore", "workspaces_enabled": false, "multipart_uploads_enabled": false, "multipart_downloads_enabled": false}"#;

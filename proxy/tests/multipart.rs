@@ -472,9 +472,10 @@ async fn presigned_download_serves_the_object_with_and_without_range() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn public_url_and_trusted_proxies_shape_the_urls() {
     let mut transfers = test_transfers();
-    transfers.public_url = mlflow_artifact_proxy::public_url::PublicUrlArgs { public_url: None }
-        .build("127.0.0.1".parse().unwrap())
-        .unwrap();
+    transfers.public_url =
+        mlflow_artifact_proxy::artifacts::state::public_url::PublicUrlArgs { public_url: None }
+            .build("127.0.0.1".parse().unwrap())
+            .unwrap();
     let h = Harness::start_with_transfers(upload_config(), "", transfers).await;
     h.put("1/a.txt", b"hello".to_vec()).await;
     let response = h
@@ -498,7 +499,8 @@ async fn public_url_and_trusted_proxies_shape_the_urls() {
 /// Another proxy process on the harness's store and MLflow, with `key`.
 async fn replica(h: &Harness, key: &[u8]) -> mlflow_artifact_proxy::Proxy {
     let mut config = serve_config(&h.s3, &format!("http://{}", h.mlflow.addr));
-    config.transfers = mlflow_artifact_proxy::transfers::TransferConfig::with_key(key);
+    config.transfers =
+        mlflow_artifact_proxy::artifacts::state::transfers::TransferConfig::with_key(key);
     config.shutdown_grace = Duration::from_secs(1);
 
     mlflow_artifact_proxy::Proxy::start(config).await.unwrap()

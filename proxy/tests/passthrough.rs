@@ -156,3 +156,183 @@ async fn mlflow_down_gives_a_quick_502_in_mlflow_shape() {
     );
     proxy.shutdown().await;
 }
+
+/// What the dropping upstream did with one request: the connection (numbered in the order of
+/// acceptance), the request line, and whether it answered or closed the connection instead.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Handled {
+    connection: usize,
+    line: String,
+    answered: bool,
+}
+
+/// An MLflow stand-in that answers the first request on each connection (keep-alive) and closes
+/// the connection, unanswered, on the second: what uvicorn does to a kept-alive connection after
+/// an unhandled exception, made certain (no real server closes on cue).
+async fn dropping_upstream() -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::Mutex<Vec<Handled>>>,
+) {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::<Handled>::new()));
+    let record = log.clone();
+    tokio::spawn(async move {
+        for connection in 0.. {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let record = record.clone();
+            tokio::spawn(async move {
+                let mut stream = BufReader::new(stream);
+                for nth in 0..2 {
+                    let mut line = String::new();
+                    if stream.read_line(&mut line).await.unwrap_or(0) == 0 {
+                        return;
+                    }
+                    let mut length = 0usize;
+                    loop {
+                        let mut header = String::new();
+                        stream.read_line(&mut header).await.unwrap();
+                        if header == "\r\n" {
+                            break;
+                        }
+                        if let Some(v) = header.to_ascii_lowercase().strip_prefix("content-length:")
+                        {
+                            length = v.trim().parse().unwrap();
+                        }
+                    }
+                    let mut body = vec![0; length];
+                    stream.read_exact(&mut body).await.unwrap();
+                    let answered = nth == 0;
+                    record.lock().unwrap().push(Handled {
+                        connection,
+                        line: line.trim_end().to_owned(),
+                        answered,
+                    });
+                    if !answered {
+                        return; // dropped: closed without a byte of answer
+                    }
+                    let text = format!("connection {connection}");
+                    let answer = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{text}",
+                        text.len()
+                    );
+                    stream.get_mut().write_all(answer.as_bytes()).await.unwrap();
+                }
+            });
+        }
+    });
+    (addr, log)
+}
+
+// A kept-alive connection can close just as the proxy picks it from its pool. A GET, HEAD or
+// OPTIONS without a body is then sent once more on a new connection (RFC 9110 §9.2.2, what a
+// browser does against stock MLflow); anything else gets the 502, never a replayed body. Which
+// request lands on a reused connection is the pool's choice, so requests are sent until the
+// stand-in has dropped one (bounded by a count), then the books are checked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_safe_request_on_a_connection_mlflow_dropped_is_sent_again_once() {
+    let s3 = S3Server::start().await;
+    let (upstream, log) = dropping_upstream().await;
+    let proxy =
+        mlflow_artifact_proxy::Proxy::start(serve_config(&s3, &format!("http://{upstream}")))
+            .await
+            .unwrap();
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let url = |path: &str| format!("http://{}{path}", proxy.addr);
+    let dropped = |prefix: &str| {
+        log.lock()
+            .unwrap()
+            .iter()
+            .filter(|h| !h.answered && h.line.starts_with(prefix))
+            .count()
+    };
+
+    for n in 0..50 {
+        let response = http
+            .get(url(&format!("/ajax-api/2.0/mlflow/experiments/get?n={n}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "GET {n}: every GET is answered");
+        assert!(response.text().await.unwrap().starts_with("connection "));
+        if dropped("GET") > 0 {
+            break;
+        }
+    }
+    let gets = dropped("GET");
+    assert!(
+        gets > 0,
+        "the pool reused a connection at least once in 50 GETs"
+    );
+    let metrics = reqwest::get(format!("http://{}/metrics", proxy.metrics_addr))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(
+        series(
+            &metrics,
+            "mlflow_proxy_upstream_requests_total{outcome=\"retried\"}"
+        ),
+        gets as f64,
+        "one retry per dropped GET"
+    );
+    assert_eq!(
+        series(
+            &metrics,
+            "mlflow_proxy_upstream_requests_total{outcome=\"error\"}"
+        ),
+        0.0
+    );
+
+    let mut refused = 0;
+    for n in 0..50 {
+        let response = http
+            .post(url("/ajax-api/2.0/mlflow/runs/create"))
+            .header("content-type", "application/json")
+            .body(format!("{{\"n\": {n}}}"))
+            .send()
+            .await
+            .unwrap();
+        if response.status() == 502 {
+            refused += 1;
+            let body: serde_json::Value =
+                serde_json::from_str(&response.text().await.unwrap()).unwrap();
+            assert_eq!(body["error_code"], "TEMPORARILY_UNAVAILABLE", "{body}");
+        } else {
+            assert_eq!(response.status(), 200);
+        }
+        if dropped("POST") > 0 {
+            break;
+        }
+    }
+    assert_eq!(
+        (dropped("POST"), refused),
+        (1, 1),
+        "the dropped POST got the 502, and was not sent again"
+    );
+    let posts = log
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|h| h.line.starts_with("POST"))
+        .count();
+    let metrics = reqwest::get(format!("http://{}/metrics", proxy.metrics_addr))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(
+        series(
+            &metrics,
+            "mlflow_proxy_upstream_requests_total{outcome=\"retried\"}"
+        ),
+        gets as f64,
+        "no POST was retried ({posts} POSTs reached the stand-in)"
+    );
+}

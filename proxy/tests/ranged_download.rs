@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use common::*;
 use futures_util::StreamExt;
-use mlflow_artifact_proxy::downloads::DownloadConfig;
+use mlflow_artifact_proxy::artifacts::state::download_memory::DownloadConfig;
 use pretty_assertions::assert_eq;
 
 const KIB: usize = 1024;

@@ -7,12 +7,14 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use mlflow_artifact_proxy::metrics::Metrics;
-use mlflow_artifact_proxy::s3::Store;
-use mlflow_artifact_proxy::{Proxy, stale_uploads, sweep};
+use mlflow_artifact_proxy::Proxy;
+use mlflow_artifact_proxy::artifacts::upload::sweep;
+use mlflow_artifact_proxy::ops::metrics::Metrics;
+use mlflow_artifact_proxy::store::s3::Store;
+use mlflow_artifact_proxy::store::stale_uploads;
 
 /// S3s-fs cannot list multipart uploads (501): there both sweepers say so and abort nothing.
-fn unsupported(error: &mlflow_artifact_proxy::s3::StoreError) -> bool {
+fn unsupported(error: &mlflow_artifact_proxy::store::s3::StoreError) -> bool {
     error.to_string().contains("501")
 }
 
@@ -38,6 +40,7 @@ async fn both_sweepers_stay_inside_the_destination_prefix() {
             .create_multipart(
                 &other.key(&format!("1/{round}.bin")),
                 "application/octet-stream",
+                false,
             )
             .await
             .unwrap();
@@ -45,6 +48,7 @@ async fn both_sweepers_stay_inside_the_destination_prefix() {
             .create_multipart(
                 &mine.key(&format!("1/{round}.bin")),
                 "application/octet-stream",
+                false,
             )
             .await
             .unwrap();

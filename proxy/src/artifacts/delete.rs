@@ -8,12 +8,12 @@ use std::sync::Arc;
 use http::{HeaderValue, Response, header};
 
 use super::scope::Scope;
-use super::store_error;
-use crate::body::{ProxyBody, full};
-use crate::error::ProxyError;
+use crate::artifacts::state::App;
 use crate::mlflow::path::validate_path_is_safe;
-use crate::s3::{header_value, posix_join};
-use crate::state::App;
+use crate::store::answer::store_error;
+use crate::store::s3::{header_value, posix_join};
+use crate::wire::body::{ProxyBody, full};
+use crate::wire::error::ProxyError;
 
 /// How many objects and bytes the DELETE removed.
 pub const DELETED_OBJECTS: &str = "x-mlflow-proxy-deleted-objects";
@@ -33,7 +33,7 @@ pub async fn delete(
     scope.skill_write(&path)?;
     let path = scope.repo_path(&path)?;
     let target = posix_join(app.store.root(), &path);
-    let freed = crate::purge::delete_tree(&app.store, &target)
+    let freed = crate::store::purge::delete_tree(&app.store, &target)
         .await
         .map_err(store_error)?;
     if freed.objects > 0 {

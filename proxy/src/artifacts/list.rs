@@ -8,14 +8,14 @@ use http::{HeaderValue, Response, header};
 use serde_json::{Value, json};
 
 use super::scope::Scope;
-use super::store_error;
-use crate::body::{ProxyBody, full};
-use crate::error::ProxyError;
+use crate::artifacts::state::App;
 use crate::mlflow::content::basename;
 use crate::mlflow::json::{Dialect, dumps};
 use crate::mlflow::path::validate_path_is_safe;
-use crate::s3::posix_join;
-use crate::state::App;
+use crate::store::answer::store_error;
+use crate::store::s3::posix_join;
+use crate::wire::body::{ProxyBody, full};
+use crate::wire::error::ProxyError;
 
 struct Entry {
     name: String,

@@ -1,29 +1,30 @@
-//! The artifact routes MLflow's clients and UI use, answered from S3 directly.
+//! The artifact routes MLflow's clients and UI use, answered from S3 directly: one checkpoint
+//! (`handle`: security → auth → handler → decorate), then one handler per route.
 
-mod conditional;
 mod delete;
-mod download;
+pub mod download;
 mod list;
-mod multipart;
-mod presigned;
-pub mod ranged;
+pub mod locations;
 mod scope;
+pub mod security;
+pub mod signed;
+pub mod state;
 mod ui_routes;
-mod upload;
+pub mod upload;
 
 use std::sync::Arc;
 
 use http::{Request, Response, StatusCode};
 
+use crate::artifacts::state::App;
+use crate::artifacts::state::public_url::ClientAddr;
 use crate::auth::Operation;
-use crate::body::ProxyBody;
-use crate::error::ProxyError;
-use crate::public_url::ClientAddr;
 use crate::router::Route;
-use crate::s3::StoreError;
-use crate::state::App;
-use crate::workspaces::{self, Resolution, Workspace};
+use crate::upstream::workspaces::{self, Resolution, Workspace};
+use crate::wire::body::ProxyBody;
+use crate::wire::error::ProxyError;
 use scope::Scope;
+use signed::{multipart, presigned};
 
 pub async fn handle(
     app: &Arc<App>,
@@ -149,7 +150,7 @@ async fn request_scope<B>(app: &App, request: &Request<B>) -> Result<Option<Scop
             Err(e) => {
                 tracing::warn!("cannot ask MLflow about workspace {name:?}: {e}");
                 return Err(ProxyError::mlflow(
-                    crate::error::Side::Upstream,
+                    crate::wire::error::Side::Upstream,
                     StatusCode::SERVICE_UNAVAILABLE,
                     "TEMPORARILY_UNAVAILABLE",
                     "The MLflow server could not be asked whether the workspace exists",
@@ -203,55 +204,4 @@ fn auth_target<B>(route: &Route, request: &Request<B>) -> Option<(Operation, Str
         Route::ServerInfo | Route::PassThrough | Route::UiDownload { .. } => return None,
     };
     Some(target)
-}
-
-/// The store failed. The answer names what went wrong in general terms only: the endpoint,
-/// bucket and key prefix stay in the log.
-pub fn store_error(error: StoreError) -> ProxyError {
-    tracing::warn!("S3: {error}");
-    match &error {
-        StoreError::Unreachable(_) => ProxyError::store(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "The artifact store cannot be reached",
-        ),
-        StoreError::TimedOut => ProxyError::timed_out(
-            crate::error::Side::Store,
-            "The artifact store did not answer in time",
-        ),
-        StoreError::Status { status, message } => match refused_request(*status, message) {
-            // The request itself is at fault (a key S3 cannot hold...): retrying cannot help.
-            Some(code) => ProxyError::mlflow(
-                crate::error::Side::Client,
-                StatusCode::BAD_REQUEST,
-                "INVALID_PARAMETER_VALUE",
-                format!("The artifact store refused the request: {code}"),
-            ),
-            None => ProxyError::store(
-                StatusCode::BAD_GATEWAY,
-                format!("The artifact store answered {status}"),
-            ),
-        },
-        StoreError::Other(_) => {
-            ProxyError::store(StatusCode::BAD_GATEWAY, "The artifact store request failed")
-        }
-    }
-}
-
-/// S3 error codes that blame the request (its key or an argument), not the store.
-const CLIENT_CAUSED: &[&str] = &[
-    "KeyTooLongError",
-    "InvalidArgument",
-    "InvalidRequest",
-    "InvalidObjectName",
-    "InvalidURI",
-    "MetadataTooLarge",
-];
-
-/// The S3 error code, when it is one the client caused.
-fn refused_request(status: u16, message: &str) -> Option<&'static str> {
-    if !(400..500).contains(&status) || matches!(status, 401 | 403 | 404) {
-        return None;
-    }
-    let code = message.split(':').next().unwrap_or_default().trim();
-    CLIENT_CAUSED.iter().find(|c| **c == code).copied()
 }

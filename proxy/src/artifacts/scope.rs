@@ -5,10 +5,10 @@ use std::sync::Arc;
 
 use http::StatusCode;
 
-use crate::capabilities::Capabilities;
-use crate::error::{ProxyError, Side};
 use crate::mlflow::skills;
-use crate::workspaces::{Workspace, scoped_path};
+use crate::upstream::capabilities::Capabilities;
+use crate::upstream::workspaces::{Workspace, scoped_path};
+use crate::wire::error::{ProxyError, Side};
 
 pub struct Scope {
     pub capabilities: Arc<Capabilities>,

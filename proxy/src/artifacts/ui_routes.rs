@@ -21,16 +21,16 @@ use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
 use serde_json::json;
 
 use super::download;
-use super::presigned::{json_response, signed_object_url};
+use super::signed::presigned::{json_response, signed_object_url};
+use crate::artifacts::locations::{Lookup, store_path};
+use crate::artifacts::state::App;
+use crate::artifacts::state::public_url::ClientAddr;
 use crate::auth::{Probe, route_probe};
-use crate::body::ProxyBody;
-use crate::error::ProxyError;
-use crate::locations::{Lookup, store_path};
 use crate::mlflow::json::{Dialect, dumps};
 use crate::mlflow::path::validate_path_is_safe;
-use crate::public_url::ClientAddr;
 use crate::router::ArtifactSource;
-use crate::state::App;
+use crate::wire::body::ProxyBody;
+use crate::wire::error::ProxyError;
 
 /// MLflow 3.18's words when the artifact repository cannot presign (here: the proxy's presigned
 /// downloads are switched off).
@@ -111,7 +111,7 @@ pub async fn handle(
 
 fn unknown_version() -> ProxyError {
     ProxyError::mlflow(
-        crate::error::Side::Upstream,
+        crate::wire::error::Side::Upstream,
         StatusCode::SERVICE_UNAVAILABLE,
         "TEMPORARILY_UNAVAILABLE",
         "The MLflow server could not be asked which version it runs",
@@ -241,7 +241,7 @@ mod tests {
         let request = Request::builder()
             .method(method)
             .uri(uri)
-            .body(crate::body::empty())
+            .body(crate::wire::body::empty())
             .unwrap();
         Ask::parse(&source, &request)
     }

@@ -26,10 +26,10 @@ use clap::{Args, ValueEnum};
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, header};
 use ring::hmac;
 
-use crate::ask::{ANSWER_LIMIT, Asker, Target};
-use crate::body::{ProxyBody, full};
-use crate::error::{ProxyError, Side};
-use crate::metrics::Metrics;
+use crate::ops::metrics::Metrics;
+use crate::upstream::ask::{ANSWER_LIMIT, Asker, Target};
+use crate::wire::body::{ProxyBody, full};
+use crate::wire::error::{ProxyError, Side};
 
 pub use cache::{Cached, DecisionCache, Key};
 pub use probe::{Kind, Probe, Verdict, route_probe};
@@ -310,7 +310,7 @@ enum Outcome {
 
 impl Auth {
     pub fn new(config: AuthConfig, target: Target, metrics: Metrics) -> Result<Self, String> {
-        // The same kept-alive, retired-in-time connections as pass-through (`upstream_pool`): a
+        // The same kept-alive, retired-in-time connections as pass-through (`pool`): a
         // fresh connection per check left a socket in TIME_WAIT per check.
         let asker = Asker::new(target, config.timeout);
         let rng = ring::rand::SystemRandom::new();
@@ -925,8 +925,8 @@ impl Auth {
             }
         }
         // MLflow judges in the request's workspace (and 3.18 compares it with the path's).
-        if let Some(workspace) = headers.get(crate::workspaces::HEADER) {
-            forward.insert(crate::workspaces::HEADER, workspace.clone());
+        if let Some(workspace) = headers.get(crate::upstream::workspaces::HEADER) {
+            forward.insert(crate::upstream::workspaces::HEADER, workspace.clone());
         }
         let digest = any.then(|| {
             let tag = ctx.sign();
@@ -949,7 +949,7 @@ impl Auth {
         credentials: [u8; 32],
     ) -> Option<Key> {
         let path = (op != Operation::Head).then_some(path);
-        let workspace = headers.get(crate::workspaces::HEADER);
+        let workspace = headers.get(crate::upstream::workspaces::HEADER);
         let mut context = vec![u8::from(skills_by_name), u8::from(workspace.is_some())];
         context.extend_from_slice(workspace.map_or(&b""[..], |w| w.as_bytes()));
         Some(Key {

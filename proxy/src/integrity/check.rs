@@ -13,7 +13,7 @@ use http_body_util::BodyExt;
 use prometheus::IntCounterVec;
 
 use super::{Digest, Hasher};
-use crate::body::{BodyError, ProxyBody};
+use crate::wire::body::{BodyError, ProxyBody};
 
 /// The error the cut answer ends with (logged by hyper, never shown to the client).
 #[derive(Debug, thiserror::Error)]
@@ -121,8 +121,8 @@ impl Body for Verified {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::body::from_frames;
     use crate::integrity::Algorithm;
+    use crate::wire::body::from_frames;
 
     fn digest_of(algorithm: Algorithm, data: &[u8]) -> Digest {
         let mut hasher = Hasher::new(algorithm);

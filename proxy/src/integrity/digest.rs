@@ -73,14 +73,32 @@ impl Digest {
         }
     }
 
-    /// The digest an object's metadata holds, `preferred`'s first. A value that does not parse
-    /// counts as none (it was not written by the proxy).
+    /// The digest an object's metadata holds, `preferred`'s first; else the store's own
+    /// whole-object checksum (`x-amz-checksum-*` with `x-amz-checksum-type: FULL_OBJECT`, which
+    /// the store computed and verified: how a `FULL_OBJECT` multipart upload keeps its digest,
+    /// since recording metadata would make a store such as Garage copy all its bytes again).
+    /// A value that does not parse counts as none (a composite checksum, `…-3`, is not the
+    /// object's). A checksum without its type is not trusted: s3s-fs sends such checksums, and
+    /// keeps a stale one when a multipart upload replaces an object.
     pub fn from_metadata(metadata: &HeaderMap, preferred: Algorithm) -> Option<Digest> {
-        [preferred, preferred.other()]
+        let whole = metadata
+            .get("x-amz-checksum-type")
+            .is_some_and(|t| t == "FULL_OBJECT");
+        let stored = |name: &str| metadata.get(name)?.to_str().ok();
+        let algorithms = [preferred, preferred.other()];
+        algorithms
             .into_iter()
             .find_map(|algorithm| {
-                let value = metadata.get(algorithm.metadata_name())?.to_str().ok()?;
-                Digest::from_base64(algorithm, value)
+                Digest::from_base64(algorithm, stored(algorithm.metadata_name().as_str())?)
+            })
+            .or_else(|| {
+                algorithms
+                    .into_iter()
+                    .filter(|_| whole)
+                    .find_map(|algorithm| {
+                        let name = super::chunked::trailer_name(algorithm);
+                        Digest::from_base64(algorithm, stored(name)?)
+                    })
             })
     }
 
@@ -220,6 +238,35 @@ mod tests {
         assert_eq!(
             Digest::from_metadata(&metadata, Algorithm::Crc64Nvme),
             Some(sha)
+        );
+    }
+
+    #[test]
+    fn the_stores_whole_object_checksum_counts_only_with_its_type() {
+        let crc = digest_of(Algorithm::Crc64Nvme, &[b"x"]);
+        let mut metadata = HeaderMap::new();
+        metadata.insert(
+            "x-amz-checksum-crc64nvme",
+            HeaderValue::from_str(&crc.to_base64()).unwrap(),
+        );
+        assert_eq!(Digest::from_metadata(&metadata, Algorithm::Sha256), None);
+        metadata.insert("x-amz-checksum-type", HeaderValue::from_static("COMPOSITE"));
+        assert_eq!(Digest::from_metadata(&metadata, Algorithm::Sha256), None);
+        metadata.insert(
+            "x-amz-checksum-type",
+            HeaderValue::from_static("FULL_OBJECT"),
+        );
+        assert_eq!(
+            Digest::from_metadata(&metadata, Algorithm::Sha256),
+            Some(crc)
+        );
+        // The proxy's own metadata comes first.
+        let other = digest_of(Algorithm::Crc64Nvme, &[b"y"]);
+        let (name, value) = other.metadata();
+        metadata.insert(name, value);
+        assert_eq!(
+            Digest::from_metadata(&metadata, Algorithm::Crc64Nvme),
+            Some(other)
         );
     }
 

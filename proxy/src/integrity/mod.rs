@@ -5,6 +5,8 @@
 //!   kept: user metadata `x-amz-meta-mlflow-proxy-<algorithm>`, which S3 listings never show.
 //! - `check`: the download's verifying body; a mismatch ends the answer before its last byte.
 //! - `parts`: the digests of the client's own multipart flow, sealed into its part ETags.
+//! - `chunked`: bodies sent to the store with their S3 checksum as an aws-chunked trailer, so a
+//!   store that verifies checksums (`s3::Native`) refuses a transfer corrupted on its way in.
 //!
 //! `mlflow-artifact-proxy verify` (the `verify` module) re-reads stored objects against them.
 //!
@@ -14,6 +16,7 @@
 //! between is left alone.
 
 mod check;
+pub mod chunked;
 mod digest;
 pub mod parts;
 
@@ -23,9 +26,10 @@ use clap::{Args, ValueEnum};
 use http_body_util::BodyExt;
 use prometheus::{IntCounterVec, Opts, Registry};
 
-use crate::body::ProxyBody;
+use crate::wire::body::ProxyBody;
 
 pub use check::verified;
+pub use chunked::with_trailer;
 pub use digest::{Algorithm, Digest, Hasher};
 
 /// What `PROXY_INTEGRITY` turns on.

@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use mlflow_artifact_proxy::Proxy;
+use mlflow_artifact_proxy::artifacts::state::download_memory::DownloadConfig;
 use mlflow_artifact_proxy::config::{ServeConfig, StoreConfig, UploadConfig};
-use mlflow_artifact_proxy::downloads::DownloadConfig;
 
 use super::{ACCESS_KEY, BUCKET, FakeMlflow, MIB, S3Server, SECRET_KEY};
 
@@ -39,23 +39,23 @@ pub fn serve_config(s3: &S3Server, upstream: &str) -> ServeConfig {
         store: s3.store_config(""),
         upload: upload_config(),
         download: Default::default(),
-        security: mlflow_artifact_proxy::security::Security::default(),
+        security: mlflow_artifact_proxy::artifacts::security::Security::default(),
         auth: mlflow_artifact_proxy::auth::AuthConfig::off(),
-        mlflow: mlflow_artifact_proxy::capabilities::CapabilitiesConfig::fixed(
-            mlflow_artifact_proxy::capabilities::Capabilities::pinned(),
+        mlflow: mlflow_artifact_proxy::upstream::capabilities::CapabilitiesConfig::fixed(
+            mlflow_artifact_proxy::upstream::capabilities::Capabilities::pinned(),
         ),
         transfers: test_transfers(),
         integrity: Default::default(),
         shutdown_grace: Duration::from_secs(5),
-        timeouts: mlflow_artifact_proxy::timeouts::Timeouts::default(),
+        timeouts: mlflow_artifact_proxy::wire::timeouts::Timeouts::default(),
         trusted_proxies: Default::default(),
         upstream_pool: Default::default(),
     }
 }
 
 /// Multipart uploads and presigned downloads on, signed with a fixed test key.
-pub fn test_transfers() -> mlflow_artifact_proxy::transfers::TransferConfig {
-    mlflow_artifact_proxy::transfers::TransferConfig::with_key(TEST_SIGNING_KEY)
+pub fn test_transfers() -> mlflow_artifact_proxy::artifacts::state::transfers::TransferConfig {
+    mlflow_artifact_proxy::artifacts::state::transfers::TransferConfig::with_key(TEST_SIGNING_KEY)
 }
 
 pub const TEST_SIGNING_KEY: &[u8] = &[7; 32];
@@ -86,7 +86,7 @@ impl Harness {
     pub async fn start_with_transfers(
         upload: UploadConfig,
         prefix: &str,
-        transfers: mlflow_artifact_proxy::transfers::TransferConfig,
+        transfers: mlflow_artifact_proxy::artifacts::state::transfers::TransferConfig,
     ) -> Harness {
         Self::start_configured(|config| {
             config.upload = upload;
