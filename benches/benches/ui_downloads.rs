@@ -29,9 +29,8 @@ use std::time::Duration;
 
 use benches::client::{self, MIB};
 use benches::procs::{self, Sampler};
-use benches::servers;
-use benches::setup::{self, ACCESS_KEY, BUCKET, SECRET_KEY};
-use benches::stack::{self, MlflowApi, S3Access};
+use benches::setup;
+use benches::stack::{self, MlflowApi};
 use benches::stats::{Spread, round, spread};
 use serde_json::{Value, json};
 
@@ -204,17 +203,7 @@ fn run() -> Result<(), String> {
     let proxy_bin = procs::proxy_binary(&root)?;
     let scratch = setup::Scratch::create("mlflow-proxy-bench-ui")?;
     let work = scratch.path();
-    let store =
-        servers::start_s3_store("s3s-fs", &setup::tools_dir(), work, ACCESS_KEY, SECRET_KEY)?;
-    // s3s-fs keeps a bucket as a folder under its root.
-    std::fs::create_dir_all(work.join("s3s-fs").join(BUCKET)).map_err(|e| e.to_string())?;
-    let s3 = S3Access {
-        url: store.url.clone(),
-        bucket: BUCKET.to_owned(),
-        access_key: ACCESS_KEY.to_owned(),
-        secret_key: SECRET_KEY.to_owned(),
-        region: store.region.to_owned(),
-    };
+    let (store, s3) = stack::start_s3s_fs_bucket(work)?;
     println!("  S3 store: {} at {}", store.kind, store.url);
     println!("  starting stock MLflow (up to 240 s)");
     let mlflow = stack::start_mlflow(&root, work, &s3, None, Duration::from_secs(240))?;

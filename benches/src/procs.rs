@@ -13,11 +13,7 @@ use std::time::{Duration, Instant};
 /// Clock ticks per second for /proc/<pid>/stat and /proc/stat (USER_HZ, 100 on Linux).
 const TICKS_PER_SEC: f64 = 100.0;
 
-/// A free loopback port (bound, then released; the child binds it a moment later).
-pub fn free_port() -> std::io::Result<u16> {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
-    Ok(listener.local_addr()?.port())
-}
+pub use testkit::proxy::free_port;
 
 /// A child process that is stopped (SIGTERM, then SIGKILL) together with its descendants when
 /// dropped.

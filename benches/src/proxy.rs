@@ -8,6 +8,7 @@ use std::time::Duration;
 use crate::client;
 use crate::procs::{self, Managed};
 use crate::setup::{ACCESS_KEY, BUCKET, SECRET_KEY};
+use testkit::proxy::Store;
 
 /// One proxy process and its addresses.
 pub struct ProxyProc {
@@ -32,28 +33,26 @@ pub fn start_proxy(
     upstream: &str,
     env: &[(&str, String)],
 ) -> Result<ProxyProc, String> {
-    let port = procs::free_port().map_err(|e| e.to_string())?;
-    let metrics_port = procs::free_port().map_err(|e| e.to_string())?;
     let mut command = Command::new(bin);
-    command
-        .arg("serve")
-        .env("PROXY_LISTEN", format!("127.0.0.1:{port}"))
-        .env("PROXY_METRICS_LISTEN", format!("127.0.0.1:{metrics_port}"))
-        .env("PROXY_UPSTREAM", upstream)
-        .env("MLFLOW_ARTIFACTS_DESTINATION", format!("s3://{BUCKET}/"))
-        .env("MLFLOW_S3_ENDPOINT_URL", store_url)
-        .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
-        .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
-        .env("AWS_DEFAULT_REGION", region)
-        .env_remove("RUST_LOG");
+    command.arg("serve").env_remove("RUST_LOG");
+    let (addr, metrics) =
+        testkit::proxy::listen_on_free_ports(&mut command).map_err(|e| e.to_string())?;
+    let store = Store {
+        endpoint: store_url,
+        bucket: BUCKET,
+        access_key: ACCESS_KEY,
+        secret_key: SECRET_KEY,
+        region,
+    };
+    testkit::proxy::store_and_upstream(&mut command, &store, upstream);
     for (name, value) in env {
         command.env(name, value);
     }
     let process = Managed::spawn(label, &mut command, None)?;
     Ok(ProxyProc {
         process,
-        url: format!("http://127.0.0.1:{port}"),
-        metrics: format!("http://127.0.0.1:{metrics_port}"),
+        url: format!("http://{addr}"),
+        metrics: format!("http://{metrics}"),
         label: label.to_owned(),
     })
 }

@@ -3,15 +3,15 @@
 //! fallback, and the switch between the real S3 stores (`start_s3_store`).
 
 use std::collections::HashMap;
-use std::convert::Infallible;
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use testkit::s3::serve_s3s_fs;
+use testkit::stand_in::serve;
 use tokio::net::TcpListener;
 
 use crate::client::{GenBody, ReqBody};
@@ -21,26 +21,6 @@ type Handler = Arc<
         + Send
         + Sync,
 >;
-
-/// Accept HTTP/1.1 connections forever, answering each request with `handler`.
-pub async fn serve(listener: TcpListener, handler: Handler) {
-    loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
-        };
-        let _ = stream.set_nodelay(true);
-        let handler = handler.clone();
-        tokio::spawn(async move {
-            let service = service_fn(move |request| {
-                let handler = handler.clone();
-                async move { Ok::<_, Infallible>(handler(request).await) }
-            });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
-        });
-    }
-}
 
 fn full(body: impl Into<Bytes>) -> ReqBody {
     Full::new(body.into()).boxed()
@@ -77,6 +57,10 @@ pub fn upstream_stand_in() -> Handler {
             drain(request.into_body()).await;
             if path == "/health" {
                 respond(StatusCode::OK, "text/plain; charset=utf-8", "OK")
+            } else if path == "/version" {
+                // The proxy asks which release runs (capabilities) before it serves artifacts:
+                // an answer it cannot read makes it refuse them (503).
+                respond(StatusCode::OK, "text/plain; charset=utf-8", "3.17.2")
             } else if path.ends_with("/mlflow/users/current") {
                 // As MLflow without its auth app: the proxy's `auto` mode then checks nothing.
                 respond(
@@ -426,9 +410,10 @@ pub fn start_null_store_and_stand_in(chunk: Bytes) -> Result<LocalServers, Strin
             ) else {
                 return;
             };
+            let (null_store, stand_in_answer) = (null_store(chunk), upstream_stand_in());
             tokio::join!(
-                serve(null, null_store(chunk)),
-                serve(stand_in, upstream_stand_in()),
+                serve(null, move |request| null_store(request)),
+                serve(stand_in, move |request| stand_in_answer(request)),
             );
         });
     });
@@ -451,26 +436,21 @@ pub fn run_embedded_s3s_fs(
         .build()
         .map_err(|e| e.to_string())?;
     runtime.block_on(async move {
-        let fs = s3s_fs::FileSystem::new(root).map_err(|e| format!("{e:?}"))?;
-        let mut builder = s3s::service::S3ServiceBuilder::new(fs);
-        builder.set_auth(s3s::auth::SimpleAuth::from_single(access_key, secret_key));
-        let service = builder.build();
         let listener = TcpListener::bind(("127.0.0.1", port))
             .await
             .map_err(|e| e.to_string())?;
-        let http =
-            hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
-        loop {
-            let Ok((socket, _)) = listener.accept().await else {
-                continue;
-            };
-            let connection = http
-                .serve_connection(TokioIo::new(socket), service.clone())
-                .into_owned();
-            tokio::spawn(async move {
-                let _ = connection.await;
-            });
-        }
+        // Never down: it serves until the process is killed.
+        let (_up, down) = tokio::sync::watch::channel(false);
+        let on_request = |_: &Request<Incoming>| {};
+        serve_s3s_fs(
+            listener,
+            Path::new(root),
+            access_key,
+            secret_key,
+            on_request,
+            down,
+        )
+        .await
     })
 }
 

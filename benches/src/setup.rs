@@ -62,7 +62,12 @@ pub struct Scratch(PathBuf);
 
 impl Scratch {
     pub fn create(prefix: &str) -> Result<Scratch, String> {
-        let dir = std::env::temp_dir().join(format!("{prefix}-{}", std::process::id()));
+        Scratch::create_in(&std::env::temp_dir(), prefix)
+    }
+
+    /// `<parent>/<prefix>-<pid>` (e.g. on a tmpfs), removed as `create`'s is.
+    pub fn create_in(parent: &Path, prefix: &str) -> Result<Scratch, String> {
+        let dir = parent.join(format!("{prefix}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         Ok(Scratch(dir))
     }

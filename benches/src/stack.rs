@@ -15,6 +15,7 @@ use serde_json::Value;
 
 use crate::client::{self, ReqBody, Target};
 use crate::procs::{self, Managed};
+use crate::s3store::{ACCESS_KEY, BUCKET, S3Store, SECRET_KEY};
 
 /// Where MLflow and the proxy find the S3 store and its bucket.
 #[derive(Clone, Debug)]
@@ -24,6 +25,27 @@ pub struct S3Access {
     pub access_key: String,
     pub secret_key: String,
     pub region: String,
+}
+
+/// s3s-fs (`servers::start_s3_store`) with its files under `work` and the bench bucket made (a
+/// folder under its root), and how MLflow and the proxies reach that bucket.
+pub fn start_s3s_fs_bucket(work: &Path) -> Result<(S3Store, S3Access), String> {
+    let store = crate::servers::start_s3_store(
+        "s3s-fs",
+        &crate::setup::tools_dir(),
+        work,
+        ACCESS_KEY,
+        SECRET_KEY,
+    )?;
+    std::fs::create_dir_all(work.join("s3s-fs").join(BUCKET)).map_err(|e| e.to_string())?;
+    let s3 = S3Access {
+        url: store.url.clone(),
+        bucket: BUCKET.to_owned(),
+        access_key: ACCESS_KEY.to_owned(),
+        secret_key: SECRET_KEY.to_owned(),
+        region: store.region.to_owned(),
+    };
+    Ok((store, s3))
 }
 
 /// MLflow's basic-auth app, as `entrypoint.sh` configures it from the environment.

@@ -629,7 +629,7 @@ def test_dockerfile_minimal_lint(dockerfile):
 def test_dockerignore_keeps_the_context_small():
     lines = [line.strip() for line in DOCKERIGNORE.read_text().splitlines() if line.strip() and not line.startswith("#")]
     assert lines[0] == "*", "allow-list: ignore everything, then re-include the workspace"
-    assert {"!Cargo.toml", "!Cargo.lock", "!proxy/", "!benches/"} <= set(lines), lines
+    assert {"!Cargo.toml", "!Cargo.lock", "!proxy/", "!benches/", "!testkit/"} <= set(lines), lines
     assert "**/target" in lines, lines
 
 

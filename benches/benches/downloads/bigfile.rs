@@ -16,21 +16,18 @@
 //! (the client's `delete_artifacts`) and its downloaded copy when it is done.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Instant;
 
 use benches::client::MIB;
-use benches::procs::{self, Sampler};
+use benches::procs::{self, Sampler, load_average};
+use benches::proxy::ProxyProc;
+use benches::stats::round;
+use benches::stock::StockMlflow;
 use serde_json::{Value, json};
 
-use super::{ProxyProc, Stock, round};
-
-/// The file's size, when the scenario is asked for.
-pub fn requested() -> Option<u64> {
-    super::flag("BENCH_BIGFILE")
-        .then(|| super::env_u64("BENCH_BIGFILE_MIB").unwrap_or(10 * 1024) * MIB)
-}
+use crate::{Bench, Report, boto3};
 
 const CLIENT: &str = r#"
 import hashlib, json, os, sys, time
@@ -169,16 +166,53 @@ fn gib(bytes: u64) -> f64 {
     bytes as f64 / (1024.0 * MIB as f64)
 }
 
-/// Run the scenario; rows for the table, and the JSON.
-pub fn run(
+/// The scenario: a proxy of its own in front of the stock MLflow the bench started, then each
+/// side in each client mode.
+pub fn run(bench: &Bench, report: &mut Report) -> Result<(), String> {
+    let Some(size) = bench.config.bigfile else {
+        return Ok(());
+    };
+    println!(
+        "\n== big file, {} MiB, real MLflow client (load average {}) ==",
+        size / MIB,
+        load_average()
+    );
+    let work = bench.work.path();
+    check_disk(work, size)?;
+    // The Python of the venv with MLflow (as for boto3, `MLFLOW_BENCH_PYTHON` first).
+    let python = boto3::find_python_with("mlflow", false)
+        .ok_or("big-file scenario: no Python with mlflow (set MLFLOW_STACK_VENV)")?;
+    let stock = bench
+        .stock
+        .as_ref()
+        .ok_or("big-file scenario: stock MLflow did not start")?;
+    let mut front = benches::proxy::start_proxy(
+        &bench.proxy_bin,
+        "proxy (in front of stock MLflow)",
+        &bench.s3.url,
+        "us-east-1",
+        &stock.url,
+        &[],
+    )?;
+    bench.wait_ready(&mut front)?;
+    let (lines, value) = measure(&python, work, size, &bench.chunk, &front, stock)?;
+    for line in lines {
+        report.row(line);
+    }
+    report.insert("bigfile", value);
+    Ok(())
+}
+
+/// Each side in each client mode; rows for the table, and the JSON.
+fn measure(
     python: &Path,
     work: &Path,
     size: u64,
     pattern: &[u8],
     proxy: &ProxyProc,
-    stock: &Stock,
-    stock_tmp: &Path,
+    stock: &StockMlflow,
 ) -> Result<(Vec<String>, Value), String> {
+    let stock_tmp = stock.temp_dir.as_path();
     check_disk(work, size)?;
     let dir = work.join("bigfile");
     std::fs::create_dir_all(dir.join("down")).map_err(|e| e.to_string())?;
@@ -210,7 +244,7 @@ pub fn run(
             procs::reset_peak(proxy_pid);
             let sampler = Sampler::start(
                 vec![proxy_pid],
-                vec![stock.pid],
+                vec![stock.pid()],
                 vec![stock_tmp.to_path_buf()],
             );
             let answer = if step == "log" {
@@ -226,7 +260,11 @@ pub fn run(
             let proxy_peak = procs::hwm_kib(proxy_pid)
                 .max(samples.peak_rss_kib.get(&proxy_pid).copied().unwrap_or(0));
             let tmp_peak = samples.peak_dir_bytes.get(stock_tmp).copied().unwrap_or(0);
-            let stock_tree = samples.peak_tree_kib.get(&stock.pid).copied().unwrap_or(0);
+            let stock_tree = samples
+                .peak_tree_kib
+                .get(&stock.pid())
+                .copied()
+                .unwrap_or(0);
             let mut entry = json!({
                 "secs": round(secs, 2),
                 "mib_s": round(size as f64 / MIB as f64 / secs.max(1e-9), 1),
@@ -275,23 +313,4 @@ pub fn run(
     json_sides.insert("size_bytes".into(), json!(size));
     json_sides.insert("sha256".into(), json!(expected));
     Ok((rows, Value::Object(json_sides)))
-}
-
-/// The Python of the venv with MLflow (as for boto3, `MLFLOW_BENCH_PYTHON` first).
-pub fn find_mlflow_python(root: &Path) -> Option<PathBuf> {
-    let mut candidates: Vec<PathBuf> = Vec::new();
-    if let Some(p) = std::env::var_os("MLFLOW_BENCH_PYTHON") {
-        candidates.push(PathBuf::from(p));
-    }
-    if let Some(venv) = std::env::var_os("MLFLOW_STACK_VENV") {
-        candidates.push(PathBuf::from(venv).join("bin/python"));
-    }
-    candidates.push(root.join(".venv/bin/python"));
-    candidates.into_iter().find(|p| {
-        Command::new(p)
-            .args(["-c", "import mlflow"])
-            .env("MLFLOW_DISABLE_TELEMETRY", "true")
-            .output()
-            .is_ok_and(|o| o.status.success())
-    })
 }

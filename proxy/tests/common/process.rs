@@ -21,17 +21,14 @@ pub struct ProxyProcess {
 
 impl ProxyProcess {
     pub async fn start(s3: &S3Server, mlflow: &FakeMlflow, extra: &[(&str, &str)]) -> ProxyProcess {
-        let port = free_port();
-        let metrics_port = free_port();
         // HOSTILE_PROXY_BIN: another build of the proxy (to show that these tests fail on one
         // without the bounds).
         let binary = std::env::var("HOSTILE_PROXY_BIN")
             .unwrap_or_else(|_| env!("CARGO_BIN_EXE_mlflow-artifact-proxy").to_owned());
         let mut command = super::proxy_command(&binary, s3, mlflow);
+        let (addr, metrics) = testkit::proxy::listen_on_free_ports(&mut command).unwrap();
         command
             .env("RUST_LOG", "warn")
-            .env("PROXY_LISTEN", format!("127.0.0.1:{port}"))
-            .env("PROXY_METRICS_LISTEN", format!("127.0.0.1:{metrics_port}"))
             .env("PROXY_SINGLE_PUT_MAX_MIB", "8")
             .env("PROXY_PART_SIZE_MIB", "8")
             .env("PROXY_UPLOAD_BUDGET_MIB", "64")
@@ -42,8 +39,6 @@ impl ProxyProcess {
             command.env(name, value);
         }
         let child = command.spawn().expect("start the proxy binary");
-        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        let metrics: SocketAddr = format!("127.0.0.1:{metrics_port}").parse().unwrap();
         wait_listening(addr).await;
         ProxyProcess {
             child,
@@ -83,11 +78,7 @@ impl Drop for ProxyProcess {
 }
 
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    testkit::proxy::free_port().unwrap()
 }
 
 /// Wait until `addr` accepts connections (at most 20 s).
