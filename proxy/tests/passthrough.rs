@@ -242,6 +242,16 @@ async fn a_safe_request_on_a_connection_mlflow_dropped_is_sent_again_once() {
             .unwrap();
     let http = reqwest::Client::builder().no_proxy().build().unwrap();
     let url = |path: &str| format!("http://{}{path}", proxy.addr);
+    let upstream_requests = |outcome: &'static str| {
+        let url = format!("http://{}/metrics", proxy.metrics_addr);
+        async move {
+            let text = reqwest::get(url).await.unwrap().text().await.unwrap();
+            series(
+                &text,
+                &format!("mlflow_proxy_upstream_requests_total{{outcome=\"{outcome}\"}}"),
+            )
+        }
+    };
     let dropped = |prefix: &str| {
         log.lock()
             .unwrap()
@@ -267,27 +277,12 @@ async fn a_safe_request_on_a_connection_mlflow_dropped_is_sent_again_once() {
         gets > 0,
         "the pool reused a connection at least once in 50 GETs"
     );
-    let metrics = reqwest::get(format!("http://{}/metrics", proxy.metrics_addr))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
     assert_eq!(
-        series(
-            &metrics,
-            "mlflow_proxy_upstream_requests_total{outcome=\"retried\"}"
-        ),
+        upstream_requests("retried").await,
         gets as f64,
         "one retry per dropped GET"
     );
-    assert_eq!(
-        series(
-            &metrics,
-            "mlflow_proxy_upstream_requests_total{outcome=\"error\"}"
-        ),
-        0.0
-    );
+    assert_eq!(upstream_requests("error").await, 0.0, "no GET failed");
 
     let mut refused = 0;
     for n in 0..50 {
@@ -321,17 +316,8 @@ async fn a_safe_request_on_a_connection_mlflow_dropped_is_sent_again_once() {
         .iter()
         .filter(|h| h.line.starts_with("POST"))
         .count();
-    let metrics = reqwest::get(format!("http://{}/metrics", proxy.metrics_addr))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
     assert_eq!(
-        series(
-            &metrics,
-            "mlflow_proxy_upstream_requests_total{outcome=\"retried\"}"
-        ),
+        upstream_requests("retried").await,
         gets as f64,
         "no POST was retried ({posts} POSTs reached the stand-in)"
     );

@@ -25,14 +25,6 @@ use crate::wire::body::{BodyError, ProxyBody};
 /// The largest chunk: what a store may hold of it at once.
 pub const CHUNK: u64 = 64 * 1024;
 
-/// The trailer's header name for `algorithm`.
-pub fn trailer_name(algorithm: Algorithm) -> &'static str {
-    match algorithm {
-        Algorithm::Crc64Nvme => "x-amz-checksum-crc64nvme",
-        Algorithm::Sha256 => "x-amz-checksum-sha256",
-    }
-}
-
 /// The length on the wire of `len` bytes sent this way.
 pub fn encoded_len(len: u64, algorithm: Algorithm) -> u64 {
     let framed = |n: u64| format!("{n:x}").len() as u64 + 2 + n + 2;
@@ -44,7 +36,7 @@ pub fn encoded_len(len: u64, algorithm: Algorithm) -> u64 {
     full * framed(CHUNK)
         + if rest > 0 { framed(rest) } else { 0 }
         + 3 // 0\r\n
-        + trailer_name(algorithm).len() as u64 + 1 + base64 + 2
+        + algorithm.s3_header().len() as u64 + 1 + base64 + 2
         + 2
 }
 
@@ -113,7 +105,7 @@ impl Body for Chunked {
                     Ok(hasher) => hasher.clone().finish(),
                     Err(_) => return Poll::Ready(Some(Err(failure("hasher poisoned".into())))),
                 };
-                let name = trailer_name(this.algorithm);
+                let name = this.algorithm.s3_header();
                 this.ready.push_back(Bytes::from(format!(
                     "0\r\n{name}:{}\r\n\r\n",
                     digest.to_base64()
@@ -224,7 +216,7 @@ mod tests {
                 expected.extend_from_slice(
                     format!(
                         "0\r\n{}:{}\r\n\r\n",
-                        trailer_name(algorithm),
+                        algorithm.s3_header(),
                         hasher.finish().to_base64()
                     )
                     .as_bytes(),

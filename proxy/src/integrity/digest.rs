@@ -24,6 +24,14 @@ impl Algorithm {
         }
     }
 
+    /// S3's own header (and aws-chunked trailer) for this algorithm's checksum.
+    pub fn s3_header(self) -> &'static str {
+        match self {
+            Algorithm::Crc64Nvme => "x-amz-checksum-crc64nvme",
+            Algorithm::Sha256 => "x-amz-checksum-sha256",
+        }
+    }
+
     /// The user-metadata header that holds this algorithm's digest.
     pub fn metadata_name(self) -> HeaderName {
         HeaderName::from_static(match self {
@@ -96,7 +104,7 @@ impl Digest {
                     .into_iter()
                     .filter(|_| whole)
                     .find_map(|algorithm| {
-                        let name = super::chunked::trailer_name(algorithm);
+                        let name = algorithm.s3_header();
                         Digest::from_base64(algorithm, stored(name)?)
                     })
             })

@@ -266,7 +266,7 @@ impl Store {
         headers.insert("x-amz-decoded-content-length", len.into());
         headers.insert(
             "x-amz-trailer",
-            HeaderValue::from_static(chunked::trailer_name(algorithm)),
+            HeaderValue::from_static(algorithm.s3_header()),
         );
         let request = self
             .signer
@@ -595,7 +595,7 @@ impl Store {
         let mut headers = HeaderMap::new();
         if let Some(whole) = whole {
             headers.insert(
-                chunked::trailer_name(whole.algorithm()),
+                whole.algorithm().s3_header(),
                 header_value(&whole.to_base64()),
             );
             headers.insert(

@@ -150,7 +150,7 @@ impl Store {
         query: &[(&str, Option<&str>)],
         crc: &str,
     ) -> Result<(StatusCode, Option<String>), StoreError> {
-        let name = crate::integrity::chunked::trailer_name(Algorithm::Crc64Nvme);
+        let name = Algorithm::Crc64Nvme.s3_header();
         let mut body = format!("{:x}\r\n", PROBE.len()).into_bytes();
         body.extend_from_slice(PROBE);
         body.extend_from_slice(format!("\r\n0\r\n{name}:{crc}\r\n\r\n").as_bytes());
