@@ -176,6 +176,19 @@ def s3():
     return client
 
 
+def forget_cached_stores() -> None:
+    """MLflow's client keeps server-info per host and one store per tracking URI, with what it learned from
+    that server (whether it has workspaces). Every variant answers at the same URL with other features, so
+    what was kept from the previous one would answer for the new one (the client then refuses a workspace)."""
+    from mlflow.tracking._model_registry.registry import ModelRegistryStoreRegistry
+    from mlflow.tracking._tracking_service.registry import TrackingStoreRegistry
+    from mlflow.utils.server_info import _clear_server_info_cache
+
+    _clear_server_info_cache()
+    TrackingStoreRegistry._get_store_with_resolved_uri.cache_clear()
+    ModelRegistryStoreRegistry._get_store_with_resolved_uri.cache_clear()
+
+
 @pytest.fixture(scope="session")
 def variant():
     """Starts a second MLflow and proxy with the given setting (variant.py), stopping the previous one:
@@ -193,6 +206,7 @@ def variant():
             current.stop()
             running.clear()
         running["v"] = Variant(wanted).start()
+        forget_cached_stores()
         return running["v"]
 
     yield start
