@@ -7,8 +7,9 @@
 # AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY (allowed to create buckets) at every start, idempotently;
 # `mlflow-artifact-proxy ensure-bucket` then creates the bucket, as on the test store. Garage signs
 # with its own region name, so the stack's AWS_DEFAULT_REGION becomes $GARAGE_S3_REGION (garage).
-# Ports: S3 on $MINIO_API_PORT; RPC and admin API on $MINIO_API_PORT+1000 and +1001 unless
-# GARAGE_RPC_PORT / GARAGE_ADMIN_PORT say otherwise (so stacks on other ports do not collide).
+# Ports: S3 on $MINIO_API_PORT; RPC and admin API on $MINIO_API_PORT+2 and +3 (+1 is the console's)
+# unless GARAGE_RPC_PORT / GARAGE_ADMIN_PORT say otherwise: next to the S3 port, inside the stack's own
+# port block, so that stacks on other ports do not collide (+1000 met the next block's S3 port).
 
 GARAGE_VERSION=2.5.0
 # What the stack uses of Garage: the LMDB metadata engine (db_engine below), the S3 API and the
@@ -21,8 +22,8 @@ GARAGE_DIR="$DATA/garage"
 
 garage_settings() {
     GARAGE_S3_REGION="${GARAGE_S3_REGION:-garage}"
-    GARAGE_RPC_PORT="${GARAGE_RPC_PORT:-$((MINIO_API_PORT + 1000))}"
-    GARAGE_ADMIN_PORT="${GARAGE_ADMIN_PORT:-$((MINIO_API_PORT + 1001))}"
+    GARAGE_RPC_PORT="${GARAGE_RPC_PORT:-$((MINIO_API_PORT + 2))}"
+    GARAGE_ADMIN_PORT="${GARAGE_ADMIN_PORT:-$((MINIO_API_PORT + 3))}"
     export AWS_DEFAULT_REGION="$GARAGE_S3_REGION"
 }
 

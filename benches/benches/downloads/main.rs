@@ -83,6 +83,13 @@ fn main() {
 
 /// What every scenario shares: the knobs, the client's runtime, the stores, the proxies and the
 /// references that live for the whole run.
+/// glibc's malloc told to keep freed memory instead of unmapping it (each ranged read of the parallel
+/// path allocates hyper's ~400 KiB read buffer afresh; by default glibc maps and unmaps each one).
+pub const GLIBC_KEEPS_FREED: [(&str, &str); 2] = [
+    ("MALLOC_MMAP_THRESHOLD_", "4194304"),
+    ("MALLOC_TRIM_THRESHOLD_", "67108864"),
+];
+
 pub struct Bench {
     pub config: Config,
     /// The load client: one thread.
@@ -99,6 +106,8 @@ pub struct Bench {
     /// In front of the null store: the defaults, parallelism 1, and the baseline binary if given.
     pub null: ProxyProc,
     pub null_single: ProxyProc,
+    /// The defaults with glibc told to keep freed memory (`GLIBC_KEEPS_FREED`): the allocator choice.
+    pub null_glibc_kept: ProxyProc,
     pub null_baseline: Option<ProxyProc>,
     /// A Python with boto3, for the boto3 reference.
     pub python: Option<PathBuf>,
@@ -190,6 +199,12 @@ fn run() -> Result<(), String> {
         &servers.null_url,
         &single,
     )?;
+    let glibc_kept = GLIBC_KEEPS_FREED.map(|(k, v)| (k, v.to_owned()));
+    let null_glibc_kept = start(
+        "proxy (parallel, glibc keeps freed memory), null store",
+        &servers.null_url,
+        &glibc_kept,
+    )?;
     let null_baseline = match std::env::var_os("BENCH_NULL_BASELINE_BIN") {
         Some(bin) => Some(benches::proxy::start_proxy(
             Path::new(&bin),
@@ -222,6 +237,7 @@ fn run() -> Result<(), String> {
         proxy_single,
         null,
         null_single,
+        null_glibc_kept,
         null_baseline,
         stock,
     };
@@ -231,10 +247,11 @@ fn run() -> Result<(), String> {
         proxy_single,
         null,
         null_single,
+        null_glibc_kept,
         null_baseline,
         ..
     } = &mut bench;
-    for p in [proxy, proxy_single, null, null_single]
+    for p in [proxy, proxy_single, null, null_single, null_glibc_kept]
         .into_iter()
         .chain(null_baseline.as_mut())
     {
