@@ -114,7 +114,7 @@ impl Proxy {
         );
         // Which S3 checksums the store verifies (`s3::Native`), asked before the first upload
         // (a store that does not answer in time is asked again at the first upload).
-        if config.integrity.algorithm.is_some() {
+        if config.integrity.algorithm.is_some() && config.integrity.store_checksums {
             let _ =
                 tokio::time::timeout(std::time::Duration::from_secs(10), app.store.native()).await;
         }

@@ -6,6 +6,8 @@
 
 mod common;
 
+use std::sync::{Arc, Mutex};
+
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use bytes::Bytes;
@@ -27,7 +29,10 @@ fn sha256_b64(data: &[u8]) -> String {
 /// A proxy with the given algorithm, downloads above 1 MiB read as parallel 1 MiB ranges.
 async fn harness(algorithm: Option<Algorithm>) -> Harness {
     Harness::start_configured(|config| {
-        config.integrity = IntegrityConfig { algorithm };
+        config.integrity = IntegrityConfig {
+            algorithm,
+            ..IntegrityConfig::default()
+        };
         config.download = DownloadConfig {
             chunk: MIB as u64,
             threshold: MIB as u64,
@@ -590,13 +595,19 @@ async fn a_part_etag_the_proxy_did_not_seal_is_refused() {
 /// A relay to `upstream` that flips one bit of the `at`th byte of the body of every PUT whose
 /// body is longer than that: a transfer corrupted on its way into the store (a fault at byte N,
 /// which no real part makes on demand). Requests are read one after the other on each
-/// connection, by their Content-Length (the proxy sends no other kind to S3).
-async fn corrupting_relay(upstream: std::net::SocketAddr, at: u64) -> std::net::SocketAddr {
+/// connection, by their Content-Length (the proxy sends no other kind to S3). Each request's
+/// head (lower-cased) is kept in `heads`.
+async fn corrupting_relay(
+    upstream: std::net::SocketAddr,
+    at: u64,
+    heads: Arc<Mutex<Vec<String>>>,
+) -> std::net::SocketAddr {
     use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         while let Ok((client, _)) = listener.accept().await {
+            let heads = heads.clone();
             tokio::spawn(async move {
                 let Ok(server) = tokio::net::TcpStream::connect(upstream).await else {
                     return;
@@ -625,6 +636,7 @@ async fn corrupting_relay(upstream: std::net::SocketAddr, at: u64) -> std::net::
                         .and_then(|v| v.trim().parse().ok())
                         .unwrap_or(0);
                     let flip = text.starts_with("put ") && len > at;
+                    heads.lock().unwrap().push(text.clone());
                     if server_write.write_all(&head).await.is_err() {
                         return;
                     }
@@ -655,7 +667,7 @@ async fn corrupting_relay(upstream: std::net::SocketAddr, at: u64) -> std::net::
     addr
 }
 
-/// With the store's own checksums: a transfer corrupted between the proxy and the store is
+/// With the store's own checksums (`PROXY_STORE_CHECKSUMS=auto`): a transfer corrupted between the proxy and the store is
 /// refused by a store that verifies them (Garage: PutObject and parts; s3s-fs: PutObject only),
 /// the upload fails (502, retryable) and Garage keeps nothing; where the store does not verify
 /// (s3s-fs's parts), the upload stores the corrupt bytes with the digest of the client's bytes,
@@ -663,9 +675,13 @@ async fn corrupting_relay(upstream: std::net::SocketAddr, at: u64) -> std::net::
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_transfer_corrupted_on_its_way_into_the_store_is_refused() {
     let h = harness(Some(Algorithm::Crc64Nvme)).await;
-    let relay = corrupting_relay(h.s3.addr, 100_000).await;
+    let relay = corrupting_relay(h.s3.addr, 100_000, Default::default()).await;
     let mut config = serve_config(&h.s3, &format!("http://{}", h.mlflow.addr));
     config.store.endpoint = url::Url::parse(&format!("http://{relay}")).unwrap();
+    config.integrity = IntegrityConfig {
+        algorithm: Some(Algorithm::Crc64Nvme),
+        store_checksums: true,
+    };
     let corrupting = mlflow_artifact_proxy::Proxy::start(config).await.unwrap();
     // Garage verifies the parts' checksums too; s3s-fs does not.
     let parts_verified = h.s3.store != "s3s-fs";
@@ -730,6 +746,60 @@ async fn a_transfer_corrupted_on_its_way_into_the_store_is_refused() {
         let (status, _, body, clean) = fetch(&h, path).await;
         assert_eq!((status, clean), (200, true), "{path}");
         assert!(body == *data, "{path}");
+    }
+}
+
+/// `PROXY_STORE_CHECKSUMS=off` (the default): the store is sent no checksum (no trailer, no FULL_OBJECT), so
+/// a transfer corrupted on its way in is stored (200) on every store; the proxy still records the
+/// client's digest, and the download of the corrupt bytes is cut before its last byte.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_store_checksums_off_the_store_is_sent_none_and_downloads_are_still_checked() {
+    let h = harness(Some(Algorithm::Crc64Nvme)).await;
+    let heads = Arc::new(Mutex::new(Vec::new()));
+    let relay = corrupting_relay(h.s3.addr, 100_000, heads.clone()).await;
+    let mut config = serve_config(&h.s3, &format!("http://{}", h.mlflow.addr));
+    config.store.endpoint = url::Url::parse(&format!("http://{relay}")).unwrap();
+    config.integrity = IntegrityConfig {
+        algorithm: Some(Algorithm::Crc64Nvme),
+        store_checksums: false,
+    };
+    let proxy = mlflow_artifact_proxy::Proxy::start(config).await.unwrap();
+    for (path, data) in [
+        ("off/single.bin", random_bytes(300_000)),
+        ("off/streamed.bin", random_bytes(12 * MIB + 1)),
+    ] {
+        let url = format!(
+            "http://{}/api/2.0/mlflow-artifacts/artifacts/{path}",
+            proxy.addr
+        );
+        let response = h.http.put(url).body(data.clone()).send().await.unwrap();
+        assert_eq!(response.status(), 200, "{path}");
+        assert_eq!(
+            kept_digest(&h, path, Algorithm::Crc64Nvme).await,
+            Some(crc64nvme(&data)),
+            "{path}: the client's digest is recorded"
+        );
+        let (status, _, body, clean) = fetch(&h, path).await;
+        assert!(status == 200 || status == 0, "{path}: {status}");
+        assert!(!clean && body.len() < data.len(), "{path}: delivered whole");
+    }
+    let heads = heads.lock().unwrap();
+    assert!(heads.iter().any(|h| h.starts_with("put ")), "{heads:?}");
+    // What asks a store to verify (`x-amz-checksum-mode` on reads only asks it to say).
+    let asks = [
+        "x-amz-trailer",
+        "x-amz-checksum-crc",
+        "x-amz-checksum-sha",
+        "x-amz-checksum-algorithm",
+        "x-amz-checksum-type",
+        "x-amz-sdk-checksum",
+        "streaming-unsigned-payload-trailer",
+    ];
+    for head in heads.iter() {
+        assert!(
+            !asks.iter().any(|a| head.contains(a)),
+            "a checksum was sent to the store: {head}"
+        );
     }
 }
 

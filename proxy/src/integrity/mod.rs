@@ -50,6 +50,20 @@ pub struct IntegrityArgs {
     /// (docs/integrity.md). `off` records and checks nothing.
     #[arg(long, env = "PROXY_INTEGRITY", value_enum, default_value_t = Setting::Crc64nvme)]
     pub integrity: Setting,
+    /// `auto`: uploads also carry S3 checksums for the store to verify, where its answers say it
+    /// does (a transfer corrupted on its way in is then refused, never stored), at the cost of the
+    /// store's CPU (Garage: 30-50 % of upload speed on one machine, docs/integrity.md). `off`:
+    /// none; the proxy's own digest still catches such a transfer, at its first download or
+    /// `verify`.
+    #[arg(long, env = "PROXY_STORE_CHECKSUMS", value_enum, default_value_t = StoreChecksums::Off)]
+    pub store_checksums: StoreChecksums,
+}
+
+/// Whether the store is sent checksums to verify (`IntegrityArgs::store_checksums`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum StoreChecksums {
+    Auto,
+    Off,
 }
 
 impl IntegrityArgs {
@@ -60,6 +74,7 @@ impl IntegrityArgs {
                 Setting::Sha256 => Some(Algorithm::Sha256),
                 Setting::Off => None,
             },
+            store_checksums: self.store_checksums == StoreChecksums::Auto,
         }
     }
 }
@@ -68,12 +83,15 @@ impl IntegrityArgs {
 pub struct IntegrityConfig {
     /// The algorithm of new digests; None: integrity off.
     pub algorithm: Option<Algorithm>,
+    /// Send the store the checksums it verifies (`store::s3::Native`); false: none.
+    pub store_checksums: bool,
 }
 
 impl Default for IntegrityConfig {
     fn default() -> Self {
         IntegrityConfig {
             algorithm: Some(Algorithm::Crc64Nvme),
+            store_checksums: false,
         }
     }
 }

@@ -691,7 +691,7 @@ pub async fn upload_part(
         .map(|_| Hasher::new(Algorithm::Crc64Nvme));
     // Sent with its CRC for the store to verify, where it does (`s3::Native`).
     let trailer = match hasher {
-        Some(_) if app.store.native().await.parts => Some(Algorithm::Crc64Nvme),
+        Some(_) if app.store_checksums().await.parts => Some(Algorithm::Crc64Nvme),
         _ => None,
     };
     let (body, tally) = match trailer {

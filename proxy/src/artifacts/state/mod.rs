@@ -16,7 +16,7 @@ use crate::artifacts::security::Security;
 use crate::auth::Auth;
 use crate::integrity::{Integrity, IntegrityConfig};
 use crate::ops::metrics::Metrics;
-use crate::store::s3::Store;
+use crate::store::s3::{Native, Store};
 use crate::upstream::Upstream;
 use crate::upstream::capabilities::Tracker;
 use download_memory::{DownloadConfig, Downloads};
@@ -112,6 +112,16 @@ impl App {
 
     /// Record and check artifact digests as `config` says.
     #[must_use]
+    /// The S3 checksums uploads send for the store to verify: what the store verifies, or none
+    /// with `PROXY_STORE_CHECKSUMS=off`.
+    pub async fn store_checksums(&self) -> Native {
+        if self.integrity.config.store_checksums {
+            self.store.native().await
+        } else {
+            Native::default()
+        }
+    }
+
     pub fn with_integrity(mut self, config: IntegrityConfig) -> Self {
         self.integrity.config = config;
         self

@@ -227,7 +227,7 @@ async fn put_trailer(app: &App, hasher: &Option<Hasher>) -> Option<Algorithm> {
         .config
         .algorithm
         .filter(|_| hasher.is_some())?;
-    app.store.native().await.put.then_some(algorithm)
+    app.store_checksums().await.put.then_some(algorithm)
 }
 
 /// The checksum each part carries for the store to verify, on a store that verifies them: a
@@ -237,8 +237,7 @@ async fn part_trailer(app: &App, upload: &Multipart) -> Option<Algorithm> {
         return Some(Algorithm::Crc64Nvme);
     }
     app.integrity.config.algorithm?;
-    app.store
-        .native()
+    app.store_checksums()
         .await
         .parts
         .then_some(Algorithm::Crc64Nvme)
@@ -691,7 +690,7 @@ async fn start_multipart(
     // FULL_OBJECT where the store verifies it, for a CRC64NVME digest (S3 has no full-object
     // SHA-256 of a multipart upload).
     let full_object = app.integrity.config.algorithm == Some(Algorithm::Crc64Nvme)
-        && app.store.native().await.full_object;
+        && app.store_checksums().await.full_object;
     let upload_id = app
         .store
         .create_multipart(key, content_type, full_object)
