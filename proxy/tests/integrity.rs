@@ -28,11 +28,16 @@ fn sha256_b64(data: &[u8]) -> String {
 
 /// A proxy with the given algorithm, downloads above 1 MiB read as parallel 1 MiB ranges.
 async fn harness(algorithm: Option<Algorithm>) -> Harness {
+    harness_with(IntegrityConfig {
+        algorithm,
+        ..IntegrityConfig::default()
+    })
+    .await
+}
+
+async fn harness_with(integrity: IntegrityConfig) -> Harness {
     Harness::start_configured(|config| {
-        config.integrity = IntegrityConfig {
-            algorithm,
-            ..IntegrityConfig::default()
-        };
+        config.integrity = integrity;
         config.download = DownloadConfig {
             chunk: MIB as u64,
             threshold: MIB as u64,
@@ -198,11 +203,26 @@ async fn corrupt(h: &Harness, key: &str, corrupt: &[u8]) {
 
 #[tokio::test]
 async fn every_upload_path_records_the_digest_and_downloads_carry_it() {
-    let h = harness(Some(Algorithm::Crc64Nvme)).await;
+    every_upload_path_records_the_digest(false).await;
+}
+
+/// The same with `PROXY_STORE_CHECKSUMS=auto`: the store is sent the checksums it verifies.
+#[tokio::test]
+async fn with_store_checksums_every_upload_path_records_the_digest() {
+    every_upload_path_records_the_digest(true).await;
+}
+
+async fn every_upload_path_records_the_digest(store_checksums: bool) {
+    let h = harness_with(IntegrityConfig {
+        algorithm: Some(Algorithm::Crc64Nvme),
+        store_checksums,
+    })
+    .await;
     let objects = upload_every_way(&h).await;
-    // Multipart uploads are of S3's FULL_OBJECT type where the store verifies that (Garage):
-    // the store keeps their digest as its own checksum; elsewhere, metadata.
-    let native = store(&h).native().await;
+    // With the store's checksums, multipart uploads are of S3's FULL_OBJECT type where the store
+    // verifies that (Garage): the store keeps their digest as its own checksum; elsewhere, metadata.
+    let mut native = store(&h).native().await;
+    native.full_object &= store_checksums;
     for (path, data) in &objects {
         // Kept with the object, where MLflow's listings never show it.
         assert_eq!(
