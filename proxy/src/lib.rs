@@ -113,10 +113,11 @@ impl Proxy {
             .with_static_prefix(&config.static_prefix),
         );
         // Which S3 checksums the store verifies (`s3::Native`), asked before the first upload
-        // (a store that does not answer in time is asked again at the first upload).
-        if config.integrity.algorithm.is_some() && config.integrity.store_checksums {
-            let _ =
-                tokio::time::timeout(std::time::Duration::from_secs(10), app.store.native()).await;
+        // (a store that does not answer in time is asked again at the first upload; with
+        // PROXY_STORE_CHECKSUMS=off it is never asked).
+        if config.integrity.algorithm.is_some() {
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(10), app.store_checksums())
+                .await;
         }
 
         let listener = TcpListener::bind(config.listen)

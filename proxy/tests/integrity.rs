@@ -687,7 +687,26 @@ async fn corrupting_relay(
     addr
 }
 
-/// With the store's own checksums (`PROXY_STORE_CHECKSUMS=auto`): a transfer corrupted between the proxy and the store is
+/// A second proxy on the harness's store, reached through `corrupting_relay` (byte 100,000 of
+/// every PUT body flipped; request heads kept in `heads`), with `crc64nvme` and the store's
+/// checksums as `store_checksums` says.
+async fn corrupting_proxy(
+    h: &Harness,
+    store_checksums: bool,
+    heads: Arc<Mutex<Vec<String>>>,
+) -> mlflow_artifact_proxy::Proxy {
+    let relay = corrupting_relay(h.s3.addr, 100_000, heads).await;
+    let mut config = serve_config(&h.s3, &format!("http://{}", h.mlflow.addr));
+    config.store.endpoint = url::Url::parse(&format!("http://{relay}")).unwrap();
+    config.integrity = IntegrityConfig {
+        algorithm: Some(Algorithm::Crc64Nvme),
+        store_checksums,
+    };
+    mlflow_artifact_proxy::Proxy::start(config).await.unwrap()
+}
+
+/// With the store's own checksums (`PROXY_STORE_CHECKSUMS=auto`): a transfer corrupted between
+/// the proxy and the store is
 /// refused by a store that verifies them (Garage: PutObject and parts; s3s-fs: PutObject only),
 /// the upload fails (502, retryable) and Garage keeps nothing; where the store does not verify
 /// (s3s-fs's parts), the upload stores the corrupt bytes with the digest of the client's bytes,
@@ -695,14 +714,7 @@ async fn corrupting_relay(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_transfer_corrupted_on_its_way_into_the_store_is_refused() {
     let h = harness(Some(Algorithm::Crc64Nvme)).await;
-    let relay = corrupting_relay(h.s3.addr, 100_000, Default::default()).await;
-    let mut config = serve_config(&h.s3, &format!("http://{}", h.mlflow.addr));
-    config.store.endpoint = url::Url::parse(&format!("http://{relay}")).unwrap();
-    config.integrity = IntegrityConfig {
-        algorithm: Some(Algorithm::Crc64Nvme),
-        store_checksums: true,
-    };
-    let corrupting = mlflow_artifact_proxy::Proxy::start(config).await.unwrap();
+    let corrupting = corrupting_proxy(&h, true, Default::default()).await;
     // Garage verifies the parts' checksums too; s3s-fs does not.
     let parts_verified = h.s3.store != "s3s-fs";
     let objects = [
@@ -769,21 +781,15 @@ async fn a_transfer_corrupted_on_its_way_into_the_store_is_refused() {
     }
 }
 
-/// `PROXY_STORE_CHECKSUMS=off` (the default): the store is sent no checksum (no trailer, no FULL_OBJECT), so
-/// a transfer corrupted on its way in is stored (200) on every store; the proxy still records the
-/// client's digest, and the download of the corrupt bytes is cut before its last byte.
+/// `PROXY_STORE_CHECKSUMS=off` (the default): the store is sent no checksum (no trailer, no
+/// FULL_OBJECT), so a transfer corrupted on its way in is stored (200) on every store; the proxy
+/// still records the client's digest, and the download of the corrupt bytes is cut before its
+/// last byte.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_store_checksums_off_the_store_is_sent_none_and_downloads_are_still_checked() {
     let h = harness(Some(Algorithm::Crc64Nvme)).await;
     let heads = Arc::new(Mutex::new(Vec::new()));
-    let relay = corrupting_relay(h.s3.addr, 100_000, heads.clone()).await;
-    let mut config = serve_config(&h.s3, &format!("http://{}", h.mlflow.addr));
-    config.store.endpoint = url::Url::parse(&format!("http://{relay}")).unwrap();
-    config.integrity = IntegrityConfig {
-        algorithm: Some(Algorithm::Crc64Nvme),
-        store_checksums: false,
-    };
-    let proxy = mlflow_artifact_proxy::Proxy::start(config).await.unwrap();
+    let proxy = corrupting_proxy(&h, false, heads.clone()).await;
     for (path, data) in [
         ("off/single.bin", random_bytes(300_000)),
         ("off/streamed.bin", random_bytes(12 * MIB + 1)),

@@ -112,6 +112,11 @@ impl App {
 
     /// Record and check artifact digests as `config` says.
     #[must_use]
+    pub fn with_integrity(mut self, config: IntegrityConfig) -> Self {
+        self.integrity.config = config;
+        self
+    }
+
     /// The S3 checksums uploads send for the store to verify: what the store verifies, or none
     /// with `PROXY_STORE_CHECKSUMS=off`.
     pub async fn store_checksums(&self) -> Native {
@@ -120,11 +125,6 @@ impl App {
         } else {
             Native::default()
         }
-    }
-
-    pub fn with_integrity(mut self, config: IntegrityConfig) -> Self {
-        self.integrity.config = config;
-        self
     }
 
     /// Serve MLflow's routes under its `--static-prefix`.
